@@ -1,0 +1,110 @@
+"""The one place that picks the array library: NumPy on the CPU (default), CuPy on a GPU.
+
+Every other module asks `xp()` for the array module instead of importing numpy or cupy
+conditionally. Select the GPU with `MINIPEFT_DEVICE=cuda` or `minipeft.set_device("cuda")`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+_DEVICES = ("cpu", "cuda")
+_state: dict[str, Any] = {"device": "cpu", "xp": np, "rng": None, "dtype": np.float32}
+
+
+class DeviceError(RuntimeError):
+    """Raised when the requested device cannot be used."""
+
+
+def _load_cupy():
+    try:
+        import cupy  # noqa: PLC0415
+    except ImportError as e:
+        raise DeviceError(
+            "MINIPEFT_DEVICE=cuda needs CuPy, which is not installed. Install it with "
+            "`pip install -e \".[gpu]\"` (cupy-cuda12x; pick cupy-cuda11x for CUDA 11), "
+            "or unset MINIPEFT_DEVICE / call minipeft.set_device('cpu') to use NumPy."
+        ) from e
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+        cupy.zeros(1).sum().item()  # the first real op is where a missing driver shows up
+    except Exception as e:  # CUDARuntimeError, or a driver/library load failure
+        raise DeviceError(
+            f"CuPy is installed but no CUDA GPU answered ({type(e).__name__}: {e}). "
+            "Check `nvidia-smi`, or unset MINIPEFT_DEVICE / call minipeft.set_device('cpu')."
+        ) from e
+    if n < 1:
+        raise DeviceError("CuPy found no CUDA device; use minipeft.set_device('cpu').")
+    return cupy
+
+
+def set_device(device: str) -> None:
+    """Select 'cpu' (NumPy) or 'cuda' (CuPy) for every array created from now on."""
+    if device not in _DEVICES:
+        raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
+    _state["xp"] = np if device == "cpu" else _load_cupy()
+    _state["device"] = device
+    _state["rng"] = None
+
+
+def get_device() -> str:
+    """The current device name, 'cpu' or 'cuda'."""
+    return _state["device"]
+
+
+def xp():
+    """The active array module (numpy or cupy)."""
+    return _state["xp"]
+
+
+def is_gpu() -> bool:
+    return _state["device"] == "cuda"
+
+
+def to_numpy(a) -> np.ndarray:
+    """Copy an array of the active backend (or anything array-like) to a NumPy array."""
+    if hasattr(a, "data") and hasattr(a, "requires_grad"):  # a Tensor
+        a = a.data
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "get"):  # cupy.ndarray
+        return a.get()
+    return np.asarray(a)
+
+
+def asarray(a, dtype=None):
+    """Move array-like `a` onto the active backend (no copy when already there)."""
+    return xp().asarray(a, dtype=dtype)
+
+
+def get_default_dtype():
+    """float32 unless changed with set_default_dtype (float64 is used for gradient checks)."""
+    return _state["dtype"]
+
+
+def set_default_dtype(dtype) -> None:
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"default dtype must be float32 or float64, got {dtype}")
+    _state["dtype"] = dtype.type
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the one generator used for initialisation and dropout; CPU runs become bit-reproducible."""
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    _state["rng"] = xp().random.default_rng(int(seed)) if is_gpu() else np.random.default_rng(int(seed))
+
+
+def rng():
+    """The generator seeded by manual_seed (seeded with 0 on first use)."""
+    if _state["rng"] is None:
+        manual_seed(0)
+    return _state["rng"]
+
+
+if os.environ.get("MINIPEFT_DEVICE", "cpu").lower() not in ("", "cpu"):
+    set_device(os.environ["MINIPEFT_DEVICE"].lower())

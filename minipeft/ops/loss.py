@@ -1,0 +1,53 @@
+"""Cross-entropy fused with log-softmax: the loss of every model in this project."""
+
+from __future__ import annotations
+
+from minipeft import backend
+from minipeft.autograd import Function, Tensor
+
+
+class CrossEntropy(Function):
+    """mean over non-ignored targets of -log softmax(logits)[target]."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index=-100):
+        xp = backend.xp()
+        V = logits.shape[-1]
+        if targets.dtype.kind not in "iu":
+            raise TypeError(f"cross_entropy: targets must be integer class ids, got dtype {targets.dtype}")
+        if logits.shape[:-1] != targets.shape:
+            raise ValueError(f"cross_entropy: logits {logits.shape} need targets of shape {logits.shape[:-1]}, "
+                             f"got {targets.shape}")
+        z = logits.reshape(-1, V)                                     # (N, V)
+        t = targets.reshape(-1)                                       # (N,)
+        valid = t != ignore_index
+        tv = t[valid]
+        if tv.size and (int(tv.min()) < 0 or int(tv.max()) >= V):
+            bad = int(tv.min()) if int(tv.min()) < 0 else int(tv.max())
+            raise IndexError(f"cross_entropy: target {bad} is out of range for {V} classes "
+                             f"(use ignore_index={ignore_index} for masked positions)")
+        n = max(int(valid.sum()), 1)  # all positions ignored -> loss 0 with zero gradient
+        tt = xp.where(valid, t, 0)
+        m = z.max(axis=1, keepdims=True)
+        e = xp.exp(z - m)
+        s = e.sum(axis=1, keepdims=True)
+        rows = xp.arange(z.shape[0])
+        nll = (xp.log(s) + m)[:, 0] - z[rows, tt]                    # logsumexp - z_target
+        ctx.save_for_backward(e / s, tt, valid, n, logits.shape)
+        return (nll * valid).sum().astype(logits.dtype) / logits.dtype.type(n)
+
+    @staticmethod
+    def backward(ctx, dout):
+        # loss = mean_valid(logsumexp(z) - z_t)  =>  dz = (softmax(z) - onehot(t)) * dloss / n, 0 on ignored rows
+        p, tt, valid, n, shape = ctx.saved
+        xp = backend.xp()
+        dz = p.copy()
+        dz[xp.arange(dz.shape[0]), tt] -= 1
+        dz *= (valid[:, None] * (dout / n)).astype(dz.dtype)
+        return dz.reshape(shape), None
+
+
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
+    """Fused log-softmax + negative log-likelihood over the last axis of logits."""
+    t = targets.data if isinstance(targets, Tensor) else backend.xp().asarray(targets)
+    return CrossEntropy.apply(logits, Tensor(t), ignore_index=ignore_index)
