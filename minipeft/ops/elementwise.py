@@ -172,7 +172,7 @@ class GELU(Function):
 
     @staticmethod
     def forward(ctx, x):
-        t = backend.xp().tanh(_GELU_C * (x + 0.044715 * x**3))
+        t = backend.xp().tanh(_GELU_C * (x + 0.044715 * (x * x * x)))
         ctx.save_for_backward(x, t)
         return 0.5 * x * (1 + t)
 

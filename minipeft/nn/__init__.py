@@ -1,0 +1,10 @@
+"""PyTorch-like modules: Module, Parameter, the basic layers and the GPT model."""
+
+from minipeft.nn.gpt import GPT, PRESETS, Block, CausalSelfAttention, GPTConfig, KVCache
+from minipeft.nn.layers import MLP, Dropout, Embedding, LayerNorm, Linear
+from minipeft.nn.module import Module, ModuleList, Parameter
+
+__all__ = [
+    "GPT", "MLP", "PRESETS", "Block", "CausalSelfAttention", "Dropout", "Embedding", "GPTConfig", "KVCache",
+    "LayerNorm", "Linear", "Module", "ModuleList", "Parameter",
+]

@@ -1,0 +1,178 @@
+"""`Module` and `Parameter`: the PyTorch-like containers that hold a model's weights.
+
+A module finds its parameters and submodules by looking at its own attributes (in the order
+they were set), so `named_parameters()` yields names like `blocks.0.attn.q_proj.weight`, the
+same dotted paths PEFT methods target. Optimizer state never lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from minipeft import backend
+from minipeft.autograd import Tensor
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module owns and an optimizer may update (requires grad by default)."""
+
+    def __init__(self, data, requires_grad: bool = True):
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}, requires_grad={self.requires_grad})"
+
+
+class Module:
+    """Base class of every layer and model: parameters, submodules, train/eval, state_dict."""
+
+    training: bool = True
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ---- discovery ---------------------------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for name, v in vars(self).items():
+            if isinstance(v, Module):
+                yield name, v
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """This module ("" or prefix) and every submodule, by dotted path, each once."""
+        seen: set[int] = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, m = stack.pop(0)
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield name, m
+            stack[:0] = [(f"{name}.{c}" if name else c, child) for c, child in m.named_children()]
+
+    def named_parameters(self, prefix: str = "", trainable_only: bool = False) -> Iterator[tuple[str, Parameter]]:
+        """(dotted name, Parameter) for every parameter, a shared one listed once."""
+        seen: set[int] = set()
+        for mname, m in self.named_modules(prefix):
+            for pname, p in vars(m).items():
+                if isinstance(p, Parameter) and id(p) not in seen:
+                    seen.add(id(p))
+                    if p.requires_grad or not trainable_only:
+                        yield (f"{mname}.{pname}" if mname else pname), p
+
+    def parameters(self, trainable_only: bool = False) -> list[Parameter]:
+        return [p for _, p in self.named_parameters(trainable_only=trainable_only)]
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Total element count of the (trainable) parameters."""
+        return sum(p.size for p in self.parameters(trainable_only=trainable_only))
+
+    def get_submodule(self, path: str) -> Module:
+        m: Module = self
+        for part in path.split(".") if path else []:
+            child = getattr(m, part, None)
+            if not isinstance(child, Module):
+                raise AttributeError(f"{type(self).__name__} has no submodule {path!r} (failed at {part!r})")
+            m = child
+        return m
+
+    def set_submodule(self, path: str, module: Module) -> None:
+        """Replace the submodule at a dotted path (how PEFT methods wrap a layer in place)."""
+        parent_path, _, name = path.rpartition(".")
+        parent = self.get_submodule(parent_path)
+        if not isinstance(getattr(parent, name, None), Module):
+            raise AttributeError(f"no submodule {path!r} to replace")
+        setattr(parent, name, module)
+
+    # ---- modes ---------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        for _, m in self.named_modules():
+            m.training = mode
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def freeze(self) -> Module:
+        """Make every parameter non-trainable (requires_grad=False)."""
+        for p in self.parameters():
+            p.requires_grad = False
+        return self
+
+    def unfreeze(self) -> Module:
+        for p in self.parameters():
+            p.requires_grad = True
+        return self
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def to(self, dtype) -> Module:
+        """Cast every floating parameter to dtype in place (e.g. float64 for gradient checks)."""
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+        return self
+
+    # ---- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Name -> array (backend arrays, not copies) for every parameter."""
+        return {name: p.data for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> tuple[list[str], list[str]]:
+        """Copy arrays into the parameters by name; returns (missing, unexpected) keys.
+
+        With strict=True any missing or unexpected key raises; a shape mismatch always raises.
+        """
+        params = dict(self.named_parameters())
+        missing = [k for k in params if k not in state]
+        unexpected = [k for k in state if k not in params]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict({type(self).__name__}): missing keys {missing[:8]}"
+                           f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+                           f"{' ...' if len(unexpected) > 8 else ''}; was this state saved from another model "
+                           "config? pass strict=False to load the matching subset")
+        for name, p in params.items():
+            if name not in state:
+                continue
+            arr = state[name]
+            if tuple(arr.shape) != p.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {tuple(arr.shape)} in the state but "
+                                 f"{p.shape} in the model; the configs differ")
+            p.data = backend.asarray(arr, dtype=p.dtype).copy()
+        return missing, unexpected
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, child in self.named_children():
+            sub = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        return "\n".join(lines) + ("\n)" if len(lines) > 1 else ")")
+
+
+class ModuleList(Module):
+    """A list of modules whose parameters are named `0.`, `1.`, ... like torch.nn.ModuleList."""
+
+    def __init__(self, modules=()):
+        modules = list(modules)
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+        self._n = len(modules)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> Module:
+        if not -self._n <= i < self._n:
+            raise IndexError(f"ModuleList index {i} out of range for length {self._n}")
+        return getattr(self, str(i % self._n))
+
+    def __iter__(self) -> Iterator[Module]:
+        return (getattr(self, str(i)) for i in range(self._n))
