@@ -186,8 +186,8 @@ class Tensor:
             if g is None:
                 continue
             node = t._node
-            if node is None:  # a leaf: accumulate
-                t.grad = g if t.grad is None else t.grad + g
+            if node is None:  # a leaf: accumulate; copy so no two leaves (or the caller's grad) share one array
+                t.grad = g.copy() if t.grad is None else t.grad + g
                 continue
             if node.freed:
                 raise RuntimeError(f"backward through {node.fn.__name__} a second time: its saved values were "
@@ -198,7 +198,7 @@ class Tensor:
             if len(in_grads) != len(node.inputs):
                 raise RuntimeError(f"{node.fn.__name__}.backward returned {len(in_grads)} grads for "
                                    f"{len(node.inputs)} inputs")
-            for inp, gi in zip(node.inputs, in_grads):
+            for inp, gi in zip(node.inputs, in_grads, strict=True):
                 if inp is None or gi is None or not inp.requires_grad:
                     continue
                 if gi.shape != inp.data.shape:

@@ -28,7 +28,7 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "d_model", "n_layer", "n_head", "d_ff"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive int, got {v!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"GPTConfig.d_model={self.d_model} must be divisible by n_head={self.n_head}")
@@ -108,7 +108,8 @@ class Block(Module):
         self.ln_1 = LayerNorm(cfg.d_model, bias=cfg.bias)
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = LayerNorm(cfg.d_model, bias=cfg.bias)
-        self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.bias, std=0.02, out_std=0.02 / math.sqrt(2 * cfg.n_layer))
+        out_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+        self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.bias, std=0.02, out_std=out_std)
 
     def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer)
@@ -125,7 +126,8 @@ class GPT(Module):
         self.drop = Dropout(config.dropout)
         self.blocks = ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(config.d_model, bias=config.bias)
-        self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size, bias=False, std=0.02)
+        self.lm_head = (None if config.tie_embeddings
+                        else Linear(config.d_model, config.vocab_size, bias=False, std=0.02))
 
     def check_input(self, ids, past: int = 0):
         """Validate token ids (B, T): integer dtype, 2-D, within the context; returns the array."""

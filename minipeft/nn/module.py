@@ -82,6 +82,8 @@ class Module:
 
     def set_submodule(self, path: str, module: Module) -> None:
         """Replace the submodule at a dotted path (how PEFT methods wrap a layer in place)."""
+        if not isinstance(module, Module):
+            raise TypeError(f"set_submodule({path!r}): expected a Module, got {type(module).__name__}")
         parent_path, _, name = path.rpartition(".")
         parent = self.get_submodule(parent_path)
         if not isinstance(getattr(parent, name, None), Module):
@@ -113,9 +115,13 @@ class Module:
             p.grad = None
 
     def to(self, dtype) -> Module:
-        """Cast every floating parameter to dtype in place (e.g. float64 for gradient checks)."""
+        """Cast every parameter (and its gradient) to a float dtype in place, e.g. float64 for grad checks."""
+        if np.dtype(dtype).kind != "f":
+            raise TypeError(f"{type(self).__name__}.to: parameters must stay floating, got dtype {np.dtype(dtype)}")
         for p in self.parameters():
             p.data = p.data.astype(dtype)
+            if p.grad is not None:
+                p.grad = p.grad.astype(dtype)
         return self
 
     # ---- state ----------------------------------------------------------------------------------
@@ -136,14 +142,13 @@ class Module:
                            f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
                            f"{' ...' if len(unexpected) > 8 else ''}; was this state saved from another model "
                            "config? pass strict=False to load the matching subset")
+        for name, p in params.items():  # check every shape before copying anything: no half-loaded model
+            if name in state and tuple(state[name].shape) != p.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {tuple(state[name].shape)} in the state "
+                                 f"but {p.shape} in the model; the configs differ")
         for name, p in params.items():
-            if name not in state:
-                continue
-            arr = state[name]
-            if tuple(arr.shape) != p.shape:
-                raise ValueError(f"load_state_dict: {name} has shape {tuple(arr.shape)} in the state but "
-                                 f"{p.shape} in the model; the configs differ")
-            p.data = backend.asarray(arr, dtype=p.dtype).copy()
+            if name in state:
+                p.data = backend.asarray(state[name], dtype=p.dtype).copy()
         return missing, unexpected
 
     def extra_repr(self) -> str:
@@ -176,3 +181,41 @@ class ModuleList(Module):
 
     def __iter__(self) -> Iterator[Module]:
         return (getattr(self, str(i)) for i in range(self._n))
+
+
+class ModuleDict(Module):
+    """Modules by string key, named `<key>.` in parameter paths, like torch.nn.ModuleDict."""
+
+    def __init__(self, modules: dict | None = None):
+        self._keys: list[str] = []
+        for k, m in (modules or {}).items():
+            self[k] = m
+
+    def __setitem__(self, key: str, module: Module) -> None:
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleDict values must be Modules, got {type(module).__name__} for {key!r}")
+        if key not in self._keys:
+            self._keys.append(key)
+        setattr(self, key, module)
+
+    def __getitem__(self, key: str) -> Module:
+        if key not in self._keys:
+            raise KeyError(f"no module named {key!r}; have {self._keys}")
+        return getattr(self, key)
+
+    def __delitem__(self, key: str) -> None:
+        self[key]  # raises a clear KeyError when absent
+        self._keys.remove(key)
+        delattr(self, key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def items(self) -> list[tuple[str, Module]]:
+        return [(k, getattr(self, k)) for k in self._keys]

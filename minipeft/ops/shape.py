@@ -104,7 +104,7 @@ class Concat(Function):
         # y = [x1, x2, ...] along axis  =>  dxi = the slice of dy that xi filled
         axis, sizes = ctx.saved
         grads, start = [], 0
-        for n, need in zip(sizes, ctx.needs_input_grad):
+        for n, need in zip(sizes, ctx.needs_input_grad, strict=True):
             idx = [slice(None)] * dout.ndim
             idx[axis] = slice(start, start + n)
             grads.append(dout[tuple(idx)] if need else None)

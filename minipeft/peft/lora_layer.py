@@ -1,0 +1,109 @@
+"""`LoraLinear`: wraps a frozen base `Linear` (never copied) with one or more named LoRA adapters."""
+
+from __future__ import annotations
+
+import math
+
+from minipeft import backend
+from minipeft.autograd import Tensor, no_grad
+from minipeft.nn.layers import Linear
+from minipeft.nn.module import Module, ModuleDict
+from minipeft.peft.lora_op import lora_linear
+
+
+class LoraLinear(Module):
+    """y = base_layer(x) + s * B(A(dropout(x))) for the active adapter; merge() folds s*B@A into W0.
+
+    Parameter names follow Hugging Face PEFT: `base_layer.weight`, `lora_A.<adapter>.weight` (r, in),
+    `lora_B.<adapter>.weight` (out, r).
+    """
+
+    def __init__(self, base_layer: Linear):
+        if not isinstance(base_layer, Linear):
+            raise TypeError(f"LoraLinear wraps a Linear, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.lora_A = ModuleDict()
+        self.lora_B = ModuleDict()
+        self.scaling: dict[str, float] = {}
+        self.lora_dropout: dict[str, float] = {}
+        self.active_adapter: str | None = None
+        self.merged_adapters: list[str] = []
+        self.disable_adapters = False
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    def update_layer(self, name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
+                     init_lora_weights: bool | str = True, use_rslora: bool = False) -> None:
+        """Add adapter `name`: A (r, in) and B (out, r), initialised so B A = 0 unless init is False."""
+        if name in self.lora_A:
+            raise ValueError(f"adapter {name!r} already exists on this layer; delete_adapter({name!r}) first")
+        dt = self.base_layer.weight.dtype
+        A = Linear(self.in_features, r, bias=False)          # kaiming-uniform, bound 1/sqrt(in), as PEFT
+        B = Linear(r, self.out_features, bias=False)
+        if init_lora_weights == "gaussian":
+            A.weight.data = (backend.rng().standard_normal(A.weight.shape) / r).astype(dt)
+        if init_lora_weights is False:                       # non-zero B: the adapter changes outputs (tests)
+            B.weight.data = backend.rng().uniform(-1, 1, size=B.weight.shape).astype(dt) / math.sqrt(r)
+        else:
+            B.weight.data = backend.xp().zeros(B.weight.shape, dtype=dt)
+        A.weight.data = A.weight.data.astype(dt)  # follow the base's dtype (e.g. float64 in tests)
+        self.lora_A[name], self.lora_B[name] = A, B
+        self.scaling[name] = lora_alpha / (math.sqrt(r) if use_rslora else r)
+        self.lora_dropout[name] = lora_dropout
+        if self.active_adapter is None:
+            self.active_adapter = name
+
+    def delta_weight(self, name: str):
+        """s * B @ A, the (out, in) update this adapter adds to W0."""
+        B, A = self.lora_B[name].weight.data, self.lora_A[name].weight.data
+        return (B @ A) * B.dtype.type(self.scaling[name])
+
+    def merge(self, name: str | None = None) -> None:
+        """W0 += s * B A for the adapter (default: the active one). Merging an adapter twice raises."""
+        name = name or self.active_adapter
+        if name in self.merged_adapters:
+            raise RuntimeError(f"adapter {name!r} is already merged into this layer; call unmerge() first")
+        self.lora_A[name]  # raises a clear KeyError for an unknown adapter
+        with no_grad():
+            self.base_layer.weight.data += self.delta_weight(name)
+        self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """W0 -= s * B A for every merged adapter, restoring W0 up to float rounding. Raises if none is merged."""
+        if not self.merged_adapters:
+            raise RuntimeError("unmerge(): no adapter is merged into this layer")
+        with no_grad():
+            while self.merged_adapters:
+                self.base_layer.weight.data -= self.delta_weight(self.merged_adapters.pop())
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.merged_adapters:
+            raise RuntimeError(f"adapter {name!r} is merged; unmerge() before deleting it")
+        del self.lora_A[name]
+        del self.lora_B[name]
+        del self.scaling[name], self.lora_dropout[name]
+        if self.active_adapter == name:
+            self.active_adapter = next(iter(self.lora_A.keys()), None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        name = self.active_adapter
+        if self.disable_adapters or self.merged or name is None:
+            # merged: W0 already holds s*B*A, adding the low-rank path again would count it twice
+            return self.base_layer(x)
+        p = self.lora_dropout[name] if self.training else 0.0
+        return lora_linear(x, self.base_layer.weight, self.base_layer.bias, self.lora_A[name].weight,
+                           self.lora_B[name].weight, self.scaling[name], p)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, adapters={self.lora_A.keys()}, merged={self.merged}"
+

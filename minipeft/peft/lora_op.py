@@ -1,0 +1,68 @@
+"""The LoRA op: a frozen linear layer plus a trainable low-rank update, one explicit forward/backward.
+
+    y = x W0^T + b + s * (dropout(x) A^T) B^T        A: (r, k),  B: (d, r),  s = alpha / r
+
+W0 (d, k) stays frozen, so backward forms only dx, dA and dB: the (d x k) weight gradient
+that full fine-tuning pays for is never computed. dW0 and db are formed only if the caller
+made them trainable (e.g. bias="all").
+"""
+
+from __future__ import annotations
+
+from minipeft import backend
+from minipeft.autograd import Function, Tensor
+from minipeft.ops._util import check_float, check_same_dtype, mm
+
+
+class LoraLinearFn(Function):
+    @staticmethod
+    def forward(ctx, x, W0, b, A, B, scale=1.0, dropout_p=0.0):
+        check_float("lora_linear", "x", x)
+        d, k = W0.shape
+        r = A.shape[0]
+        if x.shape[-1] != k or A.shape != (r, k) or B.shape != (d, r) or (b is not None and b.shape != (d,)):
+            raise ValueError(f"lora_linear: x {x.shape}, W0 {W0.shape}, b {None if b is None else b.shape}, "
+                             f"A {A.shape}, B {B.shape} do not fit; need x (..., k), W0 (d, k), b (d,), "
+                             f"A (r, k), B (d, r)")
+        check_same_dtype("lora_linear", x=x, W0=W0, b=b, A=A, B=B)
+        s = x.dtype.type(scale)
+        x2 = x.reshape(-1, k)                                        # (N, k)
+        keep = None
+        xd = x2
+        if dropout_p > 0.0:
+            keep = (backend.rng().random(x2.shape, dtype=x2.dtype) >= dropout_p) * x.dtype.type(1 / (1 - dropout_p))
+            xd = x2 * keep                                           # (N, k) dropout(x)
+        h = mm(xd, A.T)                                              # (N, r)
+        y = mm(x2, W0.T)                                             # (N, d) frozen path
+        y += s * mm(h, B.T)                                          # low-rank path
+        if b is not None:
+            y += b
+        ctx.save_for_backward(x2, xd, keep, h, W0, A, B, s, x.shape)
+        return y.reshape(*x.shape[:-1], d)
+
+    @staticmethod
+    def backward(ctx, dout):
+        # y = x W0^T + b + s * h B^T,  h = xd A^T,  xd = dropout(x) = x * keep
+        # => dB = s * dy^T h;  dh = s * dy B;  dA = dh^T xd;  dx = dy W0 + (dh A) * keep
+        #    dW0 = dy^T x and db = sum dy, only when W0 / b are trainable
+        x2, xd, keep, h, W0, A, B, s, xshape = ctx.saved
+        nx, nW0, nb, nA, nB = ctx.needs_input_grad
+        dy = dout.reshape(-1, W0.shape[0])                           # (N, d)
+        dB = s * mm(dy.T, h) if nB else None                         # (d, r)
+        dh = s * mm(dy, B) if (nA or nx) else None                   # (N, r)
+        dA = mm(dh.T, xd) if nA else None                            # (r, k)
+        dx = None
+        if nx:
+            dxl = mm(dh, A)                                          # (N, k) through the adapter
+            if keep is not None:
+                dxl *= keep
+            dx = (mm(dy, W0) + dxl).reshape(xshape)
+        dW0 = mm(dy.T, x2) if nW0 else None                          # never formed for a frozen base
+        db = dy.sum(axis=0) if nb else None
+        return dx, dW0, db, dA, dB
+
+
+def lora_linear(x: Tensor, W0: Tensor, b: Tensor | None, A: Tensor, B: Tensor, scale: float,
+                dropout_p: float = 0.0) -> Tensor:
+    """y = x W0^T + b + scale * (dropout(x) A^T) B^T (dropout only when dropout_p > 0)."""
+    return LoraLinearFn.apply(x, W0, b, A, B, scale=scale, dropout_p=dropout_p)

@@ -1,0 +1,121 @@
+"""`get_peft_model` and `PeftModel`: the Hugging Face PEFT API over our tuners."""
+
+from __future__ import annotations
+
+import contextlib
+
+from minipeft.nn.module import Module
+from minipeft.peft import save_load
+from minipeft.peft.config import LoraConfig, PeftConfig
+from minipeft.peft.lora_model import LoraModel
+
+TUNERS: dict[str, type[Module]] = {"LORA": LoraModel}
+
+
+def base_fingerprint(model: Module) -> str:
+    """Hash of the base model's matrices (2-D parameters): what an adapter was trained on."""
+    return save_load.fingerprint(model)
+
+
+class PeftModel(Module):
+    """A base model with one or more adapters of one method; call it like the base model."""
+
+    def __init__(self, model: Module, config: PeftConfig, adapter_name: str = "default"):
+        if isinstance(model, PeftModel):
+            raise TypeError("this model is already a PeftModel; use add_adapter() to add another adapter")
+        if config.peft_type not in TUNERS:
+            raise ValueError(f"unsupported peft_type {config.peft_type!r}; supported: {sorted(TUNERS)}")
+        self.base_fingerprint = save_load.fingerprint(model)   # taken before any merge can change W0
+        self.base_model = TUNERS[config.peft_type](model, config, adapter_name)
+
+    # ---- the HF PEFT surface -------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        return self.base_model.model(*args, **kwargs)
+
+    @property
+    def peft_config(self) -> dict[str, PeftConfig]:
+        return self.base_model.peft_config
+
+    @property
+    def active_adapter(self) -> str:
+        return self.base_model.active_adapter
+
+    def get_base_model(self) -> Module:
+        return self.base_model.model
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable parameters, all parameters) counted in elements."""
+        return self.num_parameters(trainable_only=True), self.num_parameters()
+
+    def print_trainable_parameters(self) -> str:
+        """Print (and return) `trainable params: … || all params: … || trainable%: …` as PEFT does."""
+        t, a = self.get_nb_trainable_parameters()
+        line = f"trainable params: {t:,d} || all params: {a:,d} || trainable%: {100 * t / a:.4f}"
+        print(line)
+        return line
+
+    def add_adapter(self, adapter_name: str, config: PeftConfig) -> None:
+        """Add another adapter of the same method; it is not activated (call set_adapter)."""
+        if config.peft_type != next(iter(self.peft_config.values())).peft_type:
+            raise TypeError(f"this PeftModel holds {next(iter(self.peft_config.values())).peft_type} adapters; "
+                            f"cannot add a {config.peft_type} adapter")
+        self.base_model.inject_adapter(adapter_name, config)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        self.base_model.set_adapter(adapter_name)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self.base_model.delete_adapter(adapter_name)
+
+    def merge_adapter(self) -> None:
+        """Fold the active adapter into the base weights (faster inference); undo with unmerge_adapter()."""
+        self.base_model.merge()
+
+    def unmerge_adapter(self) -> None:
+        self.base_model.unmerge()
+
+    def merge_and_unload(self) -> Module:
+        """Merge the active adapter and return the plain base model (same class and shapes as before)."""
+        return self.base_model.merge_and_unload()
+
+    def unload(self) -> Module:
+        return self.base_model.unload()
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Inside this block the model computes the base model's output (merged weights are unmerged)."""
+        merged = any(getattr(m, "merged", False) for _, m in self.named_modules())
+        if merged:
+            self.base_model.unmerge()
+        self.base_model.set_adapters_disabled(True)
+        try:
+            yield self
+        finally:
+            self.base_model.set_adapters_disabled(False)
+            if merged:
+                self.base_model.merge()
+
+    # ---- files -----------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str, selected_adapters: list[str] | None = None) -> None:
+        """Write adapter_config.json + adapter_model.safetensors (subfolders for non-default adapters)."""
+        save_load.save_adapters(self, save_directory, selected_adapters)
+
+    def load_adapter(self, directory: str, adapter_name: str, is_trainable: bool = False,
+                     check_base_model: bool = True) -> None:
+        save_load.load_adapter(self, directory, adapter_name, is_trainable, check_base_model)
+
+    @classmethod
+    def from_pretrained(cls, model: Module, directory: str, adapter_name: str = "default",
+                        is_trainable: bool = False, check_base_model: bool = True) -> PeftModel:
+        """Wrap `model` with the adapter saved in `directory`; refuses a different base unless told not to."""
+        return save_load.from_pretrained(cls, model, directory, adapter_name, is_trainable, check_base_model)
+
+
+def get_peft_model(model: Module, peft_config: PeftConfig, adapter_name: str = "default") -> PeftModel:
+    """Freeze `model` and inject the method's trainable parameters; returns the wrapping PeftModel."""
+    if not isinstance(peft_config, PeftConfig):
+        raise TypeError(f"peft_config must be a PeftConfig such as LoraConfig, got {type(peft_config).__name__}")
+    return PeftModel(model, peft_config, adapter_name)
+
+
+__all__ = ["LoraConfig", "PeftModel", "get_peft_model"]

@@ -1,0 +1,158 @@
+"""Adapter files in Hugging Face PEFT's layout: `adapter_config.json` + `adapter_model.safetensors`.
+
+Keys are named as PEFT names them: `base_model.model.<module path>.lora_A.weight` (the adapter
+name is dropped on disk and put back on load). The config records a fingerprint of the base
+model's matrices so an adapter is not silently loaded onto a base it was not trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save
+
+from minipeft import backend
+from minipeft.io_utils import atomic_write_bytes
+from minipeft.nn.module import Module
+from minipeft.peft.config import config_from_dict
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+_SLOTS = ("lora_A", "lora_B", "modules_to_save")
+
+
+class AdapterError(ValueError):
+    """An adapter file is missing, corrupted, or does not fit the base model."""
+
+
+def fingerprint(model: Module) -> str:
+    """sha256 over the names, shapes and bytes of the base model's 2-D parameters (first 16 hex)."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.ndim != 2 or any(f".{s}." in name for s in _SLOTS):
+            continue
+        name = name.replace(".base_layer.", ".").replace(".original_module.", ".")
+        h.update(f"{name}{p.shape}{p.dtype}".encode())
+        h.update(np.ascontiguousarray(backend.to_numpy(p.data)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def adapter_dir(root: str, name: str) -> str:
+    """PEFT's layout: the 'default' adapter at the root, others in a subfolder named after them."""
+    return root if name == "default" else os.path.join(root, name)
+
+
+def adapter_state_dict(peft_model, name: str) -> dict[str, np.ndarray]:
+    """The arrays adapter `name` owns, keyed as on disk (adapter name removed)."""
+    config = peft_model.peft_config[name]
+    out = {}
+    for key, p in peft_model.named_parameters():
+        if any(f".{s}.{name}." in key for s in _SLOTS):
+            out[key.replace(f".{name}.", ".", 1)] = backend.to_numpy(p.data)
+        elif key.endswith(".bias") and not any(f".{s}." in key for s in _SLOTS) and ".original_module." not in key:
+            lora_only = getattr(config, "bias", "none") == "lora_only" and key.endswith(".base_layer.bias")
+            if getattr(config, "bias", "none") == "all" or lora_only:
+                out[key] = backend.to_numpy(p.data)
+    return out
+
+
+def save_adapters(peft_model, root: str, selected: list[str] | None = None) -> None:
+    """Write each selected adapter's config and weights; both files are replaced atomically."""
+    names = selected or list(peft_model.peft_config)
+    for name in names:
+        if name not in peft_model.peft_config:
+            raise KeyError(f"save_pretrained: no adapter named {name!r}; adapters are {sorted(peft_model.peft_config)}")
+    base = peft_model.get_base_model()
+    for name in names:
+        d = adapter_dir(root, name)
+        os.makedirs(d, exist_ok=True)
+        cfg = peft_model.peft_config[name].to_dict()
+        cfg["inference_mode"] = True
+        cfg["base_model_fingerprint"] = peft_model.base_fingerprint
+        if hasattr(base, "config") and hasattr(base.config, "to_dict"):
+            cfg["base_model_config"] = base.config.to_dict()
+        meta = {"format": "np", "peft_type": cfg["peft_type"], "base_model_fingerprint": peft_model.base_fingerprint}
+        blob = save(adapter_state_dict(peft_model, name), metadata=meta)
+        atomic_write_bytes(os.path.join(d, WEIGHTS_NAME), blob)
+        atomic_write_bytes(os.path.join(d, CONFIG_NAME), json.dumps(cfg, indent=2, sort_keys=True).encode())
+
+
+def read_config(directory: str) -> dict:
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise AdapterError(f"no {CONFIG_NAME} in {directory!r}; point at a folder written by save_pretrained()")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{path} is not valid JSON ({e}); the file is corrupted: save the adapter again") from e
+
+
+def _check_base(saved: dict, actual: str, directory: str, check: bool) -> None:
+    want = saved.get("base_model_fingerprint")
+    if check and want is not None and want != actual:
+        raise AdapterError(f"the adapter in {directory!r} was trained on a base model with fingerprint {want}, but "
+                           f"this base model's fingerprint is {actual}; load the matching base model, or pass "
+                           "check_base_model=False if you really mean to apply it to this one")
+
+
+def load_weights(peft_model, directory: str, name: str) -> None:
+    """Copy the adapter's arrays from disk into adapter `name`'s parameters, checking every key and shape."""
+    path = os.path.join(directory, WEIGHTS_NAME)
+    if not os.path.isfile(path):
+        raise AdapterError(f"no {WEIGHTS_NAME} in {directory!r}; point at a folder written by save_pretrained()")
+    try:
+        arrays = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"{path} could not be read as safetensors ({e}); it is truncated or corrupted: "
+                           "save the adapter again") from e
+    params = dict(peft_model.named_parameters())
+    expected = {k for k in adapter_state_dict(peft_model, name)}
+    missing = sorted(expected - set(arrays))
+    unexpected = sorted(set(arrays) - expected)
+    if missing or unexpected:
+        raise AdapterError(f"{path} does not fit this model: missing keys {missing[:6]}, unexpected keys "
+                           f"{unexpected[:6]}; was it saved from another base model or config?")
+    for key, arr in arrays.items():
+        live = key
+        for s in _SLOTS:
+            if f".{s}." in key:
+                live = key.replace(f".{s}.", f".{s}.{name}.", 1)
+        p = params[live]
+        if tuple(arr.shape) != p.shape:
+            raise AdapterError(f"{path}: {key} has shape {tuple(arr.shape)} but the model expects {p.shape}; "
+                               "the adapter was made for a different base model shape")
+        p.data = backend.asarray(arr, dtype=p.dtype).copy()
+
+
+def from_pretrained(cls, model: Module, directory: str, name: str, is_trainable: bool, check: bool):
+    """Build a PeftModel around `model` from a saved adapter folder."""
+    saved = read_config(directory)
+    _check_base(saved, fingerprint(model), directory, check)
+    config = config_from_dict(saved)
+    config.inference_mode = not is_trainable
+    peft_model = cls(model, config, name)
+    load_weights(peft_model, directory, name)
+    if not is_trainable:
+        peft_model.freeze()
+    return peft_model
+
+
+def load_adapter(peft_model, directory: str, name: str, is_trainable: bool, check: bool) -> None:
+    """Add a saved adapter under `name` to an existing PeftModel (not activated)."""
+    saved = read_config(directory)
+    _check_base(saved, peft_model.base_fingerprint, directory, check)
+    config = config_from_dict(saved)
+    config.inference_mode = not is_trainable
+    active = peft_model.active_adapter
+    peft_model.add_adapter(name, config)
+    load_weights(peft_model, directory, name)
+    peft_model.set_adapter(active)
+    if not is_trainable:
+        for key, p in peft_model.named_parameters():
+            if any(f".{s}.{name}." in key for s in _SLOTS):
+                p.requires_grad = False
