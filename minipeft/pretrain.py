@@ -1,0 +1,148 @@
+"""The base model every tutorial fine-tunes: built once (tokenizer + pretraining), cached under MINIPEFT_HOME.
+
+`load_base_model()` returns the cached model and tokenizer, or builds them when missing (a few
+minutes on a laptop CPU; `quick=True` builds a tiny one in seconds). The cache folder name holds
+a hash of the recipe, so changing the recipe rebuilds instead of loading a stale model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from minipeft import backend
+from minipeft.autograd import no_grad
+from minipeft.checkpoint import load_checkpoint, save_checkpoint
+from minipeft.data.batching import encode_corpus, lm_batches
+from minipeft.data.generator import make_corpus
+from minipeft.data.tokenizer import Tokenizer
+from minipeft.nn.gpt import GPT, GPTConfig
+from minipeft.optim import AdamW, cosine_schedule
+from minipeft.train import TrainResult, train
+
+
+def minipeft_home() -> Path:
+    """Where cached artifacts live: $MINIPEFT_HOME, default ~/.cache/minipeft."""
+    return Path(os.environ.get("MINIPEFT_HOME") or Path.home() / ".cache" / "minipeft")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Recipe of the base model: data, tokenizer, model size and optimisation."""
+
+    preset: str = "mini"          # GPT size (see minipeft.nn.gpt.PRESETS); vocab_size comes from the tokenizer
+    n_docs: int = 20000           # generated pretraining documents (~1.7M tokens)
+    n_val_docs: int = 400         # held-out documents (another seed) for validation perplexity
+    vocab_size: int = 2048        # byte-level BPE vocabulary
+    steps: int = 900              # optimizer steps
+    batch_size: int = 8           # sequences per step
+    seq_len: int = 256            # tokens per sequence (the full context: fine-tuning prompts need it)
+    lr: float = 3e-3              # peak AdamW learning rate (small models take large rates)
+    min_lr: float = 3e-4          # end of the cosine decay
+    warmup: int = 60              # linear warmup steps
+    weight_decay: float = 0.1     # decoupled weight decay on matrices (not on biases or LayerNorm)
+    seed: int = 0                 # data, initialisation and batch order
+    overrides: tuple = ()         # extra GPTConfig fields as (name, value) pairs
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        return f"{self.preset}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+
+FULL = PretrainConfig()
+QUICK = PretrainConfig(preset="test", n_docs=600, n_val_docs=50, vocab_size=384, steps=40, batch_size=8,
+                       seq_len=64, lr=1e-2, min_lr=1e-3, warmup=5,
+                       overrides=(("context_length", 256), ("d_model", 32), ("d_ff", 64)))
+
+
+@dataclass
+class BaseModel:
+    """A pretrained model, its tokenizer, and what the pretraining run measured."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    info: dict
+    path: Path
+
+
+def decay_groups(model: GPT, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay the matrices, not the biases, LayerNorm gains or position table (GPT-2 practice)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim == 2 and n != "wpe.weight"]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim == 2 and n != "wpe.weight")]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+@no_grad()
+def lm_loss(model: GPT, ids: np.ndarray, seq_len: int, max_windows: int = 64) -> float:
+    """Mean next-token loss over consecutive non-overlapping windows of a token stream."""
+    model.eval()
+    n = min(max_windows, (len(ids) - 1) // seq_len)
+    if n < 1:
+        raise ValueError(f"lm_loss: {len(ids)} tokens are fewer than one window of {seq_len + 1}")
+    x = ids[: n * seq_len].reshape(n, seq_len)
+    y = ids[1 : n * seq_len + 1].reshape(n, seq_len)
+    losses = [model(x[i : i + 16], y[i : i + 16])[1].item() * len(x[i : i + 16]) for i in range(0, n, 16)]
+    return float(sum(losses) / n)
+
+
+def build_base_model(cfg: PretrainConfig = FULL, progress: bool = True) -> tuple[BaseModel, TrainResult]:
+    """Train the tokenizer and pretrain a GPT on the generated corpus (no caching)."""
+    t0 = time.perf_counter()
+    docs = make_corpus(cfg.n_docs, seed=cfg.seed)
+    val_docs = make_corpus(cfg.n_val_docs, seed=cfg.seed + 10_000)
+    tok = Tokenizer.train(docs, vocab_size=cfg.vocab_size)
+    stream, val_stream = encode_corpus(docs, tok), encode_corpus(val_docs, tok)
+    backend.manual_seed(cfg.seed)
+    gcfg = GPTConfig.from_preset(cfg.preset, vocab_size=tok.vocab_size, **dict(cfg.overrides))
+    model = GPT(gcfg)
+    rng = np.random.default_rng(cfg.seed)
+    opt = AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    init_val = lm_loss(model, val_stream, cfg.seq_len)
+    result = train(model, lambda step: lm_batches(stream, cfg.batch_size, cfg.seq_len, rng), steps=cfg.steps,
+                   optimizer=opt, schedule=lambda s: cosine_schedule(s, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr),
+                   grad_clip=1.0, progress=progress, seed=cfg.seed, desc="pretrain")
+    val = lm_loss(model, val_stream, cfg.seq_len)
+    info = {"recipe": asdict(cfg), "model_config": gcfg.to_dict(), "parameters": model.num_parameters(),
+            "corpus_tokens": int(len(stream)), "tokens_trained": result.tokens_seen,
+            "val_loss_init": init_val, "val_loss": val, "val_perplexity": math.exp(val),
+            "val_perplexity_init": math.exp(init_val), "train_seconds": result.wall_time_s,
+            "total_seconds": time.perf_counter() - t0, "losses": result.losses}
+    return BaseModel(model, tok, info, Path()), result
+
+
+def load_base_model(quick: bool = False, cfg: PretrainConfig | None = None, progress: bool = True,
+                    rebuild: bool = False) -> BaseModel:
+    """The cached base model for this recipe, built (and cached atomically) when missing."""
+    cfg = cfg or (QUICK if quick else FULL)
+    path = minipeft_home() / "base" / cfg.key()
+    if path.is_dir() and not rebuild:
+        model = load_checkpoint(path / "model.safetensors")
+        tok = Tokenizer.from_file(path / "tokenizer.json")
+        info = json.loads((path / "pretrain.json").read_text())
+        return BaseModel(model, tok, info, path)
+    if progress:
+        print(f"building the base model ({cfg.preset}, {cfg.steps} steps); cached at {path}")
+    base, _ = build_base_model(cfg, progress=progress)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_checkpoint(base.model, tmp / "model.safetensors")
+        base.tokenizer.save(tmp / "tokenizer.json")
+        (tmp / "pretrain.json").write_text(json.dumps(base.info))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)  # the folder appears complete or not at all
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    base.path = path
+    return base

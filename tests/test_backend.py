@@ -1,0 +1,121 @@
+"""The backend: one place picks NumPy or CuPy, the seed, and the default dtype."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import minipeft
+from minipeft import Tensor, backend, ops
+
+
+@pytest.fixture
+def restore_device():
+    """Put back the device the session started on (cpu, or cuda under MINIPEFT_DEVICE=cuda)."""
+    prev, prev_rng = minipeft.get_device(), backend._state["rng"]
+    try:
+        yield
+    finally:
+        minipeft.set_device(prev)
+        backend._state["rng"] = prev_rng  # set_device drops the generator; keep the other tests' stream
+
+
+def test_default_device_follows_the_environment():
+    want = os.environ.get("MINIPEFT_DEVICE", "cpu").lower() or "cpu"
+    assert minipeft.get_device() == want
+    assert (minipeft.xp() is np) == (want == "cpu")
+    assert isinstance(Tensor([1.0]).data, minipeft.xp().ndarray)
+
+
+def test_manual_seed_makes_draws_bit_identical(keep_rng):
+    minipeft.manual_seed(123)
+    a = minipeft.to_numpy(backend.rng().standard_normal(16))
+    minipeft.manual_seed(123)
+    b = minipeft.to_numpy(backend.rng().standard_normal(16))
+    minipeft.manual_seed(124)
+    c = minipeft.to_numpy(backend.rng().standard_normal(16))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_manual_seed_rejects_bad_seeds(seed):
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        minipeft.manual_seed(seed)
+
+
+def test_set_device_bad_name_raises():
+    with pytest.raises(ValueError, match="device must be one of"):
+        minipeft.set_device("tpu")
+
+
+def test_cuda_without_cupy_raises_device_error(restore_device, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` now raises ImportError
+    with pytest.raises(backend.DeviceError, match="not installed") as e:
+        minipeft.set_device("cuda")
+    assert "set_device('cpu')" in str(e.value)
+
+
+def test_cuda_without_gpu_raises_device_error(restore_device, monkeypatch):
+    def no_gpu():
+        raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=no_gpu))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    with pytest.raises(backend.DeviceError, match="no CUDA GPU answered.*cudaErrorNoDevice") as e:
+        minipeft.set_device("cuda")
+    assert "set_device('cpu')" in str(e.value)
+
+
+def test_failed_set_device_leaves_the_device_unchanged(restore_device, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    minipeft.set_device("cpu")
+    with pytest.raises(backend.DeviceError):
+        minipeft.set_device("cuda")
+    assert minipeft.get_device() == "cpu" and minipeft.xp() is np
+
+
+def test_default_dtype_is_float32():
+    assert minipeft.get_default_dtype() is np.float32
+    assert Tensor([1.0, 2.0]).dtype == np.float32
+    assert Tensor(np.array([1.0])).dtype == np.float64  # an array keeps its own dtype, as in torch
+    assert Tensor([1, 2]).dtype.kind == "i"
+
+
+def test_float64_fixture_switches_the_default(float64):
+    assert minipeft.get_default_dtype() is np.float64
+    assert Tensor([1.0]).dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.float16, bool])
+def test_set_default_dtype_rejects_non_float32_64(dtype):
+    with pytest.raises(ValueError, match="default dtype must be float32 or float64"):
+        minipeft.set_default_dtype(dtype)
+    assert minipeft.get_default_dtype() is np.float32
+
+
+def test_to_numpy_on_tensors_arrays_and_lists():
+    a = np.arange(6.0).reshape(2, 3)
+    for x in (Tensor(a), minipeft.xp().asarray(a), a, a.tolist()):
+        out = minipeft.to_numpy(x)
+        assert isinstance(out, np.ndarray)
+        np.testing.assert_array_equal(out, a)
+    np.testing.assert_array_equal(Tensor(a).numpy(), a)
+
+
+@pytest.mark.gpu
+def test_gpu_ops_match_numpy():
+    import cupy  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    x, W, b = (rng.standard_normal(s).astype(np.float32) for s in ((4, 8, 16), (32, 16), (32,)))
+    y = ops.gelu(ops.linear(Tensor(x), Tensor(W), Tensor(b)))
+    assert isinstance(y.data, cupy.ndarray)
+    h = x @ W.T + b
+    want = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-4, atol=1e-5)  # float32, sums of 16 terms
