@@ -22,7 +22,7 @@ from minipeft import backend
 from minipeft.autograd import no_grad
 from minipeft.checkpoint import load_checkpoint, save_checkpoint
 from minipeft.data.batching import encode_corpus, lm_batches
-from minipeft.data.generator import make_corpus
+from minipeft.data.generator import DATA_VERSION, make_corpus
 from minipeft.data.tokenizer import Tokenizer
 from minipeft.nn.gpt import GPT, GPTConfig
 from minipeft.optim import AdamW, cosine_schedule
@@ -51,6 +51,7 @@ class PretrainConfig:
     weight_decay: float = 0.1     # decoupled weight decay on matrices (not on biases or LayerNorm)
     seed: int = 0                 # data, initialisation and batch order
     overrides: tuple = ()         # extra GPTConfig fields as (name, value) pairs
+    data_version: int = DATA_VERSION  # bumped when the generator changes, so the cache rebuilds
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True, default=list).encode()
@@ -60,7 +61,7 @@ class PretrainConfig:
 FULL = PretrainConfig()
 QUICK = PretrainConfig(preset="test", n_docs=600, n_val_docs=50, vocab_size=384, steps=40, batch_size=8,
                        seq_len=64, lr=1e-2, min_lr=1e-3, warmup=5,
-                       overrides=(("context_length", 256), ("d_model", 32), ("d_ff", 64)))
+                       overrides=(("context_length", 384), ("d_model", 32), ("d_ff", 64)))
 
 
 @dataclass

@@ -105,7 +105,8 @@ def ticket(rng: random.Random) -> tuple[list[str], str]:
     t += [_one(rng, f"That's {price} dollars.", f"That will be {price} dollars in total.")]
     t += rng.choice([["Can I pay by card?", f"Yes, of course. Your {mode} leaves from platform {platform}."],
                      ["Here you are.", f"Thank you. Go to platform {platform}."]])
-    s = f"{P2} buys {tix} to {city} for {price} dollars. The {mode} leaves at {time} from platform {platform}."
+    s = (f"{P2} buys {tix} to {city} for {price} dollars. "
+         f"The {mode} leaves at {time} from platform {platform}.")
     return t, s
 
 
@@ -121,25 +122,26 @@ def return_item(rng: random.Random) -> tuple[list[str], str]:
          _one(rng, "Would you like a refund or an exchange?", "Do you want your money back or another one?")]
     if rng.random() < 0.5:
         t += [_one(rng, "A refund, please.", "I'd like my money back."), "No problem."]
-        s = f"{P2} returns a {item} because {problem} and gets a refund of {price} dollars."
+        s = f"{P2} returns {V.an(item)} because {problem} and gets a refund of {price} dollars."
     else:
-        t += [f"Can I exchange it for a {color} one?", _one(rng, "Of course.", f"Sure, here is a {color} one.")]
-        s = f"{P2} returns a {item} because {problem} and exchanges it for a {color} one."
+        t += [f"Can I exchange it for {V.an(color)} one?",
+              _one(rng, "Of course.", f"Sure, here is {V.an(color)} one.")]
+        s = f"{P2} returns {V.an(item)} because {problem} and exchanges it for {V.an(color)} one."
     return t, s
 
 
 def interview(rng: random.Random) -> tuple[list[str], str]:
     """A job interview: experience, start date, and when the company will call."""
     cand, job, company = V.person(rng), rng.choice(V.JOBS), rng.choice(V.COMPANIES)
-    years, month, day = rng.randint(2, 12), rng.choice(V.MONTHS), rng.choice(V.DAYS[:5])
+    yrs, month, day = V.number_word(rng.randint(2, 12)), rng.choice(V.MONTHS), rng.choice(V.DAYS[:5])
     t = [_one(rng, "Please tell me about yourself.", "Thank you for coming. Can you introduce yourself?"),
-         _one(rng, f"My name is {cand.full}. I've worked as a {job} at {company} for {V.number_word(years)} years.",
-              f"I'm {cand.full}. I have been a {job} at {company} for {V.number_word(years)} years."),
+         _one(rng, f"My name is {cand.full}. I've worked as {V.an(job)} at {company} for {yrs} years.",
+              f"I'm {cand.full}. I have been {V.an(job)} at {company} for {yrs} years."),
          _one(rng, "Why do you want to leave?", "Why are you interested in this job?"),
-         _one(rng, "I want new challenges.", "I'd like to work closer to home.", "I want to learn new skills."),
+         _one(rng, "I want new challenges.", "I'd like to work closer to home.", "I want to learn more."),
          "When could you start?", _one(rng, f"I can start in {month}.", f"I'm free from {month}."),
          _one(rng, f"Thank you. We will call you on {day}.", f"Great. You'll hear from us on {day}.")]
-    s = (f"{cand.full} has been a {job} at {company} for {V.number_word(years)} years and can start in "
+    s = (f"{cand.full} has been {V.an(job)} at {company} for {yrs} years and can start in "
          f"{month}. {P1} will call on {day}.")
     return t, s
 
@@ -174,7 +176,7 @@ def directions(rng: random.Random) -> tuple[list[str], str]:
               f"Walk down {street} and turn {turn} at the {mark}."),
          _one(rng, "Is it far?", "How long does it take?"),
          f"About {V.number_word(minutes)} minutes on foot. It's next to the {near}."]
-    t += rng.choice([["Thank you very much.", "You're welcome."], ["Thanks!"], ["Great, thanks.", "No problem."]])
+    t += rng.choice([["Thank you very much.", "You're welcome."], ["Thanks!"], ["Great, thanks.", "Bye."]])
     s = (f"{P2} tells {P1} how to get to the {place}: along {street}, then {turn} at the {mark}. "
          f"It is next to the {near}.")
     return t, s
@@ -187,7 +189,8 @@ def shopping(rng: random.Random) -> tuple[list[str], str]:
     p1 = rng.randint(40, 200)
     p2 = p1 - rng.randint(5, 35)
     t = [_one(rng, "Can I help you?", "Hello, are you looking for something?"),
-         _one(rng, f"Yes, I'm looking for a {item} for my {rel}.", f"I need a {item}. It's a present for my {rel}."),
+         _one(rng, f"Yes, I'm looking for {V.an(item)} for my {rel}.",
+              f"I need {V.an(item)}. It's a present for my {rel}."),
          f"What about this {c1} one? It's {p1} dollars."]
     if rng.random() < 0.6:
         t += [_one(rng, "That's too expensive. Do you have a cheaper one?", "Hmm, anything cheaper?"),
@@ -196,7 +199,7 @@ def shopping(rng: random.Random) -> tuple[list[str], str]:
         c2, p2 = c1, p1
         t += ["It's lovely. I'll take it."]
     t += [_one(rng, "Cash or card?", "Shall I wrap it for you?"), _one(rng, "Card, please.", "Yes, please.")]
-    s = f"{P2} buys a {c2} {item} for {p2} dollars as a present for {P2}'s {rel}."
+    s = f"{P2} buys {V.an(c2)} {item} for {p2} dollars as a present for {P2}'s {rel}."
     return t, s
 
 
@@ -213,11 +216,12 @@ def invitation(rng: random.Random) -> tuple[list[str], str]:
          f"We'll meet at the {place} at {time}."]
     if rng.random() < 0.6:
         t += ["Should I bring anything?", f"Bring some {food}."]
-        s = (f"{P1} invites {P2} to {act} with {other.first} on {day}. They will meet at the {place} at {time}, "
-             f"and {P2} will bring {food}.")
+        s = (f"{P1} invites {P2} to {act} with {other.first} on {day}. "
+             f"They will meet at the {place} at {time}, and {P2} will bring {food}.")
     else:
         t += ["OK, see you there."]
-        s = f"{P1} invites {P2} to {act} with {other.first} on {day}. They will meet at the {place} at {time}."
+        s = (f"{P1} invites {P2} to {act} with {other.first} on {day}. "
+             f"They will meet at the {place} at {time}.")
     return t, s
 
 
@@ -226,11 +230,13 @@ def message(rng: random.Random) -> tuple[list[str], str]:
     caller, absent = V.people(rng, 2)
     company, time = rng.choice(V.COMPANIES), V.clock(rng, 10, 18)
     when = rng.choice(["today", "tomorrow"])
+    he, him = absent.he, absent.him
     t = [f"Hello, can I speak to {absent.first}, please?",
-         _one(rng, f"Sorry, {absent.he} is out. Can I take a message?", f"{absent.first} isn't here. Any message?"),
-         f"Yes, this is {caller.full} from {company}. Please ask {absent.him} to call me before {time} {when}.",
-         _one(rng, f"Sure. Before {time}. Does {absent.he} have your number?", "Of course. I'll write it down."),
-         _one(rng, "Yes, I think so. Thank you.", "Yes. Thanks for your help."), f"I'll give {absent.him} the message."]
+         _one(rng, f"Sorry, {he} is out. Can I take a message?", f"{absent.first} isn't here. Any message?"),
+         f"Yes, this is {caller.full} from {company}. Please ask {him} to call me before {time} {when}.",
+         _one(rng, f"Sure. Before {time}. Does {he} have your number?", "Of course. I'll write it down."),
+         _one(rng, "Yes, I think so. Thank you.", "Yes. Thanks for your help."),
+         f"I'll give {him} the message."]
     s = (f"{caller.full} from {company} calls for {absent.first}, who is out. {P2} will ask {absent.first} "
          f"to call back before {time} {when}.")
     return t, s

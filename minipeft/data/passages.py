@@ -44,7 +44,7 @@ def _person_facts(rng: random.Random, p: V.Person, s: dict) -> list[Fact]:
         (f"{he} is {s['age']} years old.", [(f"How old is {f}?", str(s["age"]))]),
         (f"{he} works at the {s['work']}.", [(f"Where does {f} work?", f"the {s['work']}")]),
         (f"{his} favorite food is {s['food']}.", [(f"What is {f}'s favorite food?", s["food"])]),
-        (f"{he} has a {s['pet']} called {s['petname']}.",
+        (f"{he} has {V.an(s['pet'])} called {s['petname']}.",
          [(f"What is the name of {f}'s {s['pet']}?", s["petname"]), (f"What pet does {f} have?", s["pet"])]),
         (f"{his} {s['rel']}, {s['relname']}, lives in {s['city2']}.",
          [(f"Who is {f}'s {s['rel']}?", s["relname"]), (f"Where does {f}'s {s['rel']} live?", s["city2"])]),
@@ -72,7 +72,7 @@ def person_passage(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
         s = {k: v[i] for k, v in cols.items()}
         s["city2"] = cols["city"][2 + i]
         s["rel"] = rng.choice(V.RELATIVES_F if s["relname"] in V.FEMALE_NAMES else V.RELATIVES_M)
-        intro = (f"{p.full} is a {s['job']} who lives in {s['city']}.",
+        intro = (f"{p.full} is {V.an(s['job'])} who lives in {s['city']}.",
                  [(f"What is {p.first}'s job?", s["job"]), (f"Where does {p.first} live?", s["city"])])
         facts = rng.sample(_person_facts(rng, p, s), rng.randint(2, 4))
         for sent, qs in [intro, *facts]:
@@ -105,7 +105,7 @@ def town_passage(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
     near = [(f"{t2}, a village near {t1}, was founded in {y2}.", [(f"When was {t2} founded?", str(y2))]),
             (f"{t2} is known for its {f2}.", [(f"What is {t2} known for?", f2)]),
             (f"In {t2} most people work in {ind2}.", [(f"What do most people in {t2} work in?", ind2)])]
-    facts += rng.sample(near, rng.randint(1, 2))
+    facts += near[:1] + rng.sample(near[1:], rng.randint(0, 2))
     return " ".join(s for s, _ in facts), [q for _, qs in facts for q in qs]
 
 

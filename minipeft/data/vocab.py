@@ -21,10 +21,10 @@ MALE_NAMES = (
     "Yusuf Karim Samuel Victor Henry George Frank Carlos Jorge Mike Steve Kenji Bruno Erik Rohan"
 ).split()
 SURNAMES = (
-    "Lopez Chen Smith Patel Kim Nguyen Garcia Miller Brown Wilson Taylor Clark Lewis Walker Young King Wright "
-    "Green Baker Adams Nelson Hill Carter Mitchell Rossi Ferrari Silva Costa Santos Novak Kowalski Schmidt "
-    "Weber Fischer Meyer Dubois Martin Bernard Moreau Tanaka Suzuki Sato Ito Khan Ahmed Hassan Ali Okafor "
-    "Mensah Diallo Ivanova Petrov Larsen Hansen Berg Murphy Kelly Ryan Walsh Byrne"
+    "Lopez Chen Smith Patel Kim Nguyen Garcia Miller Brown Wilson Taylor Clark Lewis Walker Young King "
+    "Wright Green Baker Adams Nelson Hill Carter Mitchell Rossi Ferrari Silva Costa Santos Novak Kowalski "
+    "Schmidt Weber Fischer Meyer Dubois Martin Bernard Moreau Tanaka Suzuki Sato Ito Khan Ahmed Hassan Ali "
+    "Okafor Mensah Diallo Ivanova Petrov Larsen Hansen Berg Murphy Kelly Ryan Walsh Byrne"
 ).split()
 MEETING_PLACES = (
     "library", "coffee shop", "student center", "park entrance", "bookstore", "museum", "cafeteria",
@@ -90,8 +90,9 @@ ACTIVITIES = (  # (third person, base form)
     ("goes running", "go running"), ("rides a bike", "ride a bike"), ("bakes bread", "bake bread"),
     ("goes dancing", "go dancing"), ("plays basketball", "play basketball"), ("does yoga", "do yoga"),
     ("goes skating", "go skating"), ("sings in a choir", "sing in a choir"), ("plays golf", "play golf"),
-    ("goes climbing", "go climbing"), ("reads poetry", "read poetry"), ("plays volleyball", "play volleyball"),
-    ("goes sailing", "go sailing"), ("plays cards", "play cards"), ("works in the garden", "work in the garden"),
+    ("goes climbing", "go climbing"), ("reads poetry", "read poetry"), ("plays darts", "play darts"),
+    ("goes sailing", "go sailing"), ("plays cards", "play cards"), ("knits", "knit"),
+    ("plays volleyball", "play volleyball"),
 )
 OBJECTS = (
     "umbrella", "bicycle", "laptop", "camera", "ladder", "tent", "drill", "calculator", "guitar", "car",
@@ -222,3 +223,8 @@ def clock(rng: random.Random, lo: int = 8, hi: int = 21, halves: bool = True) ->
 def distinct(rng: random.Random, seq: Sequence, k: int) -> list:
     """Draw k distinct elements (order random)."""
     return rng.sample(list(seq), k)
+
+
+def an(word: str) -> str:
+    """The word with its indefinite article: 'an engineer', 'a nurse'."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"

@@ -117,7 +117,8 @@ class Module:
     def to(self, dtype) -> Module:
         """Cast every parameter (and its gradient) to a float dtype in place, e.g. float64 for grad checks."""
         if np.dtype(dtype).kind != "f":
-            raise TypeError(f"{type(self).__name__}.to: parameters must stay floating, got dtype {np.dtype(dtype)}")
+            raise TypeError(f"{type(self).__name__}.to: parameters must stay floating, "
+                            f"got dtype {np.dtype(dtype)}")
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             if p.grad is not None:

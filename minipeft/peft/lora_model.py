@@ -131,8 +131,10 @@ class LoraModel(Module):
             m.unmerge()
 
     def merge_and_unload(self) -> Module:
-        """Fold the active adapter into the base weights and put plain Linear layers back."""
-        self.merge()
+        """Fold the active adapter into W0 (unless merge_adapter() already did); put plain Linear layers back."""
+        for m in self.lora_layers():
+            if m.active_adapter is not None and not m.merged:
+                m.merge(m.active_adapter)
         for path, m in list(self.model.named_modules()):
             if isinstance(m, LoraLinear):
                 self.model.set_submodule(path, m.base_layer)

@@ -51,8 +51,9 @@ def adapter_state_dict(peft_model, name: str) -> dict[str, np.ndarray]:
     config = peft_model.peft_config[name]
     out = {}
     for key, p in peft_model.named_parameters():
-        if any(f".{s}.{name}." in key for s in _SLOTS):
-            out[key.replace(f".{name}.", ".", 1)] = backend.to_numpy(p.data)
+        slot = next((s for s in _SLOTS if f".{s}.{name}." in key), None)
+        if slot is not None:  # drop the name right after its slot, not where it first occurs in the path
+            out[key.replace(f".{slot}.{name}.", f".{slot}.", 1)] = backend.to_numpy(p.data)
         elif key.endswith(".bias") and not any(f".{s}." in key for s in _SLOTS) and ".original_module." not in key:
             lora_only = getattr(config, "bias", "none") == "lora_only" and key.endswith(".base_layer.bias")
             if getattr(config, "bias", "none") == "all" or lora_only:
@@ -117,6 +118,7 @@ def load_weights(peft_model, directory: str, name: str) -> None:
     if missing or unexpected:
         raise AdapterError(f"{path} does not fit this model: missing keys {missing[:6]}, unexpected keys "
                            f"{unexpected[:6]}; was it saved from another base model or config?")
+    pairs = []
     for key, arr in arrays.items():
         live = key
         for s in _SLOTS:
@@ -126,6 +128,8 @@ def load_weights(peft_model, directory: str, name: str) -> None:
         if tuple(arr.shape) != p.shape:
             raise AdapterError(f"{path}: {key} has shape {tuple(arr.shape)} but the model expects {p.shape}; "
                                "the adapter was made for a different base model shape")
+        pairs.append((p, arr))
+    for p, arr in pairs:  # every shape checked first: no half-loaded adapter
         p.data = backend.asarray(arr, dtype=p.dtype).copy()
 
 
@@ -136,7 +140,11 @@ def from_pretrained(cls, model: Module, directory: str, name: str, is_trainable:
     config = config_from_dict(saved)
     config.inference_mode = not is_trainable
     peft_model = cls(model, config, name)
-    load_weights(peft_model, directory, name)
+    try:
+        load_weights(peft_model, directory, name)
+    except BaseException:
+        peft_model.unload()  # hand the caller's model back as it was, without our wrappers
+        raise
     if not is_trainable:
         peft_model.freeze()
     return peft_model
@@ -150,7 +158,12 @@ def load_adapter(peft_model, directory: str, name: str, is_trainable: bool, chec
     config.inference_mode = not is_trainable
     active = peft_model.active_adapter
     peft_model.add_adapter(name, config)
-    load_weights(peft_model, directory, name)
+    try:
+        load_weights(peft_model, directory, name)
+    except BaseException:
+        peft_model.set_adapter(active)
+        peft_model.delete_adapter(name)  # no half-loaded adapter left behind
+        raise
     peft_model.set_adapter(active)
     if not is_trainable:
         for key, p in peft_model.named_parameters():

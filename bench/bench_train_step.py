@@ -1,0 +1,145 @@
+"""Benchmark: one training step of the tutorial's base model, full fine-tuning vs LoRA, and inference.
+
+Reports, all measured in this one run:
+- ms/step and tokens/s of a full fine-tuning step (pretraining shape) and of LoRA steps;
+- the achieved fraction of this machine's float32 matmul rate: the step's matmul FLOPs are
+  counted exactly with `ops.record_matmuls()` and the machine's rate is measured on a square
+  float32 matmul just before;
+- LoRA step time / full step time as the median of per-pair ratios, variants alternated A B A B
+  (the machine's speed drifts, see shared/PERF-NOTES.md);
+- peak memory of a step (tracemalloc: activations, gradients, optimizer state) for each variant;
+- inference (forward, no grad) time of the merged and unmerged LoRA model relative to the base.
+
+    python bench/bench_train_step.py            # ~2-4 minutes on 2 cores
+    python bench/bench_train_step.py --quick    # seconds, small shapes (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+
+import minipeft as mp
+from minipeft import ops
+from minipeft.memory import PeakMemory, format_bytes
+from minipeft.nn import GPT, GPTConfig
+from minipeft.optim import AdamW
+from minipeft.peft import LoraConfig, get_peft_model
+
+ATTN = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def matmul_rate(n: int = 1024, reps: int = 7) -> float:
+    """Median float32 GFLOP/s of an n x n matmul (the ceiling a step can approach)."""
+    xp = mp.xp()
+    a = xp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    b = a.copy()
+    a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / np.median(times) / 1e9
+
+
+def make(variant: str, preset: str, overrides: dict):
+    mp.manual_seed(0)
+    model = GPT(GPTConfig.from_preset(preset, **overrides))
+    if variant == "full":
+        return model, AdamW(model.parameters(), lr=1e-4)
+    targets = ["q_proj", "v_proj"] if variant == "lora q,v" else ATTN + ["fc1", "fc2"]
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+    return peft, AdamW(peft.parameters(trainable_only=True), lr=1e-4)
+
+
+def step(model, opt, x, y) -> None:
+    _, loss = model(x, y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def step_flops(model, opt, x, y) -> int:
+    """Exact matmul FLOPs of one step: 2 * batch * n * k * m for every (.., n, k) @ (.., k, m) formed."""
+    with ops.record_matmuls() as log:
+        step(model, opt, x, y)
+    total = 0
+    for sa, sb in log:
+        batch = int(np.prod(np.broadcast_shapes(sa[:-2], sb[:-2]))) if len(sa) > 2 or len(sb) > 2 else 1
+        total += 2 * batch * sa[-2] * sa[-1] * sb[-1]
+    return total
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--pairs", type=int, default=8, help="A/B pairs per comparison")
+    args = p.parse_args(argv)
+    preset, overrides = ("test", {"context_length": 64}) if args.quick else ("mini", {})
+    B, T = (4, 64) if args.quick else (8, 256)
+    pairs = 2 if args.quick else args.pairs
+    cfg = GPTConfig.from_preset(preset, **overrides)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, cfg.vocab_size, size=(B, T))
+    y = rng.integers(0, cfg.vocab_size, size=(B, T))
+    print(f"machine: {platform.machine()}, {platform.processor() or '?'}; numpy {np.__version__}; "
+          f"device {mp.get_device()}")
+    print(f"model: {preset} {cfg.d_model}d x {cfg.n_layer} layers, vocab {cfg.vocab_size}; batch {B} x {T} tokens")
+    rate = matmul_rate(256 if args.quick else 1024)
+    print(f"float32 square matmul rate: {rate:.0f} GFLOP/s (median)")
+
+    variants = {v: make(v, preset, overrides) for v in ("full", "lora q,v", "lora attn+mlp")}
+    flops = {v: step_flops(m, o, x, y) for v, (m, o) in variants.items()}  # also a warm-up step
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(pairs):  # interleave the variants so drift hits them alike
+        for v, (m, o) in variants.items():
+            times[v].append(timed(lambda m=m, o=o: step(m, o, x, y)))
+    print(f"\n{'variant':<16}{'ms/step':>10}{'tokens/s':>11}{'GFLOP/step':>12}{'% of matmul rate':>18}"
+          f"{'ratio to full':>15}{'peak memory':>13}")
+    for v, (m, o) in variants.items():
+        ms = 1000 * float(np.median(times[v]))
+        ratio = float(np.median(np.array(times[v]) / np.array(times["full"])))
+        with PeakMemory() as pm:
+            step(m, o, x, y)
+        frac = flops[v] / (ms / 1000) / 1e9 / rate
+        print(f"{v:<16}{ms:>10.1f}{B * T / (ms / 1000):>11.0f}{flops[v] / 1e9:>12.2f}{100 * frac:>17.1f}%"
+              f"{ratio:>15.3f}{format_bytes(pm.peak_bytes):>13}")
+
+    peft, _ = variants["lora attn+mlp"]
+    base = peft.get_base_model()
+    peft.eval()
+
+    def infer():
+        with mp.no_grad():
+            peft(x)
+
+    def infer_base():
+        with peft.disable_adapter(), mp.no_grad():
+            base(x)
+
+    res = {"base": [], "unmerged": [], "merged": []}
+    infer()
+    for _ in range(pairs * 2):
+        res["base"].append(timed(infer_base))
+        res["unmerged"].append(timed(infer))
+        peft.merge_adapter()
+        res["merged"].append(timed(infer))
+        peft.unmerge_adapter()
+    print(f"\ninference, forward of {B} x {T} tokens, LoRA attn+mlp r=8 (median of per-pair ratios)")
+    for k in ("base", "unmerged", "merged"):
+        r = float(np.median(np.array(res[k]) / np.array(res["base"])))
+        print(f"  {k:<10}{1000 * np.median(res[k]):>8.1f} ms   ratio to base {r:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Supervised fine-tuning on a task and scoring by generation: what the tutorials run for every method."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from minipeft.data.batching import collate_sft, encode_rows
+from minipeft.data.generator import get_task
+from minipeft.generate import generate
+from minipeft.metrics import accuracy, exact_match, rouge
+from minipeft.optim import AdamW, cosine_schedule
+from minipeft.train import TrainResult, train
+
+
+def sft_sampler(rows: Sequence[dict], task: str, tok, batch_size: int, max_len: int, seed: int = 0):
+    """step -> collated batch, reshuffling the rows every epoch (encodes everything once, up front)."""
+    encoded = encode_rows(rows, task, tok, max_len)
+    if len(encoded) < batch_size:
+        raise ValueError(f"sft_sampler: {len(encoded)} rows are fewer than batch_size={batch_size}")
+    rng = np.random.default_rng(seed)
+    per_epoch = len(encoded) // batch_size
+    order: list[int] = []
+
+    def batch(step: int) -> dict:
+        nonlocal order
+        i = step % per_epoch
+        if i == 0:
+            order = list(rng.permutation(len(encoded)))
+        return collate_sft([encoded[j] for j in order[i * batch_size:(i + 1) * batch_size]], tok.pad_id)
+
+    return batch
+
+
+def finetune(model, tok, task: str, rows: Sequence[dict], *, steps: int, batch_size: int = 16, lr: float = 1e-3,
+             weight_decay: float = 0.0, warmup: int = 20, max_len: int | None = None, seed: int = 0,
+             progress: bool = True, measure_memory: bool = True, desc: str = "finetune") -> TrainResult:
+    """AdamW on the model's trainable parameters, loss on completion tokens only, cosine learning rate."""
+    params = model.parameters(trainable_only=True)
+    if not params:
+        raise ValueError("finetune: the model has no trainable parameters (did you freeze everything?)")
+    max_len = max_len or _context(model)
+    opt = AdamW(params, lr=lr, weight_decay=weight_decay)
+    return train(model, sft_sampler(rows, task, tok, batch_size, max_len, seed), steps=steps, optimizer=opt,
+                 schedule=lambda s: cosine_schedule(s, steps, min(warmup, steps // 2), lr, lr / 10),
+                 grad_clip=1.0, progress=progress, seed=seed, measure_memory=measure_memory, desc=desc,
+                 log_every=10)
+
+
+def _context(model) -> int:
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return core.config.context_length
+
+
+def predict(model, tok, rows: Sequence[dict], task: str, max_new_tokens: int = 48) -> list[str]:
+    """Greedy completions (KV-cached) of each row's prompt, decoded and stripped."""
+    t = get_task(task)
+    prompts = tok.encode_batch([t.to_prompt_completion(r)[0] for r in rows])
+    ctx = _context(model)
+    out = []
+    for ids in prompts:
+        n = min(max_new_tokens, ctx - len(ids))
+        if n < 1:
+            raise ValueError(f"predict: a {t.name} prompt of {len(ids)} tokens leaves no room in context {ctx}")
+        out.append(tok.decode(generate(model, ids, n, eos_id=tok.eos_id)).strip())
+    return out
+
+
+def score(task: str, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """The task's metric: ROUGE-1/2/L, exact match, or accuracy (first word vs label)."""
+    metric = get_task(task).metric
+    if metric == "rouge":
+        return rouge(predictions, references)
+    if metric == "exact_match":
+        return {"exact_match": exact_match(predictions, references)}
+    first = [p.split()[0].strip(".,!").lower() if p.split() else "" for p in predictions]
+    return {"accuracy": accuracy(first, references)}
+
+
+def evaluate(model, tok, rows: Sequence[dict], task: str, max_new_tokens: int = 48) -> tuple[dict, list[str]]:
+    """(metrics, predictions) of greedy generation on rows."""
+    t = get_task(task)
+    preds = predict(model, tok, rows, task, max_new_tokens)
+    return score(task, preds, [r[t.completion_field] for r in rows]), preds

@@ -1,0 +1,116 @@
+"""Autoregressive generation for one sequence: greedy or temperature + top-k sampling, with a KV cache.
+
+With the cache the prompt is run once (prefill) and every later step feeds only the newest token,
+attending to the keys and values stored for the earlier ones. Without it the whole sequence is
+re-run each step; both give the same tokens, which the tests check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from minipeft import backend
+from minipeft.autograd import no_grad
+
+
+def _pick(logits: np.ndarray, temperature: float, top_k: int | None, gen: np.random.Generator) -> int:
+    """One token id from a (vocab,) row of logits: argmax if temperature == 0, else a sample."""
+    if temperature == 0.0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temperature
+    if top_k is not None and top_k < z.size:
+        kth = np.partition(z, -top_k)[-top_k]                        # the k-th largest logit
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    return int(min(np.searchsorted(np.cumsum(p), gen.random(), side="right"), z.size - 1))
+
+
+def _core(model):
+    """The GPT that holds config and new_kv_cache: the model itself, or a PeftModel's base model."""
+    if hasattr(model, "config") and hasattr(model, "new_kv_cache"):
+        return model
+    if hasattr(model, "get_base_model"):
+        return _core(model.get_base_model())
+    raise TypeError(f"generate: {type(model).__name__} has no .config/.new_kv_cache(); pass a GPT or a PeftModel")
+
+
+def _check_prompt(prompt_ids, vocab_size: int) -> list[int]:
+    ids = backend.to_numpy(prompt_ids) if not isinstance(prompt_ids, (list, tuple)) else np.asarray(prompt_ids)
+    if ids.ndim == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.ndim != 1:
+        raise ValueError(f"generate: prompt_ids must be one sequence (a list or 1-D array), got shape {ids.shape}; "
+                         "call generate once per sequence")
+    if ids.size == 0:
+        raise ValueError("generate: prompt_ids is empty; pass at least one token (e.g. the tokenizer's BOS id)")
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"generate: prompt_ids must be integer token ids, got dtype {ids.dtype}")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"generate: prompt token ids must be in [0, {vocab_size}), got min {ids.min()} and max "
+                         f"{ids.max()}; was the prompt encoded with this model's tokenizer?")
+    return [int(t) for t in ids]
+
+
+def generate(model, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int, *, temperature: float = 0.0,
+             top_k: int | None = None, eos_id: int | None = None, use_cache: bool = True, seed: int | None = None,
+             truncate: bool = False) -> list[int]:
+    """The new token ids that `model` continues `prompt_ids` with (eos ends generation and is not returned).
+
+    temperature=0 is greedy; otherwise logits/temperature are sampled, restricted to the top_k largest
+    when given, from a numpy Generator seeded with `seed`. The prompt plus max_new_tokens must fit the
+    context length; truncate=True keeps only the prompt's last tokens instead of raising.
+    """
+    core = _core(model)
+    cfg = core.config
+    ctx = cfg.context_length
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not temperature >= 0:
+        raise ValueError(f"generate: temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
+    prompt = _check_prompt(prompt_ids, cfg.vocab_size)
+    if len(prompt) + max_new_tokens > ctx:
+        if not truncate or max_new_tokens >= ctx:
+            raise ValueError(f"generate: prompt of {len(prompt)} tokens + max_new_tokens={max_new_tokens} = "
+                             f"{len(prompt) + max_new_tokens} exceeds the model's context_length {ctx}; shorten the "
+                             f"prompt, lower max_new_tokens to {max(ctx - len(prompt), 0)}, or pass truncate=True "
+                             "to keep only the prompt's last tokens")
+        prompt = prompt[len(prompt) + max_new_tokens - ctx:]
+    if max_new_tokens == 0:
+        return []
+    gen = np.random.default_rng(seed)
+    was_training = model.training
+    model.eval()
+    out: list[int] = []
+    try:
+        with no_grad():
+            cache = core.new_kv_cache() if use_cache else None
+            seq = list(prompt)
+            logits, _ = model(np.asarray([seq]), kv_cache=cache) if use_cache else model(np.asarray([seq]))
+            for i in range(max_new_tokens):
+                tok = _pick(backend.to_numpy(logits.data[0, -1]), temperature, top_k, gen)
+                if eos_id is not None and tok == eos_id:
+                    break
+                out.append(tok)
+                seq.append(tok)
+                if i == max_new_tokens - 1:
+                    break  # the last token needs no forward pass
+                if use_cache:
+                    logits, _ = model(np.asarray([[tok]]), kv_cache=cache)  # one new position
+                else:
+                    logits, _ = model(np.asarray([seq]))                     # the whole sequence again
+    finally:
+        model.train(was_training)
+    return out
+
+
+def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, **kwargs) -> str:
+    """Encode `prompt`, generate (see generate; eos_id defaults to tokenizer.eos_id) and decode the new tokens."""
+    enc = tokenizer.encode(prompt)
+    ids = list(getattr(enc, "ids", enc))  # a list of ids, or a Hugging Face `Encoding`
+    kwargs.setdefault("eos_id", getattr(tokenizer, "eos_id", None))
+    return tokenizer.decode(generate(model, ids, max_new_tokens, **kwargs))

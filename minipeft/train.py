@@ -1,0 +1,176 @@
+"""The training loop: forward, backward, clip, step, with a progress bar, evaluation and a NaN guard."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from minipeft import backend
+from minipeft.autograd import no_grad
+from minipeft.memory import PeakMemory
+from minipeft.optim import Optimizer, clip_grad_norm_
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainResult:
+    """What a training run measured."""
+
+    losses: list[float] = field(default_factory=list)           # training loss of every step
+    eval_history: list[tuple[int, dict]] = field(default_factory=list)  # (steps done, eval_fn's metrics)
+    wall_time_s: float = 0.0                                    # seconds spent in the loop
+    tokens_seen: int = 0                                        # non-ignored target tokens trained on
+    tokens_per_s: float = 0.0                                   # tokens_seen / wall_time_s
+    peak_memory_bytes: int | None = None                        # see minipeft.memory (measure_memory=True)
+    grad_norms: list[float] = field(default_factory=list)       # global gradient norm before clipping
+
+    @property
+    def final_loss(self) -> float:
+        """Mean of the last (up to) 10 step losses, a less noisy end point than the last one."""
+        tail = self.losses[-10:]
+        return sum(tail) / len(tail) if tail else math.nan
+
+
+Batch = dict[str, Any] | tuple
+
+
+def _unpack(batch: Batch, step: int):
+    """(input_ids, targets) as backend int arrays, from a dict or an (x, y) tuple."""
+    if isinstance(batch, dict):
+        if "input_ids" not in batch or "targets" not in batch:
+            raise KeyError(f"batch at step {step} is a dict with keys {sorted(batch)}; it needs 'input_ids' and "
+                           "'targets'")
+        x, y = batch["input_ids"], batch["targets"]
+    elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x, y = batch
+    else:
+        raise TypeError(f"batch at step {step} must be a dict with 'input_ids'/'targets' or a tuple (x, y), "
+                        f"got {type(batch).__name__}")
+    return backend.asarray(x), backend.asarray(y)
+
+
+def _batch_source(batches, steps: int) -> Callable[[int], Batch]:
+    """Turn a step -> batch function or an iterable of batches into a step -> batch function."""
+    if callable(batches) and not isinstance(batches, Iterator):
+        return batches
+    if not isinstance(batches, Iterable):
+        raise TypeError(f"batches must be a function step -> batch or an iterable of batches, got "
+                        f"{type(batches).__name__}")
+    if hasattr(batches, "__len__") and len(batches) < steps:
+        raise ValueError(f"batches holds {len(batches)} batches but steps={steps}; pass steps <= {len(batches)} "
+                         "or a function step -> batch")
+    it = iter(batches)
+
+    def next_batch(step: int) -> Batch:
+        try:
+            return next(it)
+        except StopIteration:
+            raise ValueError(f"batches ran out after {step} steps (steps={steps}); pass fewer steps or more "
+                             "batches") from None
+
+    return next_batch
+
+
+def _nonfinite(what: str, value: float, step: int, lr: float) -> FloatingPointError:
+    return FloatingPointError(
+        f"step {step}: {what} is {value} (not finite); the parameters were not updated at this step. "
+        f"Try a lower learning rate (now {lr:g}), gradient clipping (grad_clip=1.0), or check the data "
+        "(token ids in range, not every target ignored) and the weights for NaN/inf.")
+
+
+def _evaluate(model, eval_fn: Callable[[Any], dict]) -> dict:
+    model.eval()
+    try:
+        with no_grad():
+            metrics = eval_fn(model)
+    finally:
+        model.train()
+    if not isinstance(metrics, dict):
+        raise TypeError(f"eval_fn must return a dict of metrics, got {type(metrics).__name__}")
+    return metrics
+
+
+def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: int, optimizer: Optimizer,
+          schedule: Callable[[int], float] | None = None, grad_clip: float | None = 1.0,
+          eval_fn: Callable[[Any], dict] | None = None, eval_every: int = 0, log_every: int = 10,
+          progress: bool = True, seed: int | None = None, measure_memory: bool = False,
+          desc: str = "train") -> TrainResult:
+    """Train `model` for `steps` optimizer steps and return what was measured.
+
+    batches: a function step -> batch, or an iterable of batches; a batch is a dict with 'input_ids'
+    and 'targets' (int arrays, targets may hold -100 = ignore) or a tuple (x, y).
+    schedule: step -> learning rate, set on the optimizer before each step (see optim.cosine_schedule).
+    eval_fn: model -> dict of metrics, run under no_grad in eval mode every eval_every steps and at the
+    end (only at the end when eval_every=0). log_every: refresh the progress bar's loss every this many
+    steps; with progress=False print a line every this many steps instead (0: silent).
+    seed: reseed minipeft's generator first (dropout), so two runs from equal weights match bit for bit.
+    A non-finite loss or gradient norm raises FloatingPointError before the parameters are touched.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(f"grad_clip must be > 0 or None (no clipping), got {grad_clip!r}")
+    if eval_every < 0 or log_every < 0:
+        raise ValueError(f"eval_every and log_every must be >= 0, got {eval_every}, {log_every}")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a minipeft.optim optimizer, got {type(optimizer).__name__}")
+    if seed is not None:
+        backend.manual_seed(seed)
+    get_batch = _batch_source(batches, steps)
+    params = optimizer.params()
+    result = TrainResult()
+    model.train()
+    optimizer.zero_grad()
+    bar = tqdm(total=steps, desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
+    mem = PeakMemory() if measure_memory else None
+    t0 = time.perf_counter()
+    try:
+        if mem is not None:
+            mem.__enter__()
+        for step in range(steps):
+            if schedule is not None:
+                optimizer.lr = schedule(step)
+            x, y = _unpack(get_batch(step), step)
+            _, loss = model(x, y)
+            loss_value = float(loss.item())
+            if not math.isfinite(loss_value):
+                optimizer.zero_grad()
+                raise _nonfinite("the loss", loss_value, step, optimizer.lr)
+            loss.backward()
+            if mem is not None:
+                mem.sample()  # activations and gradients are both alive here
+            norm = clip_grad_norm_(params, grad_clip or math.inf)  # inf: measure only
+            if not math.isfinite(norm):
+                optimizer.zero_grad()
+                raise _nonfinite("the gradient norm", norm, step, optimizer.lr)
+            optimizer.step()
+            optimizer.zero_grad()
+            result.losses.append(loss_value)
+            result.grad_norms.append(norm)
+            result.tokens_seen += int((y != IGNORE_INDEX).sum())
+            done = step + 1
+            if eval_fn is not None and ((eval_every and done % eval_every == 0) or done == steps):
+                result.eval_history.append((done, _evaluate(model, eval_fn)))
+            if log_every and (done % log_every == 0 or done == steps):
+                elapsed = time.perf_counter() - t0
+                info = {"loss": f"{loss_value:.4f}", "tok/s": f"{result.tokens_seen / max(elapsed, 1e-9):.0f}",
+                        "lr": f"{optimizer.lr:.2e}"}
+                if progress:
+                    bar.set_postfix(info, refresh=False)
+                else:
+                    print(f"{desc} step {done}/{steps}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+            bar.update(1)
+    finally:
+        if mem is not None:
+            mem.__exit__(None, None, None)
+        bar.close()
+    result.wall_time_s = time.perf_counter() - t0
+    result.tokens_per_s = result.tokens_seen / max(result.wall_time_s, 1e-9)
+    result.peak_memory_bytes = None if mem is None else mem.peak_bytes
+    return result

@@ -1,0 +1,137 @@
+"""Pretraining windows and SFT batches: loss only on completion tokens and eos, never on prompt or padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minipeft.data import (
+    IGNORE_INDEX,
+    Tokenizer,
+    collate_sft,
+    encode_corpus,
+    encode_rows,
+    encode_sft,
+    lm_batches,
+    make_corpus,
+    make_splits,
+    sft_batches,
+)
+
+
+class CharTokenizer:
+    """One id per character (ord + 3); pad 0, eos 1: lengths are easy to reason about."""
+
+    pad_id, eos_id = 0, 1
+
+    def encode(self, text, add_eos=False):
+        return [ord(c) + 3 for c in text] + ([1] if add_eos else [])
+
+    def encode_batch(self, texts, add_eos=False):
+        return [self.encode(t, add_eos) for t in texts]
+
+
+CHAR = CharTokenizer()
+
+
+def test_lm_batches_are_shifted_contiguous_windows():
+    stream = np.arange(1000, dtype=np.int64)
+    x, y = lm_batches(stream, batch_size=8, seq_len=16, rng=np.random.default_rng(0))
+    assert x.shape == y.shape == (8, 16) and x.dtype == y.dtype == np.int64
+    assert np.array_equal(x[:, 1:], y[:, :-1])
+    assert np.array_equal(x - x[:, :1], np.broadcast_to(np.arange(16), (8, 16)))  # contiguous
+    assert np.array_equal(y, x + 1)
+    x2, _ = lm_batches(stream, 8, 16, np.random.default_rng(0))
+    assert np.array_equal(x, x2)
+
+
+def test_lm_batches_reach_the_last_window_and_reject_short_streams():
+    stream = np.arange(17)
+    x, y = lm_batches(stream, 4, 16, np.random.default_rng(1))  # exactly one window fits
+    assert np.array_equal(x, np.tile(np.arange(16), (4, 1))) and np.array_equal(y, x + 1)
+    starts = lm_batches(np.arange(20), 2000, 16, np.random.default_rng(2))[0][:, 0]
+    assert set(starts.tolist()) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="at least seq_len\\+1=17"):
+        lm_batches(np.arange(16), 1, 16, np.random.default_rng(0))
+
+
+def test_encode_corpus_ends_every_document_with_eos():
+    ids = encode_corpus(["ab", "", "c"], CHAR)
+    assert ids.dtype == np.int64 and ids.tolist() == [100, 101, 1, 1, 102, 1]
+
+
+def test_encode_sft_marks_completion_and_eos():
+    ids, mask = encode_sft("ab", "xyz", CHAR, max_len=16)
+    assert ids == [100, 101, 123, 124, 125, 1]
+    assert mask == [False, False, True, True, True, True]
+
+
+def test_encode_sft_rejects_examples_that_do_not_fit():
+    ids, _ = encode_sft("abcd", "xyz", CHAR, max_len=7)  # 8 ids: the model reads 7 of them
+    assert len(ids) == 8
+    with pytest.raises(ValueError, match=r"prompt 4 \+ completion 3 \+ eos 1 = 8 tokens.*max_len=6"):
+        encode_sft("abcd", "xyz", CHAR, max_len=6)
+    with pytest.raises(ValueError, match="prompt encodes to 0 tokens"):
+        encode_sft("", "xyz", CHAR, max_len=6)
+
+
+def test_collate_masks_prompt_and_padding():
+    a = encode_sft("ab", "xy", CHAR, 16)  # 5 ids
+    b = encode_sft("abcde", "z", CHAR, 16)  # 7 ids
+    batch = collate_sft([a, b], pad_id=0)
+    I = IGNORE_INDEX  # noqa: N806
+    assert batch["input_ids"].tolist() == [[100, 101, 123, 124, 0, 0], [100, 101, 102, 103, 104, 125]]
+    assert batch["targets"].tolist() == [[I, 123, 124, 1, I, I], [I, I, I, I, 125, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]]
+    assert all(v.dtype == np.int64 for v in batch.values())
+    assert collate_sft([a], pad_id=7, ignore_index=-1)["targets"].tolist() == [[-1, 123, 124, 1]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.text("abc", min_size=1, max_size=8), st.text("xyz", max_size=8)), min_size=1,
+                max_size=5))
+def test_only_completion_tokens_and_eos_are_targets(pairs):
+    examples = [encode_sft(p, c, CHAR, 64) for p, c in pairs]
+    batch = collate_sft(examples, pad_id=0)
+    T = max(len(p) + len(c) for p, c in pairs)  # longest ids (prompt + completion + eos) minus one
+    assert batch["input_ids"].shape == batch["targets"].shape == (len(pairs), T)
+    for b, (p, c) in enumerate(pairs):
+        t = batch["targets"][b]
+        live = t != IGNORE_INDEX
+        # targets are exactly the completion and eos, at the positions that predict them
+        assert t[live].tolist() == CHAR.encode(c) + [1]
+        assert np.flatnonzero(live).tolist() == list(range(len(p) - 1, len(p) + len(c)))
+        assert batch["attention_mask"][b].sum() == len(p) + len(c)
+        assert not live[batch["attention_mask"][b] == 0].any()  # never a target on padding
+
+
+def test_sft_batches_cover_each_row_once_per_epoch():
+    rows = make_splits("sentiment", 10, 0, 0, seed=0)["train"]
+    batches = list(sft_batches(rows, "sentiment", CHAR, batch_size=4, max_len=512, rng=np.random.default_rng(0)))
+    assert [len(b["input_ids"]) for b in batches] == [4, 4, 2]
+    live = sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in batches)
+    assert live == sum(len(r["label"]) + 1 for r in rows)
+    got = sorted(tuple(t[t != IGNORE_INDEX].tolist()) for b in batches for t in b["targets"])
+    assert got == sorted(tuple(CHAR.encode(r["label"], add_eos=True)) for r in rows)
+    again = list(sft_batches(rows, "sentiment", CHAR, 4, 512, np.random.default_rng(0)))
+    assert all(np.array_equal(x["input_ids"], y["input_ids"]) for x, y in zip(batches, again, strict=True))
+    plain = list(sft_batches(rows, "sentiment", CHAR, 4, 512, shuffle=False, drop_last=True))
+    assert len(plain) == 2 and not np.array_equal(plain[0]["input_ids"], batches[0]["input_ids"])
+    with pytest.raises(ValueError, match="needs rng"):
+        next(sft_batches(rows, "sentiment", CHAR, 4, 512))
+
+
+def test_encode_rows_names_the_row_that_is_too_long():
+    rows = [{"text": "ok", "label": "positive"}, {"text": "x" * 400, "label": "negative"}]
+    with pytest.raises(ValueError, match="sentiment row 1: example too long"):
+        encode_rows(rows, "sentiment", CHAR, max_len=256)
+
+
+def test_sft_batches_with_the_real_tokenizer_decode_back_to_the_completion():
+    tok = Tokenizer.train(make_corpus(100, seed=0), vocab_size=400)
+    rows = make_splits("qa", 6, 0, 0, seed=0)["train"]
+    (batch,) = sft_batches(rows, "qa", tok, batch_size=6, max_len=1024, shuffle=False)
+    for t, row in zip(batch["targets"], rows, strict=True):
+        assert tok.decode(t[t != IGNORE_INDEX]) == row["answer"]

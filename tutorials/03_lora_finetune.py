@@ -1,0 +1,100 @@
+"""Tutorial 03: fine-tune the base model on dialogue summarization, with LoRA and in full.
+
+Claim (Hu et al., 2021): LoRA, training a few percent of the parameters with the base frozen,
+reaches a score close to full fine-tuning, trains with less memory (no gradients or Adam state
+for the frozen matrices) and stores kilobytes per task instead of a whole model copy. Both move
+far above the base model's zero-shot score.
+
+Printed evidence: a table of trainable parameters, ROUGE-1/2/L on the test split (base zero-shot,
+LoRA, full), training time, peak training memory and bytes stored per task, then example
+summaries next to the reference.
+
+    python tutorials/03_lora_finetune.py          # a few minutes on 2 cores (builds the base model first if needed)
+    python tutorials/03_lora_finetune.py --quick  # a tiny model, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+import minipeft as mp
+from minipeft.checkpoint import save_checkpoint
+from minipeft.data.generator import make_splits
+from minipeft.finetune import evaluate, finetune
+from minipeft.memory import format_bytes
+from minipeft.peft import LoraConfig, get_peft_model
+from minipeft.pretrain import load_base_model
+
+# ---- config -------------------------------------------------------------------------------------
+TASK = "dialogsum"
+N_TRAIN, N_TEST = 2000, 60
+STEPS, BATCH = 300, 16
+LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+LR_LORA, LR_FULL = 3e-3, 1e-3
+SEED = 0
+QUICK = dict(N_TRAIN=64, N_TEST=4, STEPS=8, BATCH=8)
+
+
+def stored_bytes(save) -> int:
+    """Bytes on disk of what `save(folder)` writes."""
+    with tempfile.TemporaryDirectory() as d:
+        save(d)
+        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model and data, finishes in seconds")
+    args = parser.parse_args(argv)
+    n_train, n_test, steps, batch = (QUICK[k] if args.quick else globals()[k]
+                                     for k in ("N_TRAIN", "N_TEST", "STEPS", "BATCH"))
+    splits = make_splits(TASK, n_train, 8, n_test, seed=SEED)
+    rows = []
+
+    base = load_base_model(quick=args.quick, progress=not args.quick)
+    scores, base_preds = evaluate(base.model, base.tokenizer, splits["test"], TASK)
+    n_base = base.model.num_parameters()
+    rows.append(("base, zero-shot", 0, scores, None, None, 0))
+
+    # LoRA: freeze the base, train low-rank updates of attention and MLP matrices
+    mp.manual_seed(SEED)
+    model = load_base_model(quick=args.quick, progress=False).model
+    peft = get_peft_model(model, LoraConfig(**LORA))
+    peft.print_trainable_parameters()
+    res = finetune(peft, base.tokenizer, TASK, splits["train"], steps=steps, batch_size=batch, lr=LR_LORA,
+                   seed=SEED, progress=not args.quick, desc="LoRA")
+    lora_scores, lora_preds = evaluate(peft, base.tokenizer, splits["test"], TASK)
+    rows.append((f"LoRA r={LORA['r']}", peft.get_nb_trainable_parameters()[0], lora_scores, res.wall_time_s,
+                 res.peak_memory_bytes, stored_bytes(peft.save_pretrained)))
+
+    # full fine-tuning: every weight trains, and every task needs its own copy of the model
+    mp.manual_seed(SEED)
+    full = load_base_model(quick=args.quick, progress=False).model
+    res = finetune(full, base.tokenizer, TASK, splits["train"], steps=steps, batch_size=batch, lr=LR_FULL,
+                   seed=SEED, progress=not args.quick, desc="full")
+    full_scores, full_preds = evaluate(full, base.tokenizer, splits["test"], TASK)
+    rows.append(("full fine-tuning", full.num_parameters(), full_scores, res.wall_time_s, res.peak_memory_bytes,
+                 stored_bytes(lambda d: save_checkpoint(full, os.path.join(d, "model.safetensors")))))
+
+    print(f"\n{TASK}: {n_train} training dialogues, {steps} steps of {batch}; ROUGE on {n_test} test dialogues")
+    print(f"{'method':<18}{'trainable':>11}{'%':>8}{'ROUGE-1':>9}{'ROUGE-2':>9}{'ROUGE-L':>9}{'train s':>9}"
+          f"{'peak mem':>11}{'stored':>11}")
+    for name, n, s, t, mem, stored in rows:
+        print(f"{name:<18}{n:>11,d}{100 * n / n_base:>7.2f}%{s['rouge1']:>9.3f}{s['rouge2']:>9.3f}{s['rougeL']:>9.3f}"
+              f"{'' if t is None else f'{t:.0f}':>9}{'' if mem is None else format_bytes(mem):>11}"
+              f"{format_bytes(stored) if stored else '-':>11}")
+    print("(peak mem: memory allocated during training beyond the weights; stored: bytes saved per task)")
+
+    for i in range(min(2, n_test)):
+        print(f"\n--- test dialogue {i} ---\n{splits['test'][i]['dialogue']}")
+        print(f"reference : {splits['test'][i]['summary']}")
+        print(f"base      : {base_preds[i]}")
+        print(f"LoRA      : {lora_preds[i]}")
+        print(f"full      : {full_preds[i]}")
+
+
+if __name__ == "__main__":
+    main()
