@@ -35,7 +35,8 @@ def sft_sampler(rows: Sequence[dict], task: str, tok, batch_size: int, max_len: 
 
 def finetune(model, tok, task: str, rows: Sequence[dict], *, steps: int, batch_size: int = 16, lr: float = 1e-3,
              weight_decay: float = 0.0, warmup: int = 20, max_len: int | None = None, seed: int = 0,
-             progress: bool = True, measure_memory: bool = True, desc: str = "finetune") -> TrainResult:
+             progress: bool = True, measure_memory: bool = True, log_every: int = 10,
+             desc: str = "finetune") -> TrainResult:
     """AdamW on the model's trainable parameters, loss on completion tokens only, cosine learning rate."""
     params = model.parameters(trainable_only=True)
     if not params:
@@ -45,7 +46,7 @@ def finetune(model, tok, task: str, rows: Sequence[dict], *, steps: int, batch_s
     return train(model, sft_sampler(rows, task, tok, batch_size, max_len, seed), steps=steps, optimizer=opt,
                  schedule=lambda s: cosine_schedule(s, steps, min(warmup, steps // 2), lr, lr / 10),
                  grad_clip=1.0, progress=progress, seed=seed, measure_memory=measure_memory, desc=desc,
-                 log_every=10)
+                 log_every=log_every)
 
 
 def _context(model) -> int:

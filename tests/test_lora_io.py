@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from lora_helpers import batch, build_gpt, logits, snapshot, train_steps
+from lora_helpers import batch, build_gpt, logits, seeded, snapshot, train_steps
 from safetensors.numpy import load_file
 
 from minipeft.peft import AdapterError, LoraConfig, LoraLinear, PeftModel, get_peft_model
@@ -17,12 +17,20 @@ ATTN = ["q_proj", "k_proj", "v_proj", "out_proj"]
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
+@pytest.fixture(autouse=True)
+def _own_generator():
+    """Adapter init draws from the global generator: seed it here and give it back afterwards."""
+    with seeded(1234):
+        yield
+
+
 def trained(seed: int = 0, adapter_name: str = "default", **cfg):
     """A PeftModel on the seed-`seed` base whose adapter took 3 AdamW steps; also its ids and logits."""
     ids, tgt = batch(20)
     cfg = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], **cfg}
-    peft = get_peft_model(build_gpt(seed), LoraConfig(**cfg), adapter_name=adapter_name)
-    train_steps(peft, ids, tgt)
+    with seeded(100 + seed):  # also when called from the module-scoped fixture, before _own_generator
+        peft = get_peft_model(build_gpt(seed), LoraConfig(**cfg), adapter_name=adapter_name)
+        train_steps(peft, ids, tgt)
     return peft, ids, logits(peft, ids)
 
 

@@ -97,7 +97,7 @@ class LoraLinear(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         name = self.active_adapter
-        if self.disable_adapters or name is None:
+        if self.disable_adapters or self.merged or name is None:
             # merged: W0 already holds s*B*A, adding the low-rank path again would count it twice
             return self.base_layer(x)
         p = self.lora_dropout[name] if self.training else 0.0
