@@ -7,13 +7,12 @@ import math
 from minipeft import backend
 from minipeft.autograd import Function, Tensor
 from minipeft.ops._util import check_same_dtype, mm
-from minipeft.ops.nn import softmax_array
 
 
 def _heads(x, H: int):
-    """(B, T, C) -> (B, H, T, hs)"""
+    """(B, T, C) -> (B, H, T, hs), C-contiguous: numpy's batched matmul is several times slower on strided views"""
     B, T, C = x.shape
-    return x.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)
+    return backend.xp().ascontiguousarray(x.reshape(B, T, H, C // H).transpose(0, 2, 1, 3))
 
 
 def _merge(x):
@@ -41,32 +40,37 @@ class Attention(Function):
             raise ValueError(f"attention: causal attention needs Tk >= Tq, got Tq={Tq}, Tk={Tk}")
         check_same_dtype("attention", q=q, k=k, v=v)
         xp = backend.xp()
-        scale = 1.0 / math.sqrt(q.shape[2] // n_head)
-        qh, kh, vh = _heads(q, n_head), _heads(k, n_head), _heads(v, n_head)
-        S = mm(qh, kh.swapaxes(-1, -2)) * q.dtype.type(scale)        # (B, H, Tq, Tk)
+        B, _, C = q.shape
+        hs = C // n_head
+        qs = _heads(q, n_head) * q.dtype.type(1.0 / math.sqrt(hs))      # (B, H, Tq, hs), pre-scaled
+        kT = xp.ascontiguousarray(k.reshape(B, Tk, n_head, hs).transpose(0, 2, 3, 1))  # (B, H, hs, Tk)
+        vh = _heads(v, n_head)                                          # (B, H, Tk, hs)
+        P = mm(qs, kT)                                                  # (B, H, Tq, Tk) scores S
         if causal and Tq > 1:
             # query i sits at absolute position Tk - Tq + i and may see keys j <= that position
             future = xp.arange(Tk)[None, :] > (xp.arange(Tq)[:, None] + (Tk - Tq))
-            S = xp.where(future, q.dtype.type(-xp.inf), S)
-        P = softmax_array(S, axis=-1)                                 # (B, H, Tq, Tk)
-        ctx.save_for_backward(qh, kh, vh, P, scale)
-        return _merge(mm(P, vh))                                      # (B, Tq, C)
+            xp.copyto(P, q.dtype.type(-xp.inf), where=future)
+        P -= P.max(axis=-1, keepdims=True)                              # softmax, in place
+        xp.exp(P, out=P)
+        P /= P.sum(axis=-1, keepdims=True)
+        ctx.save_for_backward(qs, kT, vh, P, hs)
+        return _merge(mm(P, vh))                                        # (B, Tq, C)
 
     @staticmethod
     def backward(ctx, dout):
-        # O = P V, P = softmax(S), S = Q K^T * scale
-        # => dV = P^T dO;  dP = dO V^T;  dS = P * (dP - rowsum(dP * P));  dQ = dS K * scale;  dK = dS^T Q * scale
-        qh, kh, vh, P, scale = ctx.saved
+        # O = P V, P = softmax(S), S = Qs K^T with Qs = Q / sqrt(hs)
+        # => dV = P^T dO;  dP = dO V^T;  dS = P * (dP - rowsum(dP * P));  dQ = dS K / sqrt(hs);  dK = dS^T Qs
+        qs, kT, vh, P, hs = ctx.saved
         nq, nk, nv = ctx.needs_input_grad
-        dO = _heads(dout, qh.shape[1])                                # (B, H, Tq, hs)
+        dO = _heads(dout, qs.shape[1])                                  # (B, H, Tq, hs)
         dv = _merge(mm(P.swapaxes(-1, -2), dO)) if nv else None
         dq = dk = None
         if nq or nk:
-            dP = mm(dO, vh.swapaxes(-1, -2))                          # (B, H, Tq, Tk)
-            dS = P * (dP - (dP * P).sum(axis=-1, keepdims=True))
-            dS *= dS.dtype.type(scale)
-            dq = _merge(mm(dS, kh)) if nq else None
-            dk = _merge(mm(dS.swapaxes(-1, -2), qh)) if nk else None
+            dS = mm(dO, vh.swapaxes(-1, -2))                            # dP, (B, H, Tq, Tk)
+            dS -= (dS * P).sum(axis=-1, keepdims=True)
+            dS *= P                                                     # now dS
+            dq = _merge(mm(dS, kT.swapaxes(-1, -2)) * dS.dtype.type(1.0 / math.sqrt(hs))) if nq else None
+            dk = _merge(mm(dS.swapaxes(-1, -2), qs)) if nk else None
         return dq, dk, dv
 
 
