@@ -1,6 +1,6 @@
 """minipeft: parameter-efficient fine-tuning built from scratch on NumPy (CPU) or CuPy (GPU)."""
 
-from minipeft import ops
+from minipeft import nn, ops, peft
 from minipeft.autograd import Function, Tensor, no_grad, tensor
 from minipeft.backend import (
     get_default_dtype,
@@ -11,10 +11,11 @@ from minipeft.backend import (
     to_numpy,
     xp,
 )
+from minipeft.peft import LoraConfig, PeftModel, get_peft_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Function", "Tensor", "get_default_dtype", "get_device", "manual_seed", "no_grad", "ops",
-    "set_default_dtype", "set_device", "tensor", "to_numpy", "xp",
+    "Function", "LoraConfig", "PeftModel", "Tensor", "get_default_dtype", "get_device", "get_peft_model",
+    "manual_seed", "nn", "no_grad", "ops", "peft", "set_default_dtype", "set_device", "tensor", "to_numpy", "xp",
 ]

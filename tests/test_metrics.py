@@ -12,6 +12,8 @@ from rouge_score import rouge_scorer
 from minipeft.metrics import (
     accuracy,
     exact_match,
+    fact_recall,
+    facts,
     normalize_answer,
     perplexity,
     rouge,
@@ -90,3 +92,13 @@ def test_perplexity_is_exp_of_mean_nll():
     assert perplexity(1e4) == math.inf
     with pytest.raises(ValueError, match="mean NLL"):
         perplexity(-0.1)
+
+
+def test_fact_recall_counts_names_days_and_numbers_only():
+    ref = "#Person1# invites Oscar to the cafeteria on Saturday at 8 am. They will pay 12 dollars."
+    assert facts(ref) == {"Oscar", "Saturday", "8", "12"}
+    assert fact_recall([ref], [ref]) == 1.0
+    wrong = "#Person1# invites Kate to the cafeteria on Sunday at 8 am. They will pay 12 dollars."
+    assert fact_recall([wrong], [ref]) == 0.5  # 8 and 12 right, Kate and Sunday wrong
+    assert fact_recall(["", ref], [ref, ref]) == 0.5
+    assert math.isnan(fact_recall(["x"], ["no facts here."]))

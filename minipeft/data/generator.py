@@ -64,7 +64,7 @@ from minipeft.data.dialogues import dialogue_example, make_dialogsum
 from minipeft.data.passages import make_qa, qa_example
 from minipeft.data.reviews import make_sentiment, review_text
 
-DATA_VERSION = 1  # bump whenever generated text changes: cached base models are keyed on it
+DATA_VERSION = 3  # bump whenever generated text changes: cached base models are keyed on it
 
 __all__ = ["DATA_VERSION", "TASKS", "Task", "make_corpus", "make_dialogsum", "make_qa", "make_sentiment", "make_splits"]
 
