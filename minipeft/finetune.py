@@ -57,7 +57,7 @@ def _context(model) -> int:
 def predict(model, tok, rows: Sequence[dict], task: str, max_new_tokens: int = 48) -> list[str]:
     """Greedy completions (KV-cached) of each row's prompt, decoded and stripped."""
     t = get_task(task)
-    prompts = tok.encode_batch([t.to_prompt_completion(r)[0] for r in rows])
+    prompts = tok.encode_batch([t.to_prompt_completion(r)[0].rstrip(" ") for r in rows])  # see split_for_bpe
     ctx = _context(model)
     out = []
     for ids in prompts:

@@ -18,6 +18,7 @@ from minipeft.data import (
     make_corpus,
     make_splits,
     sft_batches,
+    split_for_bpe,
 )
 
 
@@ -112,9 +113,9 @@ def test_sft_batches_cover_each_row_once_per_epoch():
     batches = list(sft_batches(rows, "sentiment", CHAR, batch_size=4, max_len=512, rng=np.random.default_rng(0)))
     assert [len(b["input_ids"]) for b in batches] == [4, 4, 2]
     live = sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in batches)
-    assert live == sum(len(r["label"]) + 1 for r in rows)
+    assert live == sum(len(" " + r["label"]) + 1 for r in rows)  # the prompt's trailing space moves over
     got = sorted(tuple(t[t != IGNORE_INDEX].tolist()) for b in batches for t in b["targets"])
-    assert got == sorted(tuple(CHAR.encode(r["label"], add_eos=True)) for r in rows)
+    assert got == sorted(tuple(CHAR.encode(" " + r["label"], add_eos=True)) for r in rows)
     again = list(sft_batches(rows, "sentiment", CHAR, 4, 512, np.random.default_rng(0)))
     assert all(np.array_equal(x["input_ids"], y["input_ids"]) for x, y in zip(batches, again, strict=True))
     plain = list(sft_batches(rows, "sentiment", CHAR, 4, 512, shuffle=False, drop_last=True))
@@ -134,4 +135,13 @@ def test_sft_batches_with_the_real_tokenizer_decode_back_to_the_completion():
     rows = make_splits("qa", 6, 0, 0, seed=0)["train"]
     (batch,) = sft_batches(rows, "qa", tok, batch_size=6, max_len=1024, shuffle=False)
     for t, row in zip(batch["targets"], rows, strict=True):
-        assert tok.decode(t[t != IGNORE_INDEX]) == row["answer"]
+        assert tok.decode(t[t != IGNORE_INDEX]) == " " + row["answer"]  # leading space: see split_for_bpe
+
+
+def test_split_for_bpe_moves_the_prompts_trailing_space_to_the_completion():
+    assert split_for_bpe("Summary: ", "Oscar calls.") == ("Summary:", " Oscar calls.")
+    assert split_for_bpe("Answer:", "Luna") == ("Answer:", "Luna")
+    assert split_for_bpe("A:  ", "x") == ("A:", "  x")
+    tok = Tokenizer.train(make_corpus(200, seed=0), vocab_size=400)
+    p, c = split_for_bpe("Sentiment: ", "positive")
+    assert len(tok.encode(c)) <= len(tok.encode("positive"))  # " positive" is the common spelling

@@ -8,6 +8,7 @@ from minipeft.data.batching import (
     encode_sft,
     lm_batches,
     sft_batches,
+    split_for_bpe,
 )
 from minipeft.data.generator import (
     TASKS,
@@ -24,6 +25,6 @@ from minipeft.data.tokenizer import Tokenizer
 
 __all__ = [
     "IGNORE_INDEX", "TASKS", "Task", "Tokenizer", "collate_sft", "encode_corpus", "encode_rows", "encode_sft",
-    "get_task", "lm_batches", "load_jsonl", "load_prompt_completion", "make_corpus", "make_dialogsum",
+    "get_task", "lm_batches", "load_jsonl", "load_prompt_completion", "make_corpus", "make_dialogsum", "split_for_bpe",
     "make_qa", "make_sentiment", "make_splits", "save_jsonl", "sft_batches",
 ]

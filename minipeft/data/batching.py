@@ -61,6 +61,17 @@ def _join(p: list[int], c: list[int], eos: int, max_len: int) -> tuple[list[int]
     return [*p, *c, eos], [False] * len(p) + [True] * (len(c) + 1)
 
 
+def split_for_bpe(prompt: str, completion: str) -> tuple[str, str]:
+    """Move the prompt's trailing spaces onto the completion: "Summary: " + "X" -> "Summary:" + " X".
+
+    A byte-level BPE spells a word with its leading space (" Oscar" is one common token, "Oscar" after
+    a bare space is a rarer split), so the completion must start with the space, in training and in
+    generation alike (finetune.predict encodes prompt.rstrip()).
+    """
+    stripped = prompt.rstrip(" ")
+    return stripped, prompt[len(stripped):] + completion
+
+
 def _eos(tok: TokenizerLike) -> int:
     if tok.eos_id is None:
         raise ValueError("SFT needs a tokenizer with an end-of-text token to close each completion")
@@ -69,6 +80,7 @@ def _eos(tok: TokenizerLike) -> int:
 
 def encode_sft(prompt: str, completion: str, tok: TokenizerLike, max_len: int) -> tuple[list[int], list[bool]]:
     """ids = prompt + completion + eos and loss_mask (True on completion and eos); input ids[:-1] must fit."""
+    prompt, completion = split_for_bpe(prompt, completion)
     return _join(tok.encode(prompt), tok.encode(completion), _eos(tok), max_len)
 
 
@@ -96,7 +108,7 @@ def encode_rows(rows: Sequence[dict], task: str | Task, tok: TokenizerLike,
                 max_len: int) -> list[tuple[list[int], list[bool]]]:
     """encode_sft for every row of a task, batched through the tokenizer; errors name the row."""
     t = get_task(task)
-    pairs = [t.to_prompt_completion(r) for r in rows]
+    pairs = [split_for_bpe(*t.to_prompt_completion(r)) for r in rows]
     prompts = tok.encode_batch([p for p, _ in pairs])
     completions = tok.encode_batch([c for _, c in pairs])
     eos, out = _eos(tok), []
