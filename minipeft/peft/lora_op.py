@@ -32,12 +32,12 @@ class LoraLinearFn(Function):
         if dropout_p > 0.0:
             keep = (backend.rng().random(x2.shape, dtype=x2.dtype) >= dropout_p) * x.dtype.type(1 / (1 - dropout_p))
             xd = x2 * keep                                           # (N, k) dropout(x)
-        h = mm(xd, A.T)                                              # (N, r)
+        hs = mm(xd, A.T) * s                                         # (N, r) s * dropout(x) A^T, scaled while small
         y = mm(x2, W0.T)                                             # (N, d) frozen path
-        y += s * mm(h, B.T)                                          # low-rank path
+        y += mm(hs, B.T)                                             # low-rank path
         if b is not None:
             y += b
-        ctx.save_for_backward(x2, xd, keep, h, W0, A, B, s, x.shape)
+        ctx.save_for_backward(x2, xd, keep, hs, W0, A, B, s, x.shape)
         return y.reshape(*x.shape[:-1], d)
 
     @staticmethod
@@ -45,18 +45,20 @@ class LoraLinearFn(Function):
         # y = x W0^T + b + s * h B^T,  h = xd A^T,  xd = dropout(x) = x * keep
         # => dB = s * dy^T h;  dh = s * dy B;  dA = dh^T xd;  dx = dy W0 + (dh A) * keep
         #    dW0 = dy^T x and db = sum dy, only when W0 / b are trainable
-        x2, xd, keep, h, W0, A, B, s, xshape = ctx.saved
+        x2, xd, keep, hs, W0, A, B, s, xshape = ctx.saved
         nx, nW0, nb, nA, nB = ctx.needs_input_grad
         dy = dout.reshape(-1, W0.shape[0])                           # (N, d)
-        dB = s * mm(dy.T, h) if nB else None                         # (d, r)
-        dh = s * mm(dy, B) if (nA or nx) else None                   # (N, r)
+        dB = mm(dy.T, hs) if nB else None                            # (d, r)   hs = s * h
+        dh = mm(dy, B) * s if (nA or nx) else None                   # (N, r)
         dA = mm(dh.T, xd) if nA else None                            # (r, k)
         dx = None
         if nx:
             dxl = mm(dh, A)                                          # (N, k) through the adapter
             if keep is not None:
                 dxl *= keep
-            dx = (mm(dy, W0) + dxl).reshape(xshape)
+            dx = mm(dy, W0)
+            dx += dxl
+            dx = dx.reshape(xshape)
         dW0 = mm(dy.T, x2) if nW0 else None                          # never formed for a frozen base
         db = dy.sum(axis=0) if nb else None
         return dx, dW0, db, dA, dB
