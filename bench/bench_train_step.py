@@ -7,7 +7,8 @@ Reports, all measured in this one run:
   float32 matmul just before;
 - LoRA step time / full step time as the median of per-pair ratios, variants alternated A B A B
   (the machine's speed drifts, see shared/PERF-NOTES.md);
-- peak memory of a step (tracemalloc: activations, gradients, optimizer state) for each variant;
+- peak memory of a first training step (tracemalloc, beyond the weights: activations, gradients and
+  the optimizer state that step creates) for each variant;
 - inference (forward, no grad) time of the merged and unmerged LoRA model relative to the base.
 
     python bench/bench_train_step.py            # ~2-4 minutes on 2 cores
@@ -46,14 +47,26 @@ def matmul_rate(n: int = 1024, reps: int = 7) -> float:
     return 2 * n**3 / np.median(times) / 1e9
 
 
-def make(variant: str, preset: str, overrides: dict):
+def make_model(variant: str, preset: str, overrides: dict):
     mp.manual_seed(0)
     model = GPT(GPTConfig.from_preset(preset, **overrides))
     if variant == "full":
-        return model, AdamW(model.parameters(), lr=1e-4)
+        return model
     targets = ["q_proj", "v_proj"] if variant == "lora q,v" else ATTN + ["fc1", "fc2"]
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
-    return peft, AdamW(peft.parameters(trainable_only=True), lr=1e-4)
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+
+
+def make(variant: str, preset: str, overrides: dict):
+    model = make_model(variant, preset, overrides)
+    return model, AdamW(model.parameters(trainable_only=True), lr=1e-4)
+
+
+def first_step_peak(variant: str, preset: str, overrides: dict, x, y) -> int:
+    """Peak bytes allocated by a fresh optimizer's first step: Adam state + gradients + activations."""
+    model = make_model(variant, preset, overrides)
+    with PeakMemory() as pm:
+        step(model, AdamW(model.parameters(trainable_only=True), lr=1e-4), x, y)
+    return pm.peak_bytes
 
 
 def step(model, opt, x, y) -> None:
@@ -106,25 +119,24 @@ def main(argv=None) -> None:
             times[v].append(timed(lambda m=m, o=o: step(m, o, x, y)))
     print(f"\n{'variant':<16}{'ms/step':>10}{'tokens/s':>11}{'GFLOP/step':>12}{'% of matmul rate':>18}"
           f"{'ratio to full':>15}{'peak memory':>13}")
-    for v, (m, o) in variants.items():
+    for v in variants:
         ms = 1000 * float(np.median(times[v]))
         ratio = float(np.median(np.array(times[v]) / np.array(times["full"])))
-        with PeakMemory() as pm:
-            step(m, o, x, y)
+        peak = first_step_peak(v, preset, overrides, x, y)
         frac = flops[v] / (ms / 1000) / 1e9 / rate
         print(f"{v:<16}{ms:>10.1f}{B * T / (ms / 1000):>11.0f}{flops[v] / 1e9:>12.2f}{100 * frac:>17.1f}%"
-              f"{ratio:>15.3f}{format_bytes(pm.peak_bytes):>13}")
+              f"{ratio:>15.3f}{format_bytes(peak):>13}")
 
     peft, _ = variants["lora attn+mlp"]
-    base = peft.get_base_model()
     peft.eval()
+    base = make_model("full", preset, overrides).eval()  # the same base weights (same seed), never wrapped
 
     def infer():
         with mp.no_grad():
             peft(x)
 
     def infer_base():
-        with peft.disable_adapter(), mp.no_grad():
+        with mp.no_grad():
             base(x)
 
     res = {"base": [], "unmerged": [], "merged": []}

@@ -1,9 +1,13 @@
 """Tutorial 05: how small can the rank be?
 
-Claim (Hu et al., 2021, section 7.2): the update a task needs has a very low "intrinsic rank":
-a small r already reaches most of the score, and raising r multiplies the trainable parameters
-without a matching gain. Adapting more matrix types (attention + MLP instead of q, v) matters
-more than a larger rank on few of them.
+Claim (Hu et al., 2021, sections 7.1-7.2): the update a task needs has a low "intrinsic rank", so
+beyond a small r more rank adds parameters without a matching gain; and with a fixed parameter
+budget, adapting more kinds of matrices (attention + MLP) beats a larger rank on q and v alone.
+
+What to look for in the output: where each target set's score stops rising with r, and whether
+attention+MLP at a small rank beats q,v at a large one. The fine-tunings here are short (100 steps,
+to keep the sweep at a few minutes), which favours larger ranks: a rank-1 update learns less in
+100 steps than it would with more steps, so read the curve as "score after a short budget".
 
 Printed evidence: for r in {1, 2, 4, 8, 16, 32, 64} and two target sets, the trainable
 parameters, the validation loss on held-out dialogues and ROUGE-L on test dialogues. With the
