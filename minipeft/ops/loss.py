@@ -29,11 +29,13 @@ class CrossEntropy(Function):
         n = max(int(valid.sum()), 1)  # all positions ignored -> loss 0 with zero gradient
         tt = xp.where(valid, t, 0)
         m = z.max(axis=1, keepdims=True)
-        e = xp.exp(z - m)
-        s = e.sum(axis=1, keepdims=True)
         rows = xp.arange(z.shape[0])
+        p = z - m                                                     # one (N, V) buffer, updated in place
+        xp.exp(p, out=p)
+        s = p.sum(axis=1, keepdims=True)
+        p /= s                                                        # softmax(z)
         nll = (xp.log(s) + m)[:, 0] - z[rows, tt]                    # logsumexp - z_target
-        ctx.save_for_backward(e / s, tt, valid, n, logits.shape)
+        ctx.save_for_backward(p, tt, valid, n, logits.shape)
         return (nll * valid).sum().astype(logits.dtype) / logits.dtype.type(n)
 
     @staticmethod
