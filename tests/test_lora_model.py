@@ -156,7 +156,7 @@ def test_merged_equals_unmerged_after_training_float64():
 
 # ---- config validation and targeting -------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, field", [
-    (dict(r=0), "r"), (dict(r=-2), "r"), (dict(r=2.5), "r"),
+    (dict(r=0), "r"), (dict(r=-2), "r"), (dict(r=2.5), "r"), (dict(r=True), "r"),
     (dict(lora_alpha=0), "lora_alpha"), (dict(lora_alpha=-1.0), "lora_alpha"),
     (dict(lora_dropout=-0.1), "lora_dropout"), (dict(lora_dropout=1.0), "lora_dropout"),
     (dict(bias="some"), "bias"), (dict(init_lora_weights="zeros"), "init_lora_weights"),

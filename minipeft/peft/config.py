@@ -51,7 +51,7 @@ class LoraConfig(PeftConfig):
 
     def __post_init__(self):
         self.peft_type = "LORA"
-        if not isinstance(self.r, int) or self.r < 1:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"LoraConfig.r must be an int >= 1, got {self.r!r}")
         if not self.lora_alpha > 0:
             raise ValueError(f"LoraConfig.lora_alpha must be > 0, got {self.lora_alpha!r}")
