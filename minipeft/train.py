@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -77,6 +78,14 @@ def _batch_source(batches, steps: int) -> Callable[[int], Batch]:
     return next_batch
 
 
+def _loss_fn(model) -> Callable:
+    """(x, y) -> loss; a GPT (also inside a PeftModel) is asked for the loss only: its head skips untargeted rows."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if "return_logits" in inspect.signature(core.forward).parameters:
+        return lambda x, y: model(x, y, return_logits=False)[1]
+    return lambda x, y: model(x, y)[1]
+
+
 def _nonfinite(what: str, value: float, step: int, lr: float) -> FloatingPointError:
     return FloatingPointError(
         f"step {step}: {what} is {value} (not finite); the parameters were not updated at this step. "
@@ -123,6 +132,7 @@ def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: in
     if seed is not None:
         backend.manual_seed(seed)
     get_batch = _batch_source(batches, steps)
+    loss_of = _loss_fn(model)
     params = optimizer.params()
     result = TrainResult()
     model.train()
@@ -137,7 +147,7 @@ def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: in
             if schedule is not None:
                 optimizer.lr = schedule(step)
             x, y = _unpack(get_batch(step), step)
-            _, loss = model(x, y)
+            loss = loss_of(x, y)
             loss_value = float(loss.item())
             if not math.isfinite(loss_value):
                 optimizer.zero_grad()

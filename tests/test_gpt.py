@@ -357,3 +357,27 @@ def test_frozen_linear_weights_cost_no_weight_gradient_matmul():
     assert [(a, b) for a, b in frozen if is_weight_grad(a, b)] == [((V, N), (N, C))]  # only the head's
     assert all(lin.weight.grad is None and lin.bias.grad is not None for lin in linears)
     assert model.wte.weight.grad is not None
+
+
+def test_loss_only_forward_equals_the_full_loss_and_its_gradients(float64):
+    """return_logits=False runs the head only where a target exists; loss and every gradient are unchanged.
+
+    float64: the two paths sum the same terms in a different order, so they agree to rounding (~1e-15).
+    """
+    model = build_gpt(0).to(np.float64)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, model.config.vocab_size, size=(3, 10))
+    targets = rng.integers(0, model.config.vocab_size, size=(3, 10))
+    targets[:, :6] = -100          # a prompt: no loss there
+    targets[1, :] = -100           # a row with no target at all
+    grads = []
+    for return_logits in (True, False):
+        model.zero_grad()
+        logits, loss = model(ids, targets, return_logits=return_logits)
+        assert (logits is None) != return_logits
+        loss.backward()
+        grads.append((loss.item(), {n: to_numpy(p.grad) for n, p in model.named_parameters()}))
+    (l_full, g_full), (l_kept, g_kept) = grads
+    assert abs(l_full - l_kept) <= 1e-12 * abs(l_full)
+    for name, g in g_full.items():
+        np.testing.assert_allclose(g_kept[name], g, rtol=1e-9, atol=1e-12, err_msg=name)

@@ -147,8 +147,14 @@ class GPT(Module):
     def new_kv_cache(self) -> KVCache:
         return KVCache(self.config.n_layer)
 
-    def forward(self, ids, targets=None, kv_cache: KVCache | None = None, ignore_index: int = -100):
-        """Logits (B, T, vocab); with targets also the mean cross-entropy, else loss is None."""
+    def forward(self, ids, targets=None, kv_cache: KVCache | None = None, ignore_index: int = -100,
+                return_logits: bool = True):
+        """Logits (B, T, vocab); with targets also the mean cross-entropy, else loss is None.
+
+        With targets and return_logits=False, the LM head runs only at positions that have a target
+        (logits come back as None): in fine-tuning most positions are prompt, so this skips most of
+        the (N, C) x (C, vocab) head product and its softmax, and the loss is the same.
+        """
         past = 0 if kv_cache is None else kv_cache.length
         ids = self.check_input(ids, past)
         T = ids.shape[1]
@@ -158,6 +164,11 @@ class GPT(Module):
             x = block(x, kv_cache, i)
         x = self.ln_f(x)
         head = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        if targets is not None and not return_logits:
+            t = backend.xp().asarray(targets.data if isinstance(targets, Tensor) else targets).reshape(-1)
+            keep = backend.xp().flatnonzero(t != ignore_index)           # positions with a target
+            x = ops.getitem(ops.reshape(x, (-1, x.shape[-1])), keep)     # (n_targets, C)
+            return None, ops.cross_entropy(ops.linear(x, head), t[keep], ignore_index=ignore_index)
         logits = ops.linear(x, head)                                    # (B, T, vocab)
         loss = None if targets is None else ops.cross_entropy(logits, targets, ignore_index=ignore_index)
         return logits, loss
