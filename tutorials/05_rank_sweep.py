@@ -13,7 +13,7 @@ Printed evidence: for r in {1, 2, 4, 8, 16, 32, 64} and two target sets, the tra
 parameters, the validation loss on held-out dialogues and ROUGE-L on test dialogues. With the
 `plots` extra (matplotlib) it also saves `rank_sweep.png`: score vs trainable parameters.
 
-    python tutorials/05_rank_sweep.py          # ~8 minutes on 2 cores (14 short fine-tunings)
+    python tutorials/05_rank_sweep.py          # ~6 minutes on 2 cores (14 short fine-tunings)
     python tutorials/05_rank_sweep.py --quick  # seconds
 """
 
