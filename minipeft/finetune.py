@@ -8,7 +8,7 @@ import numpy as np
 
 from minipeft.data.batching import collate_sft, encode_rows
 from minipeft.data.generator import get_task
-from minipeft.generate import generate
+from minipeft.generate import core_model, generate
 from minipeft.metrics import accuracy, exact_match, fact_recall, rouge
 from minipeft.optim import AdamW, cosine_schedule
 from minipeft.train import TrainResult, train
@@ -50,8 +50,7 @@ def finetune(model, tok, task: str, rows: Sequence[dict], *, steps: int, batch_s
 
 
 def _context(model) -> int:
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return core.config.context_length
+    return core_model(model).config.context_length
 
 
 def predict(model, tok, rows: Sequence[dict], task: str, max_new_tokens: int = 48) -> list[str]:

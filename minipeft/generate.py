@@ -28,12 +28,12 @@ def _pick(logits: np.ndarray, temperature: float, top_k: int | None, gen: np.ran
     return int(min(np.searchsorted(np.cumsum(p), gen.random(), side="right"), z.size - 1))
 
 
-def _core(model):
+def core_model(model):
     """The GPT that holds config and new_kv_cache: the model itself, or a PeftModel's base model."""
     if hasattr(model, "config") and hasattr(model, "new_kv_cache"):
         return model
     if hasattr(model, "get_base_model"):
-        return _core(model.get_base_model())
+        return core_model(model.get_base_model())
     raise TypeError(f"generate: {type(model).__name__} has no .config/.new_kv_cache(); pass a GPT or a PeftModel")
 
 
@@ -63,7 +63,7 @@ def generate(model, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
     when given, from a numpy Generator seeded with `seed`. The prompt plus max_new_tokens must fit the
     context length; truncate=True keeps only the prompt's last tokens instead of raising.
     """
-    core = _core(model)
+    core = core_model(model)
     cfg = core.config
     ctx = cfg.context_length
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:

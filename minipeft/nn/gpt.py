@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from minipeft import backend, ops
-from minipeft.autograd import Tensor, no_grad
+from minipeft.autograd import Tensor
 from minipeft.nn.layers import MLP, Dropout, Embedding, LayerNorm, Linear
 from minipeft.nn.module import Module, ModuleList
 
@@ -172,12 +172,6 @@ class GPT(Module):
         logits = ops.linear(x, head)                                    # (B, T, vocab)
         loss = None if targets is None else ops.cross_entropy(logits, targets, ignore_index=ignore_index)
         return logits, loss
-
-    @no_grad()
-    def logits_last(self, ids, kv_cache: KVCache | None = None):
-        """Logits of the last position only (inference helper used by generation)."""
-        logits, _ = self.forward(ids, kv_cache=kv_cache)
-        return logits.data[:, -1, :]
 
     def extra_repr(self) -> str:
         return f"{self.config}"

@@ -12,11 +12,6 @@ from minipeft.peft.lora_model import LoraModel
 TUNERS: dict[str, type[Module]] = {"LORA": LoraModel}
 
 
-def base_fingerprint(model: Module) -> str:
-    """Hash of the base model's matrices (2-D parameters): what an adapter was trained on."""
-    return save_load.fingerprint(model)
-
-
 class PeftModel(Module):
     """A base model with one or more adapters of one method; call it like the base model."""
 
