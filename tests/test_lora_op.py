@@ -116,8 +116,43 @@ def test_frozen_base_weight_gets_no_dW0_matmul():
     assert ((d, N), (N, k)) not in log, f"a frozen W0 still got its (d x k) gradient product: {log}"
     assert W0.grad is None and b.grad is None
     assert x.grad is not None and A.grad is not None and B.grad is not None
-    # exactly dB, dh, dA, and dx's two products: nothing else is spent
+    # exactly dB = dy^T h, dh = dy B, dA = dh^T x, and dx = dy (W0 + s B A) folded into one product
+    r = A.shape[0]
+    assert log == [((d, N), (N, r)), ((N, d), (d, r)), ((r, N), (N, k)), ((N, d), (d, k))], log
+
+
+def test_dropout_path_keeps_the_two_products_for_dx():
+    """With dropout the adapter sees dropout(x) but W0 sees x, so dx = dy W0 + (dh A) * keep cannot fold."""
+    d, k, r, N = 7, 5, 3, 6
+    rng = np.random.default_rng(1)
+    x = Tensor(rng.standard_normal((N, k)), requires_grad=True)
+    W0 = Tensor(rng.standard_normal((d, k)))
+    A, B = Tensor(rng.standard_normal((r, k)), requires_grad=True), Tensor(rng.standard_normal((d, r)), requires_grad=True)
+    with seeded(0):
+        y = lora_linear(x, W0, None, A, B, 2.0, dropout_p=0.5)
+    with record_matmuls() as log:
+        y.backward(np.ones(y.shape))
+    assert ((N, r), (r, k)) in log and ((N, d), (d, k)) in log and ((d, N), (N, k)) not in log, log
     assert len(log) == 5, log
+
+
+def test_folded_float32_forward_is_within_the_rounding_bound():
+    """Without dropout the forward is x (W0 + s B A)^T: W_eff is rounded to float32 once, then the product sums
+    k terms. Against the unfolded float64 equation, each output may err by at most gamma = (k + r + 3) eps32
+    times sum_j |x_j| (|W0| + s |B| |A|)_ij + |b_i| (the standard dot-product bound, Higham sec. 3.1)."""
+    rng = np.random.default_rng(4)
+    N, k, d, r, s = 64, 48, 32, 8, 2.0
+    x, W0, b = rng.standard_normal((N, k)), rng.standard_normal((d, k)), rng.standard_normal(d)
+    A, B = rng.standard_normal((r, k)), rng.standard_normal((d, r))
+    y = lora_linear(*(Tensor(a.astype(np.float32)) for a in (x, W0, b, A, B)), s)
+    assert y.dtype == np.float32
+    f32 = [a.astype(np.float32).astype(np.float64) for a in (x, W0, b, A, B)]
+    exact = reference(*f32, s)
+    bound = (k + r + 3) * np.finfo(np.float32).eps * (np.abs(f32[0]) @ (np.abs(f32[1]) + s * np.abs(f32[4])
+                                                                        @ np.abs(f32[3])).T + np.abs(f32[2]))
+    err = np.abs(to_numpy(y.data).astype(np.float64) - exact)
+    assert (err <= bound).all(), f"worst error / bound = {(err / bound).max():.3g}"
+    assert np.abs(exact - reference(*f32[:3], f32[3], 0 * f32[4], s)).min() > 0  # the adapter does change y
 
 
 def test_trainable_base_weight_does_get_its_matmul():
@@ -136,7 +171,7 @@ def test_no_adapter_grads_no_adapter_matmuls():
     y = lora_linear(x, W0, None, A, B, 1.0)
     with record_matmuls() as log:
         y.backward(np.ones(y.shape))
-    assert sorted(log) == sorted([((4, 7), (7, 3)), ((4, 3), (3, 5)), ((4, 7), (7, 5))]), log
+    assert log == [((4, 7), (7, 5))], log  # dx = dy (W0 + s B A): the low-rank path is folded in
 
 
 @pytest.mark.parametrize("shapes", [

@@ -258,7 +258,7 @@ def test_getitem_basic_slices(data):
 @given(data=st.data())
 def test_getitem_integer_array_with_repeats(data):
     x = data.draw(array_and_shape(max_dims=3, max_side=4, max_size=32))
-    rows = np.array(data.draw(st.lists(st.integers(0, x.shape[0] - 1), min_size=1, max_size=6)))
+    rows = np.array(data.draw(st.lists(st.integers(-x.shape[0], x.shape[0] - 1), min_size=1, max_size=6)))
     np.testing.assert_array_equal(ops.getitem(Tensor(x), Tensor(rows)).numpy(), x[rows])
     grad_check(lambda t: ops.getitem(t, Tensor(rows)), [x], f"getitem[{rows.tolist()}]")
 
@@ -267,3 +267,7 @@ def test_getitem_repeated_index_accumulates():
     x = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
     x[Tensor(np.array([0, 2, 0, 0]))].sum().backward()
     np.testing.assert_array_equal(to_numpy(x.grad), [3.0, 0.0, 1.0])
+    # strictly increasing indices take the plain-assignment path, but -3 and 0 both name row 0
+    x.zero_grad()
+    x[Tensor(np.array([-3, 0, 2]))].sum().backward()
+    np.testing.assert_array_equal(to_numpy(x.grad), [2.0, 0.0, 1.0])

@@ -105,18 +105,43 @@ def attention_ref(q, k, v, H, causal=True):
 
 
 @pytest.mark.parametrize("mode", ["causal", "kv_cache", "non_causal"])
-@given(shape=attention_shapes(), data=st.data())
+@given(shape=attention_shapes(max_T=6), data=st.data())
 def test_attention(mode, shape, data):
+    """Every block size (1 = a block per query row, >= T = one block) gives the reference output and gradients."""
     B, T, H, hs = shape
     C = H * hs
     Tq = data.draw(st.integers(1, T)) if mode == "kv_cache" else T
     Tk = data.draw(st.integers(1, 4)) if mode == "non_causal" else T
+    bs = data.draw(st.integers(1, T + 1), label="block_size")
     q, k, v = data.draw(arrays((B, Tq, C))), data.draw(arrays((B, Tk, C))), data.draw(arrays((B, Tk, C)))
     causal = mode != "non_causal"
-    out = ops.attention(Tensor(q), Tensor(k), Tensor(v), n_head=H, causal=causal)
+    out = ops.attention(Tensor(q), Tensor(k), Tensor(v), n_head=H, causal=causal, block_size=bs)
     np.testing.assert_allclose(out.numpy(), attention_ref(q, k, v, H, causal), rtol=1e-10, atol=1e-12)
-    grad_check(lambda a, b, c: ops.attention(a, b, c, n_head=H, causal=causal), [q, k, v],
-               f"attention({mode}, B={B}, Tq={Tq}, Tk={Tk}, H={H}, hs={hs})")
+    grad_check(lambda a, b, c: ops.attention(a, b, c, n_head=H, causal=causal, block_size=bs), [q, k, v],
+               f"attention({mode}, B={B}, Tq={Tq}, Tk={Tk}, H={H}, hs={hs}, block_size={bs})")
+
+
+def test_causal_blocks_skip_the_masked_future():
+    """T = 8 in blocks of 2: the score products cover keys 0..2, 0..4, 0..6, 0..8, i.e. 20 of 64 entries per
+    head instead of all 64, and the result equals the one-block computation to float64 rounding."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 8, 4)) for _ in range(3))
+    with ops.record_matmuls() as log:
+        out = ops.attention(Tensor(q), Tensor(k), Tensor(v), n_head=2, block_size=2)
+    # per block: S = Qs K^T with Qs (1, H, 2, hs) and K^T (1, H, hs, e), then P V with P (1, H, 2, e)
+    assert log[0::2] == [((1, 2, 2, 2), (1, 2, 2, e)) for e in (2, 4, 6, 8)], log
+    assert log[1::2] == [((1, 2, 2, e), (1, 2, e, 2)) for e in (2, 4, 6, 8)], log
+    one = ops.attention(Tensor(q), Tensor(k), Tensor(v), n_head=2, block_size=8)
+    np.testing.assert_allclose(out.numpy(), one.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_attention_float32_blocked_matches_float64_reference():
+    """At the tutorials' shape (T = 256 in blocks of 32) float32 stays within a few ulps of the float64 loop:
+    each output is a convex combination of v rows, so the error is O(eps32 * (log T + hs)) relative."""
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((1, 256, 8)) for _ in range(3))
+    out = ops.attention(*(Tensor(a.astype(np.float32)) for a in (q, k, v)), n_head=2).numpy()
+    np.testing.assert_allclose(out, attention_ref(q, k, v, 2), rtol=0, atol=1e-5)
 
 
 def test_attention_first_query_sees_only_itself():
@@ -132,6 +157,8 @@ def test_attention_bad_shapes_raise():
         ops.attention(q, q, q, n_head=3)
     with pytest.raises(ValueError, match="causal attention needs Tk >= Tq"):
         ops.attention(q, Tensor(np.zeros((1, 2, 4))), Tensor(np.zeros((1, 2, 4))), n_head=1)
+    with pytest.raises(ValueError, match="block_size must be a positive int, got 0"):
+        ops.attention(q, q, q, n_head=1, block_size=0)
 
 
 # ---- cross-entropy -----------------------------------------------------------------------------

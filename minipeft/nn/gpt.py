@@ -167,8 +167,10 @@ class GPT(Module):
         if targets is not None and not return_logits:
             t = backend.xp().asarray(targets.data if isinstance(targets, Tensor) else targets).reshape(-1)
             keep = backend.xp().flatnonzero(t != ignore_index)           # positions with a target
-            x = ops.getitem(ops.reshape(x, (-1, x.shape[-1])), keep)     # (n_targets, C)
-            return None, ops.cross_entropy(ops.linear(x, head), t[keep], ignore_index=ignore_index)
+            x = ops.reshape(x, (-1, x.shape[-1]))                         # (B*T, C)
+            if keep.size < t.size:
+                x, t = ops.getitem(x, keep), t[keep]                     # (n_targets, C)
+            return None, ops.cross_entropy(ops.linear(x, head), t, ignore_index=ignore_index)
         logits = ops.linear(x, head)                                    # (B, T, vocab)
         loss = None if targets is None else ops.cross_entropy(logits, targets, ignore_index=ignore_index)
         return logits, loss

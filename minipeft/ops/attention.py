@@ -1,4 +1,13 @@
-"""Causal multi-head scaled-dot-product attention as one fused op (forward + explicit backward)."""
+"""Causal multi-head scaled-dot-product attention as one fused op (forward + explicit backward).
+
+Causal attention lets query i see keys 0..i only, so half of the (T x T) score matrix is masked
+out. Computing it and then throwing it away costs half the attention matmuls and half the softmax
+passes. This op walks the queries in blocks of `block_size` rows; a block needs only the keys up
+to its last query, so the work above the diagonal is skipped (the idea FlashAttention's causal
+kernels use). With T = 256 and blocks of 32, the op touches 36/64 of the full score matrix.
+Measured on the tutorials' shape (8 x 256 tokens, 4 heads of 32, float32, 2 cores), forward plus
+backward took 0.56x the time of the one-block version (median of 15 interleaved pairs).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,8 @@ import math
 from minipeft import backend
 from minipeft.autograd import Function, Tensor
 from minipeft.ops._util import check_same_dtype, mm
+
+BLOCK_SIZE = 32  # query rows per block; 16-64 measured alike at T = 256, one block (no skipping) 1.8x slower
 
 
 def _heads(x, H: int):
@@ -21,6 +32,14 @@ def _merge(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * hs)
 
 
+def _blocks(Tq: int, Tk: int, causal: bool, block_size: int):
+    """(i0, i1, e): query rows i0..i1-1 attend to keys 0..e-1 (all Tk keys when not causal)."""
+    if not causal:
+        return [(0, Tq, Tk)]
+    off = Tk - Tq  # query i sits at absolute position off + i
+    return [(i0, min(Tq, i0 + block_size), off + min(Tq, i0 + block_size)) for i0 in range(0, Tq, block_size)]
+
+
 class Attention(Function):
     """out = softmax(q k^T / sqrt(hs) + causal mask) v, per head.
 
@@ -29,51 +48,77 @@ class Attention(Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, n_head=1, causal=True):
+    def forward(ctx, q, k, v, n_head=1, causal=True, block_size=BLOCK_SIZE):
         if q.ndim != 3 or k.shape != v.shape or k.ndim != 3 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
             raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} must be (B, Tq, C), (B, Tk, C), "
                              f"(B, Tk, C)")
         if q.shape[2] % n_head:
             raise ValueError(f"attention: C={q.shape[2]} is not divisible by n_head={n_head}")
+        if not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"attention: block_size must be a positive int, got {block_size!r}")
         Tq, Tk = q.shape[1], k.shape[1]
         if causal and Tk < Tq:
             raise ValueError(f"attention: causal attention needs Tk >= Tq, got Tq={Tq}, Tk={Tk}")
         check_same_dtype("attention", q=q, k=k, v=v)
         xp = backend.xp()
-        B, _, C = q.shape
-        hs = C // n_head
+        hs = q.shape[2] // n_head
         qs = _heads(q, n_head) * q.dtype.type(1.0 / math.sqrt(hs))      # (B, H, Tq, hs), pre-scaled
-        kT = xp.ascontiguousarray(k.reshape(B, Tk, n_head, hs).transpose(0, 2, 3, 1))  # (B, H, hs, Tk)
-        vh = _heads(v, n_head)                                          # (B, H, Tk, hs)
-        P = mm(qs, kT)                                                  # (B, H, Tq, Tk) scores S
-        if causal and Tq > 1:
-            # query i sits at absolute position Tk - Tq + i and may see keys j <= that position
-            future = xp.arange(Tk)[None, :] > (xp.arange(Tq)[:, None] + (Tk - Tq))
-            xp.copyto(P, q.dtype.type(-xp.inf), where=future)
-        P -= P.max(axis=-1, keepdims=True)                              # softmax, in place
-        xp.exp(P, out=P)
-        P /= P.sum(axis=-1, keepdims=True)
-        ctx.save_for_backward(qs, kT, vh, P, hs)
-        return _merge(mm(P, vh))                                        # (B, Tq, C)
+        kh, vh = _heads(k, n_head), _heads(v, n_head)                   # (B, H, Tk, hs)
+        out = xp.empty_like(qs)
+        Ps = []
+        for i0, i1, e in _blocks(Tq, Tk, causal, block_size):
+            P = mm(qs[:, :, i0:i1], kh[:, :, :e].swapaxes(-1, -2))     # (B, H, i1-i0, e) scores S
+            if causal and e > Tk - Tq + i0 + 1:
+                # query i (absolute position Tk - Tq + i) may see keys j <= that position; only the
+                # last i1 - i0 key columns of the block can lie in its future
+                c0 = Tk - Tq + i0
+                future = xp.arange(c0, e)[None, :] > xp.arange(c0, c0 + i1 - i0)[:, None]
+                xp.copyto(P[..., c0:], q.dtype.type(-xp.inf), where=future)
+            P -= P.max(axis=-1, keepdims=True)                          # softmax, in place
+            xp.exp(P, out=P)
+            P /= P.sum(axis=-1, keepdims=True)
+            out[:, :, i0:i1] = mm(P, vh[:, :, :e])
+            Ps.append(P)
+        ctx.save_for_backward(qs, kh, vh, Ps, out, _blocks(Tq, Tk, causal, block_size), hs)
+        return _merge(out)                                              # (B, Tq, C)
 
     @staticmethod
     def backward(ctx, dout):
-        # O = P V, P = softmax(S), S = Qs K^T with Qs = Q / sqrt(hs)
-        # => dV = P^T dO;  dP = dO V^T;  dS = P * (dP - rowsum(dP * P));  dQ = dS K / sqrt(hs);  dK = dS^T Qs
-        qs, kT, vh, P, hs = ctx.saved
+        # Per block: O = P V, P = softmax(S), S = Qs K^T with Qs = Q / sqrt(hs)
+        # => dV = P^T dO;  dP = dO V^T;  dS = P * (dP - D);  dQ = dS K / sqrt(hs);  dK = dS^T Qs
+        # with D_i = sum_j P_ij dP_ij = sum_j P_ij (dO_i . V_j) = dO_i . O_i, one (T, hs) reduction
+        # instead of a (T, T) one (FlashAttention's identity).
+        # A key is seen by several query blocks, so dK and dV sum the blocks' contributions.
+        qs, kh, vh, Ps, out, blocks, hs = ctx.saved
         nq, nk, nv = ctx.needs_input_grad
+        xp = backend.xp()
         dO = _heads(dout, qs.shape[1])                                  # (B, H, Tq, hs)
-        dv = _merge(mm(P.swapaxes(-1, -2), dO)) if nv else None
-        dq = dk = None
-        if nq or nk:
-            dS = mm(dO, vh.swapaxes(-1, -2))                            # dP, (B, H, Tq, Tk)
-            dS -= (dS * P).sum(axis=-1, keepdims=True)
-            dS *= P                                                     # now dS
-            dq = _merge(mm(dS, kT.swapaxes(-1, -2)) * dS.dtype.type(1.0 / math.sqrt(hs))) if nq else None
-            dk = _merge(mm(dS.swapaxes(-1, -2), qs)) if nk else None
-        return dq, dk, dv
+        dq = xp.empty_like(qs) if nq else None
+        dk = xp.zeros_like(kh) if nk else None
+        dv = xp.zeros_like(vh) if nv else None
+        D = (dO * out).sum(axis=-1, keepdims=True) if (nq or nk) else None  # (B, H, Tq, 1)
+        for P, (i0, i1, e) in zip(Ps, blocks, strict=True):
+            dOb = dO[:, :, i0:i1]
+            if nv:
+                dv[:, :, :e] += mm(P.swapaxes(-1, -2), dOb)
+            if nq or nk:
+                dS = mm(dOb, vh[:, :, :e].swapaxes(-1, -2))            # dP, (B, H, i1-i0, e)
+                dS -= D[:, :, i0:i1]
+                dS *= P                                                 # now dS
+                if nq:
+                    dq[:, :, i0:i1] = mm(dS, kh[:, :, :e])
+                if nk:
+                    dk[:, :, :e] += mm(dS.swapaxes(-1, -2), qs[:, :, i0:i1])
+        if nq:
+            dq *= dq.dtype.type(1.0 / math.sqrt(hs))
+        return (_merge(dq) if nq else None, _merge(dk) if nk else None, _merge(dv) if nv else None)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, n_head: int, causal: bool = True) -> Tensor:
-    """Multi-head scaled-dot-product attention on (B, T, C) inputs, heads split inside."""
-    return Attention.apply(q, k, v, n_head=n_head, causal=causal)
+def attention(q: Tensor, k: Tensor, v: Tensor, n_head: int, causal: bool = True,
+              block_size: int = BLOCK_SIZE) -> Tensor:
+    """Multi-head scaled-dot-product attention on (B, T, C) inputs, heads split inside.
+
+    `block_size` only changes how the work is split (causal blocks skip the masked future),
+    never the result beyond float rounding.
+    """
+    return Attention.apply(q, k, v, n_head=n_head, causal=causal, block_size=block_size)
