@@ -127,7 +127,8 @@ def test_dropout_path_keeps_the_two_products_for_dx():
     rng = np.random.default_rng(1)
     x = Tensor(rng.standard_normal((N, k)), requires_grad=True)
     W0 = Tensor(rng.standard_normal((d, k)))
-    A, B = Tensor(rng.standard_normal((r, k)), requires_grad=True), Tensor(rng.standard_normal((d, r)), requires_grad=True)
+    A = Tensor(rng.standard_normal((r, k)), requires_grad=True)
+    B = Tensor(rng.standard_normal((d, r)), requires_grad=True)
     with seeded(0):
         y = lora_linear(x, W0, None, A, B, 2.0, dropout_p=0.5)
     with record_matmuls() as log:
