@@ -191,3 +191,18 @@ def test_dtype_mismatch_raises():
     x, W0, A, B = (np.ones(s) for s in [(2, 5), (4, 5), (3, 5), (4, 3)])
     with pytest.raises(TypeError, match="dtype mismatch"):
         lora_linear(Tensor(x), Tensor(W0), None, Tensor(A.astype(np.float32)), Tensor(B), 1.0)
+
+
+def test_inference_forward_is_one_full_size_product():
+    """Under no_grad (or with A and B frozen) the folded forward forms s B A (d x r x k) and x W_eff^T only:
+    h = x A^T exists for dB, so it is skipped when nothing needs dB. With a trainable B it is formed."""
+    d, k, r, N = 7, 5, 3, 6
+    rng = np.random.default_rng(5)
+    x, W0, A, B = (rng.standard_normal(s) for s in [(N, k), (d, k), (r, k), (d, r)])
+    with minipeft.no_grad(), record_matmuls() as log:
+        y = lora_linear(Tensor(x), Tensor(W0), None, Tensor(A), Tensor(B), 2.0)
+    assert log == [((d, r), (r, k)), ((N, k), (k, d))], log
+    np.testing.assert_allclose(to_numpy(y.data), reference(x, W0, None, A, B, 2.0), rtol=1e-12, atol=1e-12)
+    with record_matmuls() as log:
+        lora_linear(Tensor(x), Tensor(W0), None, Tensor(A), Tensor(B, requires_grad=True), 2.0)
+    assert ((N, k), (k, r)) in log and len(log) == 3, log

@@ -20,16 +20,23 @@ from minipeft.ops._util import check_same_dtype, mm
 BLOCK_SIZE = 32  # query rows per block; 16-64 measured alike at T = 256, one block (no skipping) 1.8x slower
 
 
-def _heads(x, H: int):
-    """(B, T, C) -> (B, H, T, hs), C-contiguous: numpy's batched matmul is several times slower on strided views"""
+def _heads(x, H: int, scale=None):
+    """(B, T, C) -> (B, H, T, hs) C-contiguous (batched matmuls ran slower on strided views), times scale"""
     B, T, C = x.shape
-    return backend.xp().ascontiguousarray(x.reshape(B, T, H, C // H).transpose(0, 2, 1, 3))
+    view = x.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)
+    if scale is None:
+        return backend.xp().ascontiguousarray(view)
+    return backend.xp().multiply(view, x.dtype.type(scale), out=backend.xp().empty(view.shape, dtype=x.dtype))
 
 
-def _merge(x):
-    """(B, H, T, hs) -> (B, T, C), C-contiguous"""
+def _merge(x, scale=None):
+    """(B, H, T, hs) -> (B, T, C), C-contiguous, times scale (the copy and the scaling in one pass)"""
     B, H, T, hs = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, T, H * hs)
+    if scale is None:
+        return x.transpose(0, 2, 1, 3).reshape(B, T, H * hs)
+    out = backend.xp().empty((B, T, H, hs), dtype=x.dtype)
+    backend.xp().multiply(x.transpose(0, 2, 1, 3), x.dtype.type(scale), out=out)
+    return out.reshape(B, T, H * hs)
 
 
 def _blocks(Tq: int, Tk: int, causal: bool, block_size: int):
@@ -62,7 +69,7 @@ class Attention(Function):
         check_same_dtype("attention", q=q, k=k, v=v)
         xp = backend.xp()
         hs = q.shape[2] // n_head
-        qs = _heads(q, n_head) * q.dtype.type(1.0 / math.sqrt(hs))      # (B, H, Tq, hs), pre-scaled
+        qs = _heads(q, n_head, 1.0 / math.sqrt(hs))                     # (B, H, Tq, hs), pre-scaled
         kh, vh = _heads(k, n_head), _heads(v, n_head)                   # (B, H, Tk, hs)
         out = xp.empty_like(qs)
         Ps = []
@@ -110,9 +117,7 @@ class Attention(Function):
                     dq[:, :, i0:i1] = mm(dS, kh[:, :, :e])
                 if nk:
                     dk[:, :, :e] += mm(dS.swapaxes(-1, -2), qs[:, :, i0:i1])
-        if nq:
-            dq *= dq.dtype.type(1.0 / math.sqrt(hs))
-        return (_merge(dq) if nq else None, _merge(dk) if nk else None, _merge(dv) if nv else None)
+        return (_merge(dq, 1.0 / math.sqrt(hs)) if nq else None, _merge(dk) if nk else None, _merge(dv) if nv else None)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, n_head: int, causal: bool = True,

@@ -44,7 +44,9 @@ class LoraLinearFn(Function):
         if dropout_p > 0.0:
             keep = (backend.rng().random(x2.shape, dtype=x2.dtype) >= dropout_p) * x.dtype.type(1 / (1 - dropout_p))
             xd = x2 * keep                                           # (N, k) dropout(x)
-        hs = mm(xd, A.T) * s                                         # (N, r) s * dropout(x) A^T, scaled while small
+        hs = None  # (N, r) s * dropout(x) A^T, scaled while small: the separate low-rank path, and dB's input
+        if keep is not None or ctx.needs_input_grad[4]:              # folded and B frozen (inference): not needed
+            hs = mm(xd, A.T) * s
         if keep is None:
             W_eff = W0 + mm(B, A) * s                                # (d, k) folded weight, a temporary
             y = mm(x2, W_eff.T)                                      # (N, d) both paths in one product
