@@ -13,7 +13,7 @@ Printed evidence: for r in {1, 2, 4, 8, 16, 32, 64} and two target sets, the tra
 parameters, the validation loss on held-out dialogues and ROUGE-L on test dialogues. With the
 `plots` extra (matplotlib) it also saves `rank_sweep.png`: score vs trainable parameters.
 
-    python tutorials/05_rank_sweep.py          # ~6 minutes on 2 cores (14 short fine-tunings)
+    python tutorials/05_rank_sweep.py          # ~4-5 minutes on 2 cores (14 short fine-tunings)
     python tutorials/05_rank_sweep.py --quick  # seconds
 """
 
@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{label:<10} no rank scored above 0 (too little training: try without --quick)")
             continue
         small = min((x for x in sub if x[4] >= 0.9 * top), key=lambda x: x[1])
-        print(f"{label:<10} r={small[1]} already reaches {small[4] / top:.0%} of the best ROUGE-L of "
-              f"this target set ({top:.3f}) with {small[2]:,d} of {max(x[2] for x in sub):,d} parameters "
-              f"(val loss spread over ranks: {np.ptp([x[3] for x in sub]):.3f})")
+        print(f"{label:<10} smallest rank within 90% of this set's best ROUGE-L ({top:.3f}): r={small[1]} "
+              f"({small[4] / top:.0%}, {small[2]:,d} of up to {max(x[2] for x in sub):,d} parameters); "
+              f"val loss spread over ranks: {np.ptp([x[3] for x in sub]):.3f}")
     if not args.quick and plot(results, args.plot):
         print(f"saved {args.plot}")
 

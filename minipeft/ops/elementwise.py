@@ -172,7 +172,7 @@ class GELU(Function):
 
     Written as in-place passes over one or two buffers: the MLP's (N, 4C) activation is the largest
     elementwise array in the model, and each temporary costs a full pass of memory traffic. Measured
-    on a (2048, 512) float32 array, forward plus backward took 0.67x the time of the plain expressions.
+    on a (2880, 512) float32 array, forward plus backward took 0.64x the time of the plain expressions.
     """
 
     @staticmethod

@@ -34,8 +34,8 @@ class LayerNormOp(Function):
 
     Row reductions over the short last axis (C = 128 here) are slow as numpy reductions, so the means
     are matrix-vector products with a (C,) vector of 1/C and the sums of products are einsum dot
-    products (no (N, C) temporary). Measured on 2880 x 128 float32, forward plus backward took 0.66x
-    the time of the plain expressions (x.mean(-1), ((x - mean)**2).mean(-1), ...).
+    products (no (N, C) temporary). Measured on 2880 x 128 float32 (old and new alternated), forward
+    plus backward took 0.67x the time of the plain expressions (x.mean(-1), ((x - mean)**2).mean(-1)).
     """
 
     @staticmethod
