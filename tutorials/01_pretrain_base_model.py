@@ -10,7 +10,7 @@ what the PEFT tutorials close.
 The tokenizer (byte-level BPE, Hugging Face `tokenizers`) and the model are cached under
 $MINIPEFT_HOME (default ~/.cache/minipeft); later tutorials load them from there.
 
-    python tutorials/01_pretrain_base_model.py            # ~5 minutes on 2 cores the first time
+    python tutorials/01_pretrain_base_model.py            # ~3 minutes on 2 cores the first time
     python tutorials/01_pretrain_base_model.py --rebuild  # train again even if cached
     python tutorials/01_pretrain_base_model.py --quick    # a tiny model, seconds
 """
