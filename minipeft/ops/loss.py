@@ -30,22 +30,22 @@ class CrossEntropy(Function):
         tt = xp.where(valid, t, 0)
         m = z.max(axis=1, keepdims=True)
         rows = xp.arange(z.shape[0])
-        p = z - m                                                     # one (N, V) buffer, updated in place
-        xp.exp(p, out=p)
-        s = p.sum(axis=1, keepdims=True)
-        p /= s                                                        # softmax(z)
+        e = z - m                                                     # one (N, V) buffer, updated in place
+        xp.exp(e, out=e)                                              # e = exp(z - m), unnormalised softmax
+        s = e.sum(axis=1, keepdims=True)
         nll = (xp.log(s) + m)[:, 0] - z[rows, tt]                    # logsumexp - z_target
-        ctx.save_for_backward(p, tt, valid, n, logits.shape)
+        ctx.save_for_backward(e, s, tt, valid, n, logits.shape)
         return (nll * valid).sum().astype(logits.dtype) / logits.dtype.type(n)
 
     @staticmethod
     def backward(ctx, dout):
         # loss = mean_valid(logsumexp(z) - z_t)  =>  dz = (softmax(z) - onehot(t)) * dloss / n, 0 on ignored rows
-        p, tt, valid, n, shape = ctx.saved
+        # softmax(z) = e / s, so the normalisation and the scaling are one pass over the (N, V) buffer
+        e, s, tt, valid, n, shape = ctx.saved
         xp = backend.xp()
-        dz = p.copy()
-        dz[xp.arange(dz.shape[0]), tt] -= 1
-        dz *= (valid[:, None] * (dout / n)).astype(dz.dtype)
+        g = (valid[:, None] * (dout / n)).astype(e.dtype)            # (N, 1) dloss / n per row, 0 if ignored
+        dz = e * (g / s)
+        dz[xp.arange(dz.shape[0]), tt] -= g[:, 0]
         return dz.reshape(shape), None
 
 
