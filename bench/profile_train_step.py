@@ -1,0 +1,128 @@
+"""Profile: where a training step's time goes, op by op, for full fine-tuning and LoRA side by side.
+
+Every op's forward (`Function.apply`) and backward is wrapped with a timer for the duration of the
+run; the variants' steps are alternated (A B C A B C ...) so the machine's drift hits them alike.
+Prints ms per step for each op and direction, plus the whole step and its ratio to full
+fine-tuning. The timers add a few microseconds per op call to every variant alike, so the step
+ratios here read slightly closer to 1 than `bench_train_step.py`'s; use that script for the figures
+in BENCHMARKS.md and this one to see which ops a change should target.
+
+    python bench/profile_train_step.py                # tutorial 03's fine-tuning shape, 16 x 180
+    python bench/profile_train_step.py --shape pretrain
+    python bench/profile_train_step.py --quick        # seconds, tiny model (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from minipeft.autograd import Function
+from minipeft.nn import GPTConfig
+
+
+def _load_bench():
+    """bench_train_step.py by file path, so this works as a script and when the tests import it."""
+    path = Path(__file__).with_name("bench_train_step.py")
+    spec = importlib.util.spec_from_file_location("bench_train_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_bench = _load_bench()
+make, step = _bench.make, _bench.step
+
+VARIANTS = ("full", "lora q,v", "lora attn+mlp")
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+@contextlib.contextmanager
+def op_timers(totals: dict):
+    """Add each op's forward and backward seconds to totals["<Op>.fwd"] / ["<Op>.bwd"] inside the block."""
+    orig_apply = Function.__dict__["apply"]
+    saved = {}
+
+    def apply(cls, *inputs, **options):
+        t = time.perf_counter()
+        out = orig_apply.__func__(cls, *inputs, **options)
+        totals[f"{cls.__name__}.fwd"] += time.perf_counter() - t
+        return out
+
+    for sub in _subclasses(Function):
+        if "backward" in sub.__dict__:
+            saved[sub] = sub.__dict__["backward"]
+
+            def backward(ctx, dout, _orig=saved[sub].__func__, _name=sub.__name__):
+                t = time.perf_counter()
+                grads = _orig(ctx, dout)
+                totals[f"{_name}.bwd"] += time.perf_counter() - t
+                return grads
+
+            sub.backward = staticmethod(backward)
+    Function.apply = classmethod(apply)
+    try:
+        yield totals
+    finally:
+        Function.apply = orig_apply
+        for sub, bwd in saved.items():
+            sub.backward = bwd
+
+
+def batch(shape: str, cfg: GPTConfig, rng):
+    """(ids, targets) of the pretraining shape (a target everywhere) or tutorial 03's (last 40 positions)."""
+    if shape == "pretrain":
+        B, T = (4, 64) if cfg.vocab_size < 2048 else (8, 256)
+        return rng.integers(0, cfg.vocab_size, (B, T)), rng.integers(0, cfg.vocab_size, (B, T))
+    B, T, n = (4, 48, 10) if cfg.vocab_size < 2048 else (16, 180, 40)
+    y = np.full((B, T), -100)
+    y[:, -n:] = rng.integers(0, cfg.vocab_size, (B, n))
+    return rng.integers(0, cfg.vocab_size, (B, T)), y
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=["finetune", "pretrain"], default="finetune")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per variant")
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    preset, overrides = ("test", {"context_length": 64}) if args.quick else ("mini", {})
+    steps = 2 if args.quick else args.steps
+    x, y = batch(args.shape, GPTConfig.from_preset(preset, **overrides), np.random.default_rng(0))
+    models = {v: make(v, preset, overrides) for v in VARIANTS}
+    for m, o in models.values():  # warm-up: first-step allocations and Adam state
+        step(m, o, x, y)
+    per_op = {v: defaultdict(float) for v in VARIANTS}
+    wall = {v: [] for v in VARIANTS}
+    for _ in range(steps):
+        for v, (m, o) in models.items():
+            with op_timers(per_op[v]):
+                t = time.perf_counter()
+                step(m, o, x, y)
+                wall[v].append(time.perf_counter() - t)
+    print(f"{args.shape} shape, batch {x.shape[0]} x {x.shape[1]}, {preset} model; {steps} steps per variant")
+    print(f"{'':<22}" + "".join(f"{v:>16}" for v in VARIANTS))
+    print(f"{'step (ms, median)':<22}" + "".join(f"{1000 * np.median(wall[v]):>16.1f}" for v in VARIANTS))
+    ratios = [np.median(np.array(wall[v]) / np.array(wall["full"])) for v in VARIANTS]
+    print(f"{'ratio to full':<22}" + "".join(f"{r:>16.3f}" for r in ratios))
+    names = sorted(set().union(*per_op.values()), key=lambda k: -max(per_op[v][k] for v in VARIANTS))
+    print("ms per step in each op (forward = apply, backward = the op's backward):")
+    for name in names:
+        print(f"  {name:<20}" + "".join(f"{1000 * per_op[v][name] / steps:>16.2f}" for v in VARIANTS))
+    rest = [1000 * (np.sum(wall[v]) - sum(per_op[v].values())) / steps for v in VARIANTS]
+    print(f"  {'(outside the ops)':<20}" + "".join(f"{r:>16.2f}" for r in rest))
+
+
+if __name__ == "__main__":
+    main()
