@@ -224,8 +224,26 @@ def test_modules_to_save_trains_a_copy_and_round_trips(tmp_path):
 
     peft.save_pretrained(str(tmp_path))
     keys = set(load_file(str(tmp_path / WEIGHTS)))
-    assert {"base_model.model.ln_f.modules_to_save.weight", "base_model.model.ln_f.modules_to_save.bias"} <= keys
+    # PEFT's naming: the trained copy is saved under the module's own path, "modules_to_save.<name>." dropped
+    assert {"base_model.model.ln_f.weight", "base_model.model.ln_f.bias"} <= keys
+    assert not any("modules_to_save" in k or "original_module" in k for k in keys), keys
     loaded = PeftModel.from_pretrained(build_gpt(0), str(tmp_path))
     np.testing.assert_array_equal(logits(loaded, ids), out)
     with loaded.disable_adapter():
         np.testing.assert_array_equal(logits(loaded, ids), logits(build_gpt(0), ids))
+
+
+def test_modules_to_save_with_bias_all_and_a_named_adapter_round_trip(tmp_path):
+    """bias='all' saves every trainable bias under its own path next to the modules_to_save copy's keys;
+    a non-default adapter lands in a subfolder and reloads bit-exactly under its name."""
+    ids, tgt = batch(23)
+    peft = get_peft_model(build_gpt(0), LoraConfig(r=2, bias="all", modules_to_save=["ln_f"]), adapter_name="t")
+    train_steps(peft, ids, tgt)
+    out = logits(peft, ids)
+    peft.save_pretrained(str(tmp_path))
+    keys = set(load_file(str(tmp_path / "t" / WEIGHTS)))
+    assert {"base_model.model.ln_f.bias", "base_model.model.ln_f.weight", "base_model.model.blocks.0.mlp.fc1.bias",
+            "base_model.model.blocks.0.attn.v_proj.base_layer.bias"} <= keys, sorted(keys)
+    assert "base_model.model.blocks.0.attn.q_proj.lora_A.weight" in keys
+    loaded = PeftModel.from_pretrained(build_gpt(0), str(tmp_path / "t"), adapter_name="t")
+    np.testing.assert_array_equal(logits(loaded, ids), out)

@@ -1,7 +1,8 @@
 """Adapter files in Hugging Face PEFT's layout: `adapter_config.json` + `adapter_model.safetensors`.
 
 Keys are named as PEFT names them: `base_model.model.<module path>.lora_A.weight` (the adapter
-name is dropped on disk and put back on load). The config records a fingerprint of the base
+name is dropped on disk and put back on load), and a `modules_to_save` copy under its module's own
+path, `base_model.model.<module path>.weight`. The config records a fingerprint of the base
 model's matrices so an adapter is not silently loaded onto a base it was not trained on.
 """
 
@@ -46,19 +47,34 @@ def adapter_dir(root: str, name: str) -> str:
     return root if name == "default" else os.path.join(root, name)
 
 
-def adapter_state_dict(peft_model, name: str) -> dict[str, np.ndarray]:
-    """The arrays adapter `name` owns, keyed as on disk (adapter name removed)."""
+def adapter_keys(peft_model, name: str) -> dict[str, str]:
+    """{key on disk: live parameter name} for everything adapter `name` owns, named as PEFT saves it:
+    `...lora_A.weight` (adapter name dropped after its slot) and, for a modules_to_save copy, the plain
+    module path `...<module>.weight` (PEFT drops `modules_to_save.<name>.` entirely)."""
     config = peft_model.peft_config[name]
-    out = {}
-    for key, p in peft_model.named_parameters():
-        slot = next((s for s in _SLOTS if f".{s}.{name}." in key), None)
-        if slot is not None:  # drop the name right after its slot, not where it first occurs in the path
-            out[key.replace(f".{slot}.{name}.", f".{slot}.", 1)] = backend.to_numpy(p.data)
+    keys: dict[str, str] = {}
+    for key, _ in peft_model.named_parameters():
+        disk = None
+        if f".modules_to_save.{name}." in key:
+            disk = key.replace(f".modules_to_save.{name}.", ".", 1)
+        elif slot := next((s for s in ("lora_A", "lora_B") if f".{s}.{name}." in key), None):
+            disk = key.replace(f".{slot}.{name}.", f".{slot}.", 1)  # the name right after its slot only
         elif key.endswith(".bias") and not any(f".{s}." in key for s in _SLOTS) and ".original_module." not in key:
             lora_only = getattr(config, "bias", "none") == "lora_only" and key.endswith(".base_layer.bias")
             if getattr(config, "bias", "none") == "all" or lora_only:
-                out[key] = backend.to_numpy(p.data)
-    return out
+                disk = key
+        if disk is not None:
+            if disk in keys:
+                raise AdapterError(f"adapter {name!r}: parameters {keys[disk]!r} and {key!r} would both be saved "
+                                   f"as {disk!r}")
+            keys[disk] = key
+    return keys
+
+
+def adapter_state_dict(peft_model, name: str) -> dict[str, np.ndarray]:
+    """The arrays adapter `name` owns, keyed as on disk."""
+    params = dict(peft_model.named_parameters())
+    return {disk: backend.to_numpy(params[live].data) for disk, live in adapter_keys(peft_model, name).items()}
 
 
 def save_adapters(peft_model, root: str, selected: list[str] | None = None) -> None:
@@ -112,19 +128,15 @@ def load_weights(peft_model, directory: str, name: str) -> None:
         raise AdapterError(f"{path} could not be read as safetensors ({e}); it is truncated or corrupted: "
                            "save the adapter again") from e
     params = dict(peft_model.named_parameters())
-    expected = {k for k in adapter_state_dict(peft_model, name)}
-    missing = sorted(expected - set(arrays))
-    unexpected = sorted(set(arrays) - expected)
+    expected = adapter_keys(peft_model, name)
+    missing = sorted(set(expected) - set(arrays))
+    unexpected = sorted(set(arrays) - set(expected))
     if missing or unexpected:
         raise AdapterError(f"{path} does not fit this model: missing keys {missing[:6]}, unexpected keys "
                            f"{unexpected[:6]}; was it saved from another base model or config?")
     pairs = []
     for key, arr in arrays.items():
-        live = key
-        for s in _SLOTS:
-            if f".{s}." in key:
-                live = key.replace(f".{s}.", f".{s}.{name}.", 1)
-        p = params[live]
+        p = params[expected[key]]
         if tuple(arr.shape) != p.shape:
             raise AdapterError(f"{path}: {key} has shape {tuple(arr.shape)} but the model expects {p.shape}; "
                                "the adapter was made for a different base model shape")
