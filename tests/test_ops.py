@@ -267,7 +267,21 @@ def test_getitem_repeated_index_accumulates():
     x = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
     x[Tensor(np.array([0, 2, 0, 0]))].sum().backward()
     np.testing.assert_array_equal(to_numpy(x.grad), [3.0, 0.0, 1.0])
-    # strictly increasing indices take the plain-assignment path, but -3 and 0 both name row 0
+    # strictly increasing indices take scatter_add's plain `+=` path, but -3 and 0 both name row 0
     x.zero_grad()
     x[Tensor(np.array([-3, 0, 2]))].sum().backward()
     np.testing.assert_array_equal(to_numpy(x.grad), [2.0, 0.0, 1.0])
+
+
+@pytest.mark.parametrize("index", [[0, 2, 3], [3, 0, 3], [-1, 0], []])
+def test_scatter_add_matches_np_add_at_on_a_nonzero_target(index):
+    """The fast path (an index that repeats no row) and np.add.at agree, also when the target is not zero."""
+    from minipeft.ops._util import scatter_add
+
+    rng = np.random.default_rng(0)
+    target, values = rng.standard_normal((4, 3)), rng.standard_normal((len(index), 3))
+    idx = np.array(index, dtype=np.int64)
+    want = target.copy()
+    np.add.at(want, idx, values)
+    scatter_add(target, idx, values)
+    np.testing.assert_array_equal(target, want)

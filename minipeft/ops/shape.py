@@ -117,13 +117,6 @@ def _is_basic(idx) -> bool:
     return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
 
 
-def _is_increasing_int_array(idx) -> bool:
-    """A 1-D integer index that strictly increases names each row once, so plain assignment scatters it
-    (np.add.at, needed for repeated indices, is several times slower)."""
-    return (getattr(idx, "ndim", 0) == 1 and idx.dtype.kind in "iu"
-            and bool((idx[1:] > idx[:-1]).all()) and (idx.size == 0 or int(idx[0]) >= 0))
-
-
 class GetItem(Function):
     @staticmethod
     def forward(ctx, x, index=None):
@@ -138,7 +131,7 @@ class GetItem(Function):
         # y = x[idx]  =>  dx = zeros with dy added at idx (repeated indices accumulate)
         shape, dtype, index = ctx.saved
         dx = backend.xp().zeros(shape, dtype=dtype)
-        if _is_basic(index) or _is_increasing_int_array(index):
+        if _is_basic(index):
             dx[index] = dout
         else:
             scatter_add(dx, index, dout)
