@@ -144,6 +144,58 @@ def test_attention_float32_blocked_matches_float64_reference():
     np.testing.assert_allclose(out, attention_ref(q, k, v, 2), rtol=0, atol=1e-5)
 
 
+@given(shape=attention_shapes(max_T=6), data=st.data())
+def test_score_bound_bounds_every_score(shape, data):
+    """score_bound(q, k) >= |q_i . k_j| for every head, query and key (Cauchy-Schwarz), so a call whose bound is
+    within SHIFT_FREE_BOUND may skip softmax's max shift."""
+    from minipeft.ops.attention import _heads, score_bound
+    B, T, H, hs = shape
+    q, k = data.draw(arrays((B, T, H * hs))) * 30, data.draw(arrays((B, T, H * hs)))
+    qs, kT = _heads(q, H), _heads(k, H, transpose=True)
+    assert np.abs(qs @ kT).max() <= score_bound(qs, kT) * (1 + 1e-12)
+
+
+def test_attention_with_scores_beyond_the_bound_shifts_by_the_row_max():
+    """Scores of ~200 overflow exp in float32 (e^89 > 3.4e38) unless shifted; past SHIFT_FREE_BOUND the op shifts
+    by the row max, so float32 stays finite and matches the float64 loop, and float64 passes the grad check."""
+    from minipeft.ops.attention import SHIFT_FREE_BOUND
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((2, 40, 8)) for _ in range(3))
+    q *= 60
+    assert np.abs(q[0, :, :4] @ k[0, :, :4].T).max() / 2 > 5 * SHIFT_FREE_BOUND   # hs = 4: scores >> the bound
+    out = ops.attention(*(Tensor(a.astype(np.float32)) for a in (q, k, v)), n_head=2, block_size=16).numpy()
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, attention_ref(q, k, v, 2), rtol=0, atol=2e-4)  # ~eps32 * |score| * |v|
+    grad_check(lambda a, b, c: ops.attention(a, b, c, n_head=2, block_size=16),
+               [q[:, :6] / 10, k[:, :6], v[:, :6]], "attention with scores beyond SHIFT_FREE_BOUND")
+
+
+def test_attention_without_the_shift_near_the_bound_float32():
+    """Scores near -SHIFT_FREE_BOUND (every exp ~ e^-38) take the unshifted path: exp(s) / sum exp(s) is still
+    the softmax to float32 rounding, forward and backward (compared with the float64 op, which the grad checks
+    above tie to central differences)."""
+    from minipeft.ops.attention import SHIFT_FREE_BOUND, _heads, score_bound
+    rng = np.random.default_rng(4)
+    B, T, H, hs = 2, 48, 2, 8
+    u = rng.standard_normal((B, T, H, hs))
+    u /= np.linalg.norm(u, axis=-1, keepdims=True)
+    q = (-u * np.sqrt(0.95 * SHIFT_FREE_BOUND * np.sqrt(hs))).reshape(B, T, H * hs)
+    k = (u * np.sqrt(0.95 * SHIFT_FREE_BOUND * np.sqrt(hs))).reshape(B, T, H * hs)  # score(i, i) = -0.95 bound
+    v, dout = rng.standard_normal((B, T, H * hs)), rng.standard_normal((B, T, H * hs))
+    assert score_bound(_heads(q, H, 1 / np.sqrt(hs)), _heads(k, H, transpose=True)) <= SHIFT_FREE_BOUND
+
+    def run(dtype):
+        ts = [Tensor(a.astype(dtype), requires_grad=True) for a in (q, k, v)]
+        out = ops.attention(*ts, n_head=H)
+        out.backward(dout.astype(dtype))
+        return [out.numpy()] + [t.grad for t in ts]
+
+    for got, ref in zip(run(np.float32), run(np.float64), strict=True):
+        # float32 rounding of scores of size ~38 is ~38 * eps32 = 5e-6 relative in each exp, scaled by |v| and
+        # by the |q|, |k| ~ 6.5 factors of the chain rule
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-4 * np.abs(ref).max())
+
+
 def test_attention_first_query_sees_only_itself():
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, 3, 4)) for _ in range(3))

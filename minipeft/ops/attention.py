@@ -17,16 +17,26 @@ from minipeft import backend
 from minipeft.autograd import Function, Tensor
 from minipeft.ops._util import check_same_dtype, mm
 
+# exp(score) without the usual max shift is safe while every |score| <= SHIFT_FREE_BOUND: in float32, e^40 ~ 2e17
+# times Tk keys cannot overflow (max ~3e38), and e^-40 ~ 4e-18 keeps the terms that matter (within e^-17 of a
+# row's largest) far above the smallest normal float (1e-38); so do the backward's products with 1 / rowsum.
+SHIFT_FREE_BOUND = 40.0
 BLOCK_SIZE = 32  # query rows per block; fastest at T = 256: 16 took 1.06x, 64 1.22x, one block (no skipping) 1.8x
 
 
-def _heads(x, H: int, scale=None):
-    """(B, T, C) -> (B, H, T, hs) C-contiguous (batched matmuls ran slower on strided views), times scale"""
+def _heads(x, H: int, scale=None, transpose: bool = False):
+    """(B, T, C) -> (B, H, T, hs), or (B, H, hs, T) with transpose, C-contiguous, times scale.
+
+    Contiguous copies because numpy's batched matmul ran slower on strided views, and slowest on a
+    transposed one: S = Q K^T with K^T as a swapaxes view took 1.8x the time of the contiguous K^T
+    (B = 8, H = 4, T = 256, hs = 32, float32; the copy included)."""
     B, T, C = x.shape
-    view = x.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)
+    view = x.reshape(B, T, H, C // H).transpose((0, 2, 3, 1) if transpose else (0, 2, 1, 3))
+    out = backend.xp().empty(view.shape, dtype=x.dtype)
     if scale is None:
-        return backend.xp().ascontiguousarray(view)
-    return backend.xp().multiply(view, x.dtype.type(scale), out=backend.xp().empty(view.shape, dtype=x.dtype))
+        out[...] = view
+        return out
+    return backend.xp().multiply(view, x.dtype.type(scale), out=out)
 
 
 def _merge(x, scale=None):
@@ -45,6 +55,18 @@ def _blocks(Tq: int, Tk: int, causal: bool, block_size: int):
         return [(0, Tq, Tk)]
     off = Tk - Tq  # query i sits at absolute position off + i
     return [(i0, min(Tq, i0 + block_size), off + min(Tq, i0 + block_size)) for i0 in range(0, Tq, block_size)]
+
+
+def score_bound(qs, kT) -> float:
+    """A bound on every |score| q_i . k_j of one call, from Cauchy-Schwarz: |q_i . k_j| <= |q_i| |k_j|.
+
+    qs (B, H, Tq, hs), kT (B, H, hs, Tk); the largest over (b, h) of max_i |q_i| * max_j |k_j|. Costs two
+    (T, hs) passes, where the exact row max it stands in for costs a pass over the (T, T) scores.
+    """
+    xp = backend.xp()
+    q2 = xp.einsum("bhtd,bhtd->bht", qs, qs).max(axis=-1)              # (B, H) max_i |q_i|^2
+    k2 = xp.einsum("bhdt,bhdt->bht", kT, kT).max(axis=-1)              # (B, H) max_j |k_j|^2
+    return math.sqrt(float((q2 * k2).max()))
 
 
 class Attention(Function):
@@ -70,25 +92,34 @@ class Attention(Function):
         xp = backend.xp()
         hs = q.shape[2] // n_head
         qs = _heads(q, n_head, 1.0 / math.sqrt(hs))                     # (B, H, Tq, hs), pre-scaled
-        kh, vh = _heads(k, n_head), _heads(v, n_head)                   # (B, H, Tk, hs)
+        kT = _heads(k, n_head, transpose=True)                          # (B, H, hs, Tk): K^T, C-contiguous
+        vh = _heads(v, n_head)                                          # (B, H, Tk, hs)
         out = xp.empty_like(qs)
-        Ps = []
+        Ps, rinvs = [], []
         blocks = _blocks(Tq, Tk, causal, block_size)
+        nb = min(block_size, Tq)
+        future = xp.triu(xp.ones((nb, nb), dtype=bool), 1) if causal else None  # strictly above the diagonal
+        # softmax(s) = exp(s - c) / sum exp(s - c) for any row constant c; c = row max only guards exp's range,
+        # so it is skipped when the scores provably lie within +-SHIFT_FREE_BOUND (NaN or inf fails the test)
+        shift = Tq * Tk > 0 and not score_bound(qs, kT) <= SHIFT_FREE_BOUND
         for i0, i1, e in blocks:
-            P = mm(qs[:, :, i0:i1], kh[:, :, :e].swapaxes(-1, -2))     # (B, H, i1-i0, e) scores S
-            if causal and e > Tk - Tq + i0 + 1:
-                # query i (absolute position Tk - Tq + i) may see keys j <= that position; only the
-                # last i1 - i0 key columns of the block can lie in its future
-                c0 = Tk - Tq + i0
-                future = xp.arange(c0, e)[None, :] > xp.arange(c0, c0 + i1 - i0)[:, None]
-                xp.copyto(P[..., c0:], q.dtype.type(-xp.inf), where=future)
-            P -= P.max(axis=-1, keepdims=True)                          # softmax, in place
+            P = mm(qs[:, :, i0:i1], kT[..., :e])                        # (B, H, n, e) scores S, n = i1 - i0
+            if causal:
+                # query i0 + a (absolute position Tk - Tq + i0 + a) may see keys j <= that position:
+                # only the block's last n key columns can lie in its future, in their strict upper triangle
+                n = i1 - i0
+                xp.copyto(P[..., e - n:], q.dtype.type(-xp.inf), where=future[:n, :n])
+            if shift:
+                P -= P.max(axis=-1, keepdims=True)                      # softmax numerator, in place
             xp.exp(P, out=P)
-            P /= (P @ xp.ones(e, dtype=P.dtype))[..., None]             # row sums as a matrix-vector
-            #   product (a reduction, so not logged by mm): ~1.7x faster than P.sum(axis=-1) on these rows
-            out[:, :, i0:i1] = mm(P, vh[:, :, :e])
+            rinv = (P @ xp.ones(e, dtype=P.dtype))[..., None]           # row sums as a matrix-vector product
+            #   (a reduction, so not logged by mm): ~1.7x faster than P.sum(axis=-1) on these rows
+            xp.reciprocal(rinv, out=rinv)                               # (B, H, n, 1)
+            # the 1/rowsum goes on the (n, hs) output, not on the (n, e) probabilities: P stays unnormalised
+            xp.multiply(mm(P, vh[:, :, :e]), rinv, out=out[:, :, i0:i1])
             Ps.append(P)
-        ctx.save_for_backward(qs, kh, vh, Ps, out, blocks, hs)
+            rinvs.append(rinv)
+        ctx.save_for_backward(qs, kT, vh, Ps, rinvs, out, blocks, hs)
         return _merge(out)                                              # (B, Tq, C)
 
     @staticmethod
@@ -97,23 +128,29 @@ class Attention(Function):
         # => dV = P^T dO;  dP = dO V^T;  dS = P * (dP - D);  dQ = dS K / sqrt(hs);  dK = dS^T Qs
         # with D_i = sum_j P_ij dP_ij = sum_j P_ij (dO_i . V_j) = dO_i . O_i, one (T, hs) reduction
         # instead of a (T, T) one (FlashAttention's identity).
+        # Forward kept E = exp(S - max), unnormalised, and r = 1/rowsum(E), so P = r * E (r per row).
+        # Scaling the small (n, hs) dO block by r puts the normalisation back at no (n, e) pass:
+        #   dV = E^T (r dO);  dS = E * ((r dO) V^T - r D)
         # A key is seen by several query blocks, so dK and dV sum the blocks' contributions.
-        qs, kh, vh, Ps, out, blocks, hs = ctx.saved
+        qs, kT, vh, Ps, rinvs, out, blocks, hs = ctx.saved
         nq, nk, nv = ctx.needs_input_grad
         xp = backend.xp()
         dO = _heads(dout, qs.shape[1])                                  # (B, H, Tq, hs)
         dq = xp.empty_like(qs) if nq else None
-        dk = xp.zeros_like(kh) if nk else None
+        dk = xp.zeros_like(vh) if nk else None
         dv = xp.zeros_like(vh) if nv else None
-        D = xp.einsum("bhtd,bhtd->bht", dO, out)[..., None] if (nq or nk) else None  # (B, H, Tq, 1)
-        for P, (i0, i1, e) in zip(Ps, blocks, strict=True):
-            dOb = dO[:, :, i0:i1]
+        if nq or nk:
+            D = xp.einsum("bhtd,bhtd->bht", dO, out)[..., None]         # (B, H, Tq, 1)
+            vT = xp.ascontiguousarray(vh.swapaxes(-1, -2))              # (B, H, hs, Tk): V^T, C-contiguous
+            kh = xp.ascontiguousarray(kT.swapaxes(-1, -2)) if nq else None  # (B, H, Tk, hs)
+        for E, rinv, (i0, i1, e) in zip(Ps, rinvs, blocks, strict=True):
+            dOr = dO[:, :, i0:i1] * rinv                                # (B, H, n, hs) r dO
             if nv:
-                dv[:, :, :e] += mm(P.swapaxes(-1, -2), dOb)
+                dv[:, :, :e] += mm(E.swapaxes(-1, -2), dOr)
             if nq or nk:
-                dS = mm(dOb, vh[:, :, :e].swapaxes(-1, -2))            # dP, (B, H, i1-i0, e)
-                dS -= D[:, :, i0:i1]
-                dS *= P                                                 # now dS
+                dS = mm(dOr, vT[..., :e])                               # r dP, (B, H, n, e)
+                dS -= D[:, :, i0:i1] * rinv
+                dS *= E                                                 # now dS
                 if nq:
                     dq[:, :, i0:i1] = mm(dS, kh[:, :, :e])
                 if nk:
