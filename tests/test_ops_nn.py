@@ -237,6 +237,25 @@ def test_cross_entropy_with_ignore_index(data):
     grad_check(lambda l: ops.cross_entropy(l, t), [z], f"cross_entropy(targets={t.tolist()})")
 
 
+@pytest.mark.parametrize("offset", [0.0, 39.0, -39.0, 41.0, -300.0, 300.0])
+def test_cross_entropy_float32_both_sides_of_the_shift_free_bound(offset):
+    """Cross-entropy is invariant to adding a constant to a row. Within +-SHIFT_FREE_BOUND (40) the op exponentiates
+    the logits unshifted, beyond it subtracts the row max (exp(300) overflows float32); either way float32 gives
+    the float64 loss and softmax-minus-onehot gradient of the unshifted logits. Tolerance: the float32 rounding
+    of a logit of size |offset| + 3, i.e. eps32 * 300 ~ 4e-5, enters every exp."""
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((64, 300)) * 1.5
+    t = rng.integers(0, 300, 64)
+    zt = Tensor((z + offset).astype(np.float32), requires_grad=True)
+    loss = ops.cross_entropy(zt, t)
+    loss.backward()
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    tol = 2 * np.finfo(np.float32).eps * (abs(offset) + 8)
+    np.testing.assert_allclose(loss.item(), cross_entropy_ref(z, t), rtol=tol * 10)
+    np.testing.assert_allclose(to_numpy(zt.grad), (p - np.eye(300)[t]) / 64, rtol=0, atol=tol / 64)
+
+
 def test_cross_entropy_custom_ignore_index_and_all_ignored():
     z = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
     t = np.array([0, 2])

@@ -168,42 +168,41 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 
 
 class GELU(Function):
-    """GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    """GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) = x p, p = 0.5 (1 + tanh u).
 
     Written as in-place passes over one or two buffers: the MLP's (N, 4C) activation is the largest
-    elementwise array in the model, and each temporary costs a full pass of memory traffic. Measured
-    on a (2880, 512) float32 array, forward plus backward took 0.64x the time of the plain expressions.
+    elementwise array in the model, and each temporary costs a full pass of memory traffic. Saving p
+    (not tanh u) lets the backward use 1 - tanh^2 u = 4 p (1 - p): 9 passes instead of 11. Measured on a
+    (2880, 512) float32 array, forward plus backward took 0.64x the time of the plain expressions.
     """
 
     @staticmethod
     def forward(ctx, x):
         c = x.dtype.type(_GELU_C)
-        t = x * x
-        t *= x.dtype.type(0.044715) * c
-        t += c
-        t *= x                                       # u = c (x + 0.044715 x^3)
-        backend.xp().tanh(t, out=t)                  # t = tanh(u)
-        y = t + 1
-        y *= x
-        y *= x.dtype.type(0.5)
-        ctx.save_for_backward(x, t)
-        return y
+        p = x * x
+        p *= x.dtype.type(0.044715) * c
+        p += c
+        p *= x                                       # u = c (x + 0.044715 x^3)
+        backend.xp().tanh(p, out=p)
+        p += 1
+        p *= x.dtype.type(0.5)                       # p = 0.5 (1 + tanh u)
+        ctx.save_for_backward(x, p)
+        return x * p
 
     @staticmethod
     def backward(ctx, dout):
-        # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2),  c = sqrt(2/pi)
-        x, t = ctx.saved
+        # y = x p  =>  dy/dx = p + x dp/dx,  dp/dx = 0.5 (1 - tanh^2 u) u' = 2 p (1 - p) c (1 + 3 * 0.044715 x^2)
+        #          =>  dy/dx = p + p (1 - p) x (2c + 6 * 0.044715 c x^2),  c = sqrt(2/pi)
+        x, p = ctx.saved
         c = x.dtype.type(_GELU_C)
-        g = t * t
-        backend.xp().subtract(1, g, out=g)           # 1 - t^2
         w = x * x
-        w *= x.dtype.type(3 * 0.044715) * c
-        w += c                                       # c (1 + 3 * 0.044715 x^2)
+        w *= x.dtype.type(6 * 0.044715) * c
+        w += 2 * c
+        w *= x                                       # x (2c + 6 * 0.044715 c x^2)
+        g = 1 - p
+        g *= p                                       # p (1 - p)
         g *= w
-        g *= x
-        g += t
-        g += 1
-        g *= x.dtype.type(0.5)
+        g += p
         g *= dout
         return (g,)
 
