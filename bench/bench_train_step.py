@@ -10,6 +10,8 @@ Reports, all measured in this one run:
   float32 matmul just before;
 - LoRA step time / full step time as the median of per-pair ratios, variants alternated A B A B
   (the machine's speed drifts, see shared/PERF-NOTES.md);
+- the same for a step that trains only the q and v biases: the floor under a LoRA q,v step (the same
+  backward, no weight gradient at all);
 - peak memory of a first training step (tracemalloc, beyond the weights: activations, gradients and
   the optimizer state that step creates) for each variant;
 - inference (forward, no grad) time of the merged and unmerged LoRA model relative to the base.
@@ -34,6 +36,10 @@ from minipeft.optim import AdamW
 from minipeft.peft import LoraConfig, get_peft_model
 
 ATTN = ["q_proj", "k_proj", "v_proj", "out_proj"]
+# "q,v biases": every weight frozen, only the q and v projections' biases train. Its backward reaches exactly
+# what LoRA q,v's must (each layer's q and v outputs, down to layer 0's attention) and forms no weight gradient
+# at all, so it is the floor under any LoRA q,v step: LoRA adds only its low-rank products to it.
+VARIANTS = ("full", "lora q,v", "lora attn+mlp", "q,v biases")
 
 
 def matmul_rate(n: int = 1024, reps: int = 7) -> float:
@@ -54,6 +60,10 @@ def make_model(variant: str, preset: str, overrides: dict):
     mp.manual_seed(0)
     model = GPT(GPTConfig.from_preset(preset, **overrides))
     if variant == "full":
+        return model
+    if variant == "q,v biases":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.endswith(("q_proj.bias", "v_proj.bias"))
         return model
     targets = ["q_proj", "v_proj"] if variant == "lora q,v" else ATTN + ["fc1", "fc2"]
     return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
@@ -99,7 +109,7 @@ def timed(fn) -> float:
 def compare_training(title: str, preset: str, overrides: dict, x, y, pairs: int, rate: float) -> dict:
     """Time full fine-tuning and two LoRA variants, interleaved; print one table; return the variants."""
     B, T = x.shape
-    variants = {v: make(v, preset, overrides) for v in ("full", "lora q,v", "lora attn+mlp")}
+    variants = {v: make(v, preset, overrides) for v in VARIANTS}
     flops = {v: step_flops(m, o, x, y) for v, (m, o) in variants.items()}  # also a warm-up step
     times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(pairs):  # interleave the variants so drift hits them alike

@@ -39,7 +39,7 @@ def _load_bench():
 _bench = _load_bench()
 make, step = _bench.make, _bench.step
 
-VARIANTS = ("full", "lora q,v", "lora attn+mlp")
+VARIANTS = _bench.VARIANTS
 
 
 def _subclasses(cls):

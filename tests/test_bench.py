@@ -6,20 +6,41 @@ import importlib.util
 from pathlib import Path
 
 
-def run_quick(script: str) -> None:
-    """Import bench/<script>.py by path and run its main(["--quick"])."""
+def load(script: str):
+    """bench/<script>.py, imported by path."""
     path = Path(__file__).parent.parent / "bench" / f"{script}.py"
     spec = importlib.util.spec_from_file_location(script, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--quick"])
+    return module
+
+
+def run_quick(script: str) -> None:
+    load(script).main(["--quick"])
 
 
 def test_bench_train_step_quick_runs(capsys, keep_rng):
     run_quick("bench_train_step")
     out = capsys.readouterr().out
-    for text in ("float32 square matmul rate", "full", "lora q,v", "lora attn+mlp", "ratio to full", "merged"):
+    for text in ("float32 square matmul rate", "full", "lora q,v", "lora attn+mlp", "q,v biases", "ratio to full",
+                 "merged"):
         assert text in out
+
+
+def test_floor_variant_trains_only_the_q_v_biases(keep_rng):
+    """The "q,v biases" floor freezes every weight: its step does LoRA q,v's backward minus LoRA's own products,
+    so its matmul FLOPs are below LoRA q,v's, which are below full fine-tuning's."""
+    import numpy as np
+
+    bench = load("bench_train_step")
+    overrides = {"context_length": 16}
+    model = bench.make_model("q,v biases", "test", overrides)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert len(names) == 2 * model.config.n_layer
+    assert all(n.endswith(("attn.q_proj.bias", "attn.v_proj.bias")) for n in names), names
+    x = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(2, 16))
+    flops = {v: bench.step_flops(*bench.make(v, "test", overrides), x, x) for v in ("q,v biases", "lora q,v", "full")}
+    assert flops["q,v biases"] < flops["lora q,v"] < flops["full"], flops
 
 
 def test_profile_train_step_quick_runs_and_restores_the_ops(capsys, keep_rng):
