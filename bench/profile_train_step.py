@@ -1,5 +1,8 @@
 """Profile: where a training step's time goes, op by op, for full fine-tuning and LoRA side by side.
 
+The variants are bench_train_step.VARIANTS: full, LoRA q,v, LoRA attn+MLP, and the q,v-biases floor
+(every weight frozen: the same backward as LoRA q,v without its low-rank products).
+
 Every op's forward (`Function.apply`) and backward is wrapped with a timer for the duration of the
 run; the variants' steps are alternated (A B C A B C ...) so the machine's drift hits them alike.
 Prints ms per step for each op and direction, plus the whole step and its ratio to full
