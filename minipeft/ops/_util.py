@@ -8,11 +8,11 @@ from minipeft import backend
 
 _matmul_log: list | None = None
 
-# softmax(z) = exp(z - c) / sum exp(z - c) for any constant c per row; the usual c = row max only keeps exp in
-# range, and costs a pass over the row. Softmax ops skip it when every |z| <= SHIFT_FREE_BOUND: in float32, e^40 ~
-# 2e17 times thousands of terms cannot overflow (max ~3e38), and e^-40 ~ 4e-18 keeps every term that matters
-# (within e^-17 of the row's largest, i.e. above float32 rounding) far above the smallest normal float (1e-38);
-# so do the backward's products with 1 / rowsum.
+# softmax(z) = exp(z - c) / sum exp(z - c) for any constant c per row; the usual c = row max only keeps exp
+# in range, and costs a pass over the row. Attention and cross-entropy skip it when every |z| <=
+# SHIFT_FREE_BOUND: in float32, e^40 ~ 2e17 times thousands of terms cannot overflow (max ~3e38), and
+# e^-40 ~ 4e-18 keeps every term that matters (within e^-17 of the row's largest, i.e. above float32
+# rounding) far above the smallest normal float (1e-38); so do the backward's products with 1 / rowsum.
 SHIFT_FREE_BOUND = 40.0
 
 

@@ -129,7 +129,8 @@ class Attention(Function):
         # => dV = P^T dO;  dP = dO V^T;  dS = P * (dP - D);  dQ = dS K / sqrt(hs);  dK = dS^T Qs
         # with D_i = sum_j P_ij dP_ij = sum_j P_ij (dO_i . V_j) = dO_i . O_i, one (T, hs) reduction
         # instead of a (T, T) one (FlashAttention's identity).
-        # Forward kept E = exp(S - max), unnormalised, and r = 1/rowsum(E), so P = r * E (r per row).
+        # Forward kept E = exp(S - c), unnormalised (c = row max, or 0 when the scores are bounded), and
+        # r = 1/rowsum(E), so P = r * E (r per row).
         # Scaling the small (n, hs) dO block by r puts the normalisation back at no (n, e) pass:
         #   dV = E^T (r dO);  dS = E * ((r dO) V^T - r D)
         # A key is seen by several query blocks, so dK and dV sum the blocks' contributions.
@@ -138,7 +139,7 @@ class Attention(Function):
         xp = backend.xp()
         dO = _heads(dout, qs.shape[1])                                  # (B, H, Tq, hs)
         dq = xp.empty_like(qs) if nq else None
-        dk = xp.zeros_like(vh) if nk else None
+        dk = xp.zeros_like(vh) if nk else None                          # K's shape (B, H, Tk, hs), as V's
         dv = xp.zeros_like(vh) if nv else None
         if nq or nk:
             D = xp.einsum("bhtd,bhtd->bht", dO, out)[..., None]         # (B, H, Tq, 1)
