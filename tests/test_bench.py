@@ -55,3 +55,15 @@ def test_profile_train_step_quick_runs_and_restores_the_ops(capsys, keep_rng):
                  "outside the ops"):
         assert text in out, text
     assert Function.__dict__["apply"] is apply_before and Attention.__dict__["backward"] is backward_before
+
+
+def test_bench_chunks_quick_runs_and_restores_the_chunk_size(capsys):
+    """Every chunk size is timed against one whole-array chunk, and the library's CHUNK_ELEMENTS is put back."""
+    from minipeft.ops import _util
+
+    before = _util.CHUNK_ELEMENTS
+    run_quick("bench_chunks")
+    out = capsys.readouterr().out
+    for text in ("whole array", "2^13", "2^16", "ratio to whole", f"CHUNK_ELEMENTS = {before}"):
+        assert text in out, text
+    assert _util.CHUNK_ELEMENTS == before

@@ -151,10 +151,10 @@ def test_score_bound_bounds_every_score(shape, data):
     from minipeft.ops.attention import _heads, score_bound
     B, T, H, hs = shape
     q, k = data.draw(arrays((B, T, H * hs))) * 30, data.draw(arrays((B, T, H * hs)))
-    qs, kT = _heads(q, H), _heads(k, H, transpose=True)
+    qs, kh = _heads(q, H), _heads(k, H)
     # squares of |q| ~ 1e-160 underflow to 0, so the bound may read 0 where scores are ~1e-160: harmless for the
     # op (such scores cannot overflow exp), hence the absolute slack
-    assert np.abs(qs @ kT).max() <= score_bound(qs, kT) * (1 + 1e-12) + 1e-150
+    assert np.abs(qs @ kh.swapaxes(-1, -2)).max() <= score_bound(qs, kh) * (1 + 1e-12) + 1e-150
 
 
 def test_attention_with_scores_beyond_the_bound_shifts_by_the_row_max():
@@ -184,7 +184,7 @@ def test_attention_without_the_shift_near_the_bound_float32():
     q = (-u * np.sqrt(0.95 * SHIFT_FREE_BOUND * np.sqrt(hs))).reshape(B, T, H * hs)
     k = (u * np.sqrt(0.95 * SHIFT_FREE_BOUND * np.sqrt(hs))).reshape(B, T, H * hs)  # score(i, i) = -0.95 bound
     v, dout = rng.standard_normal((B, T, H * hs)), rng.standard_normal((B, T, H * hs))
-    assert score_bound(_heads(q, H, 1 / np.sqrt(hs)), _heads(k, H, transpose=True)) <= SHIFT_FREE_BOUND
+    assert score_bound(_heads(q, H, 1 / np.sqrt(hs)), _heads(k, H)) <= SHIFT_FREE_BOUND
 
     def run(dtype):
         ts = [Tensor(a.astype(dtype), requires_grad=True) for a in (q, k, v)]

@@ -25,19 +25,25 @@ from minipeft.ops._util import SHIFT_FREE_BOUND, check_same_dtype, mm
 BLOCK_SIZE = 32  # query rows per block; fastest at T = 256: 16 took 1.06x, 48 1.00x, 64 1.05x, one block 1.32x
 
 
-def _heads(x, H: int, scale=None, transpose: bool = False):
-    """(B, T, C) -> (B, H, T, hs), or (B, H, hs, T) with transpose, C-contiguous, times scale.
+def _heads(x, H: int, scale=None):
+    """(B, T, C) -> (B, H, T, hs), C-contiguous, times scale.
 
     Contiguous copies because numpy's batched matmul ran slower on strided views, and slowest on a
     transposed one: S = Q K^T with K^T as a swapaxes view took 1.8x the time of the contiguous K^T
-    (B = 8, H = 4, T = 256, hs = 32, float32; the copy included)."""
+    (B = 8, H = 4, T = 256, hs = 32, float32; the copy included). K^T is made from K's heads
+    (`_transposed`): going (B, T, C) -> (B, H, hs, T) in one copy took 2.1x as long as the two copies."""
     B, T, C = x.shape
-    view = x.reshape(B, T, H, C // H).transpose((0, 2, 3, 1) if transpose else (0, 2, 1, 3))
+    view = x.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)
     out = backend.xp().empty(view.shape, dtype=x.dtype)
     if scale is None:
         out[...] = view
         return out
     return backend.xp().multiply(view, x.dtype.type(scale), out=out)
+
+
+def _transposed(x):
+    """(..., T, hs) -> (..., hs, T), C-contiguous."""
+    return backend.xp().ascontiguousarray(x.swapaxes(-1, -2))
 
 
 def _merge(x, scale=None):
@@ -58,15 +64,15 @@ def _blocks(Tq: int, Tk: int, causal: bool, block_size: int):
     return [(i0, min(Tq, i0 + block_size), off + min(Tq, i0 + block_size)) for i0 in range(0, Tq, block_size)]
 
 
-def score_bound(qs, kT) -> float:
+def score_bound(qs, kh) -> float:
     """A bound on every |score| q_i . k_j of one call, from Cauchy-Schwarz: |q_i . k_j| <= |q_i| |k_j|.
 
-    qs (B, H, Tq, hs), kT (B, H, hs, Tk); the largest over (b, h) of max_i |q_i| * max_j |k_j|. Costs two
+    qs (B, H, Tq, hs), kh (B, H, Tk, hs); the largest over (b, h) of max_i |q_i| * max_j |k_j|. Costs two
     (T, hs) passes, where the exact row max it stands in for costs a pass over the (T, T) scores.
     """
     xp = backend.xp()
     q2 = xp.einsum("bhtd,bhtd->bht", qs, qs).max(axis=-1)              # (B, H) max_i |q_i|^2
-    k2 = xp.einsum("bhdt,bhdt->bht", kT, kT).max(axis=-1)              # (B, H) max_j |k_j|^2
+    k2 = xp.einsum("bhtd,bhtd->bht", kh, kh).max(axis=-1)              # (B, H) max_j |k_j|^2
     return math.sqrt(float((q2 * k2).max()))
 
 
@@ -93,7 +99,8 @@ class Attention(Function):
         xp = backend.xp()
         hs = q.shape[2] // n_head
         qs = _heads(q, n_head, 1.0 / math.sqrt(hs))                     # (B, H, Tq, hs), pre-scaled
-        kT = _heads(k, n_head, transpose=True)                          # (B, H, hs, Tk): K^T, C-contiguous
+        kh = _heads(k, n_head)                                          # (B, H, Tk, hs)
+        kT = _transposed(kh)                                            # (B, H, hs, Tk): K^T, C-contiguous
         vh = _heads(v, n_head)                                          # (B, H, Tk, hs)
         out = xp.empty_like(qs)
         Ps, rinvs = [], []
@@ -102,7 +109,7 @@ class Attention(Function):
         future = xp.triu(xp.ones((nb, nb), dtype=bool), 1) if causal else None  # strictly above the diagonal
         # softmax(s) = exp(s - c) / sum exp(s - c) for any row constant c; c = row max only guards exp's range,
         # so it is skipped when the scores provably lie within +-SHIFT_FREE_BOUND (NaN or inf fails the test)
-        shift = Tq * Tk > 0 and not score_bound(qs, kT) <= SHIFT_FREE_BOUND
+        shift = Tq * Tk > 0 and not score_bound(qs, kh) <= SHIFT_FREE_BOUND
         for i0, i1, e in blocks:
             P = mm(qs[:, :, i0:i1], kT[..., :e])                        # (B, H, n, e) scores S, n = i1 - i0
             if causal:
@@ -120,7 +127,7 @@ class Attention(Function):
             xp.multiply(mm(P, vh[:, :, :e]), rinv, out=out[:, :, i0:i1])
             Ps.append(P)
             rinvs.append(rinv)
-        ctx.save_for_backward(qs, kT, vh, Ps, rinvs, out, blocks, hs)
+        ctx.save_for_backward(qs, kh, vh, Ps, rinvs, out, blocks, hs)
         return _merge(out)                                              # (B, Tq, C)
 
     @staticmethod
@@ -134,7 +141,7 @@ class Attention(Function):
         # Scaling the small (n, hs) dO block by r puts the normalisation back at no (n, e) pass:
         #   dV = E^T (r dO);  dS = E * ((r dO) V^T - r D)
         # A key is seen by several query blocks, so dK and dV sum the blocks' contributions.
-        qs, kT, vh, Ps, rinvs, out, blocks, hs = ctx.saved
+        qs, kh, vh, Ps, rinvs, out, blocks, hs = ctx.saved
         nq, nk, nv = ctx.needs_input_grad
         xp = backend.xp()
         dO = _heads(dout, qs.shape[1])                                  # (B, H, Tq, hs)
@@ -143,8 +150,7 @@ class Attention(Function):
         dv = xp.zeros_like(vh) if nv else None
         if nq or nk:
             D = xp.einsum("bhtd,bhtd->bht", dO, out)[..., None]         # (B, H, Tq, 1)
-            vT = xp.ascontiguousarray(vh.swapaxes(-1, -2))              # (B, H, hs, Tk): V^T, C-contiguous
-            kh = xp.ascontiguousarray(kT.swapaxes(-1, -2)) if nq else None  # (B, H, Tk, hs)
+            vT = _transposed(vh)                                        # (B, H, hs, Tk): V^T, C-contiguous
         for E, rinv, (i0, i1, e) in zip(Ps, rinvs, blocks, strict=True):
             dOr = dO[:, :, i0:i1] * rinv                                # (B, H, n, hs) r dO
             if nv:

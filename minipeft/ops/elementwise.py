@@ -6,7 +6,7 @@ import math
 
 from minipeft import backend
 from minipeft.autograd import Function, Tensor
-from minipeft.ops._util import check_same_dtype, unbroadcast
+from minipeft.ops._util import check_same_dtype, chunks, unbroadcast
 
 
 def _pair(op: str, a, b):
@@ -170,42 +170,63 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 class GELU(Function):
     """GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) = x p, p = 0.5 (1 + tanh u).
 
-    Written as in-place passes over one or two buffers: the MLP's (N, 4C) activation is the largest
-    elementwise array in the model, and each temporary costs a full pass of memory traffic. Saving p
-    (not tanh u) lets the backward use 1 - tanh^2 u = 4 p (1 - p): 9 passes instead of 11. Measured on a
-    (2880, 512) float32 array, forward plus backward took 0.64x the time of the plain expressions, and
-    saving p took that to 0.95x (old and new alternated, median of 60 pairs).
+    Written as in-place passes: the MLP's (N, 4C) activation is the largest elementwise array in the
+    model, and each temporary costs a full pass of memory traffic. Saving p (not tanh u) lets the backward
+    use 1 - tanh^2 u = 4 p (1 - p): 9 passes instead of 11. The passes run chunk by chunk (`_util.chunks`),
+    so a chunk stays in cache across its passes. Every element goes through the same float operations
+    whatever the chunking, so the result is bit-identical to whole-array passes.
+    Measured (old and new alternated): in-place passes 0.64x the plain expressions; saving p 0.95x of that;
+    chunks 0.59x of that, and a whole training step of the tutorials' model 0.94-0.95x.
     """
 
     @staticmethod
     def forward(ctx, x):
+        xp = backend.xp()
         c = x.dtype.type(_GELU_C)
-        p = x * x
-        p *= x.dtype.type(0.044715) * c
-        p += c
-        p *= x                                       # u = c (x + 0.044715 x^3)
-        backend.xp().tanh(p, out=p)
-        p += 1
-        p *= x.dtype.type(0.5)                       # p = 0.5 (1 + tanh u)
-        ctx.save_for_backward(x, p)
-        return x * p
+        a = x.dtype.type(0.044715) * c
+        half = x.dtype.type(0.5)
+        xf = x.reshape(-1)                           # flat view (a copy only if x is not contiguous)
+        p = xp.empty_like(xf)
+        y = xp.empty_like(xf)
+        for s in chunks(xf.size):
+            xs, ps = xf[s], p[s]
+            xp.multiply(xs, xs, out=ps)
+            ps *= a
+            ps += c
+            ps *= xs                                 # u = c (x + 0.044715 x^3)
+            xp.tanh(ps, out=ps)
+            ps += 1
+            ps *= half                               # p = 0.5 (1 + tanh u)
+            xp.multiply(xs, ps, out=y[s])
+        ctx.save_for_backward(xf, p, x.shape)
+        return y.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, dout):
         # y = x p  =>  dy/dx = p + x dp/dx,  dp/dx = 0.5 (1 - tanh^2 u) u' = 2 p (1 - p) c (1 + 3 * 0.044715 x^2)
         #          =>  dy/dx = p + p (1 - p) x (2c + 6 * 0.044715 c x^2),  c = sqrt(2/pi)
-        x, p = ctx.saved
-        c = x.dtype.type(_GELU_C)
-        w = x * x
-        w *= x.dtype.type(6 * 0.044715) * c
-        w += 2 * c
-        w *= x                                       # x (2c + 6 * 0.044715 c x^2)
-        g = 1 - p
-        g *= p                                       # p (1 - p)
-        g *= w
-        g += p
-        g *= dout
-        return (g,)
+        xp = backend.xp()
+        xf, p, shape = ctx.saved
+        c = xf.dtype.type(_GELU_C)
+        a6 = xf.dtype.type(6 * 0.044715) * c
+        c2 = xf.dtype.type(2) * c
+        df = dout.reshape(-1)
+        g = xp.empty_like(xf)
+        spans = chunks(xf.size)
+        w = xp.empty_like(xf[spans[0]]) if spans else None  # one chunk-sized scratch buffer, reused
+        for s in spans:
+            xs, ps, gs = xf[s], p[s], g[s]
+            ws = w[: xs.size]
+            xp.multiply(xs, xs, out=ws)
+            ws *= a6
+            ws += c2
+            ws *= xs                                 # x (2c + 6 * 0.044715 c x^2)
+            xp.subtract(1, ps, out=gs)
+            gs *= ps                                 # p (1 - p)
+            gs *= ws
+            gs += ps
+            gs *= df[s]
+        return (g.reshape(shape),)
 
 
 def add(a, b) -> Tensor:
