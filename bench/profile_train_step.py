@@ -6,9 +6,11 @@ The variants are bench_train_step.VARIANTS: full, LoRA q,v, LoRA attn+MLP, and t
 Every op's forward (`Function.apply`) and backward is wrapped with a timer for the duration of the
 run; the variants' steps are alternated (A B C A B C ...) so the machine's drift hits them alike.
 Prints ms per step for each op and direction, plus the whole step and its ratio to full
-fine-tuning. The timers add a few microseconds per op call to every variant alike, so the step
-ratios here read slightly closer to 1 than `bench_train_step.py`'s; use that script for the figures
-in BENCHMARKS.md and this one to see which ops a change should target.
+fine-tuning; then the step split into its matrix products (every `ops._util.mm` call, timed) and the
+rest, with the ratio each variant would have if the rest ran twice as fast or cost nothing. The
+timers add a few microseconds per op call to every variant alike, so the step ratios here read
+slightly closer to 1 than `bench_train_step.py`'s; use that script for the figures in BENCHMARKS.md
+and this one to see which ops a change should target.
 
     python bench/profile_train_step.py                # tutorial 03's fine-tuning shape, 16 x 180
     python bench/profile_train_step.py --shape pretrain
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +31,7 @@ import numpy as np
 
 from minipeft.autograd import Function
 from minipeft.nn import GPTConfig
+from minipeft.ops import _util
 
 
 def _load_bench():
@@ -83,6 +87,28 @@ def op_timers(totals: dict):
             sub.backward = bwd
 
 
+@contextlib.contextmanager
+def matmul_timer(totals: dict):
+    """Add the seconds spent in every product the ops form (`ops._util.mm`) to totals["matmul"] inside the block."""
+    orig = _util.mm
+
+    def timed(a, b):
+        t = time.perf_counter()
+        out = orig(a, b)
+        totals["matmul"] += time.perf_counter() - t
+        return out
+
+    users = [m for name, m in list(sys.modules.items())
+             if name.startswith("minipeft") and getattr(m, "mm", None) is orig]
+    for m in users:
+        m.mm = timed
+    try:
+        yield totals
+    finally:
+        for m in users:
+            m.mm = orig
+
+
 def batch(shape: str, cfg: GPTConfig, rng):
     """(ids, targets) of the pretraining shape (a target everywhere) or tutorial 03's (last 40 positions)."""
     if shape == "pretrain":
@@ -107,10 +133,11 @@ def main(argv=None) -> None:
     for m, o in models.values():  # warm-up: first-step allocations and Adam state
         step(m, o, x, y)
     per_op = {v: defaultdict(float) for v in VARIANTS}
+    in_mm = {v: defaultdict(float) for v in VARIANTS}
     wall = {v: [] for v in VARIANTS}
     for _ in range(steps):
         for v, (m, o) in models.items():
-            with op_timers(per_op[v]):
+            with op_timers(per_op[v]), matmul_timer(in_mm[v]):
                 t = time.perf_counter()
                 step(m, o, x, y)
                 wall[v].append(time.perf_counter() - t)
@@ -125,6 +152,16 @@ def main(argv=None) -> None:
         print(f"  {name:<20}" + "".join(f"{1000 * per_op[v][name] / steps:>16.2f}" for v in VARIANTS))
     rest = [1000 * (np.sum(wall[v]) - sum(per_op[v].values())) / steps for v in VARIANTS]
     print(f"  {'(outside the ops)':<20}" + "".join(f"{r:>16.2f}" for r in rest))
+    # the step split into its matrix products (every ops._util.mm call, in any op) and everything else; the ratios
+    # the step would have if that rest ran twice as fast (both cores, perfectly) or cost nothing
+    mm_ms = {v: 1000 * in_mm[v]["matmul"] / steps for v in VARIANTS}
+    step_ms = {v: 1000 * np.sum(wall[v]) / steps for v in VARIANTS}
+    print("the step as matrix products + the rest (ms per step, mean):")
+    print(f"  {'matrix products':<20}" + "".join(f"{mm_ms[v]:>16.2f}" for v in VARIANTS))
+    print(f"  {'the rest':<20}" + "".join(f"{step_ms[v] - mm_ms[v]:>16.2f}" for v in VARIANTS))
+    for label, f in (("ratio, rest at 2x", 0.5), ("ratio, rest free", 0.0)):
+        full = mm_ms["full"] + f * (step_ms["full"] - mm_ms["full"])
+        print(f"  {label:<20}" + "".join(f"{(mm_ms[v] + f * (step_ms[v] - mm_ms[v])) / full:>16.3f}" for v in VARIANTS))
 
 
 if __name__ == "__main__":

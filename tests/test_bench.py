@@ -46,15 +46,19 @@ def test_floor_variant_trains_only_the_q_v_biases(keep_rng):
 def test_profile_train_step_quick_runs_and_restores_the_ops(capsys, keep_rng):
     """The profiler's timers cover every op, and are removed afterwards (apply and backward restored)."""
     from minipeft.autograd import Function
+    from minipeft.ops import _util
     from minipeft.ops.attention import Attention
 
-    apply_before, backward_before = Function.__dict__["apply"], Attention.__dict__["backward"]
+    apply_before, backward_before, mm_before = Function.__dict__["apply"], Attention.__dict__["backward"], _util.mm
     run_quick("profile_train_step")
     out = capsys.readouterr().out
     for text in ("ratio to full", "Attention.fwd", "Attention.bwd", "LoraLinearFn.bwd", "Linear.bwd",
-                 "outside the ops"):
+                 "outside the ops", "matrix products", "the rest", "ratio, rest at 2x", "ratio, rest free"):
         assert text in out, text
     assert Function.__dict__["apply"] is apply_before and Attention.__dict__["backward"] is backward_before
+    # the matmul timer is gone too (by module path: `ops.attention` is the function of that name)
+    users = ("minipeft.ops._util", "minipeft.ops.attention", "minipeft.ops.linalg", "minipeft.peft.lora_op")
+    assert all(importlib.import_module(m).mm is mm_before for m in users)
 
 
 def test_bench_chunks_quick_runs_and_restores_the_chunk_size(capsys):
