@@ -13,7 +13,6 @@ to the next chunk; this script times GELU on the MLP activation of the tutorials
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import numpy as np
@@ -43,8 +42,8 @@ def main(argv=None) -> None:
     dy = backend.asarray(rng.standard_normal((rows, args.cols), dtype=np.float32))
     n = rows * args.cols
     sizes = {"whole array": n, **{f"2^{k}": 1 << k for k in range(13, 19) if 1 << k < n}}
-    print(f"machine: {platform.machine()}, {platform.processor() or '?'}; numpy {np.__version__}; "
-          f"device {mp.get_device()}; GELU forward + backward on ({rows}, {args.cols}) float32")
+    print(f"machine: {backend.device_name()}; numpy {np.__version__}; device {mp.get_device()}; "
+          f"GELU forward + backward on ({rows}, {args.cols}) float32")
     saved = _util.CHUNK_ELEMENTS
     times: dict[str, list[float]] = {k: [] for k in sizes}
     try:

@@ -23,13 +23,12 @@ Reports, all measured in this one run:
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import numpy as np
 
 import minipeft as mp
-from minipeft import ops
+from minipeft import backend, ops
 from minipeft.memory import PeakMemory, format_bytes
 from minipeft.nn import GPT, GPTConfig
 from minipeft.optim import AdamW
@@ -140,8 +139,7 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, cfg.vocab_size, size=(B, T))
     y = rng.integers(0, cfg.vocab_size, size=(B, T))
-    print(f"machine: {platform.machine()}, {platform.processor() or '?'}; numpy {np.__version__}; "
-          f"device {mp.get_device()}")
+    print(f"machine: {backend.device_name()}; numpy {np.__version__}; device {mp.get_device()}")
     print(f"model: {preset} {cfg.d_model}d x {cfg.n_layer} layers, vocab {cfg.vocab_size}; batch {B} x {T} tokens")
     rate = matmul_rate(256 if args.quick else 1024)
     print(f"float32 square matmul rate: {rate:.0f} GFLOP/s (median)")

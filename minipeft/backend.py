@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import sys
 from typing import Any
 
@@ -55,6 +56,25 @@ def set_device(device: str) -> None:
 def get_device() -> str:
     """The current device name, 'cpu' or 'cuda'."""
     return _state["device"]
+
+
+def device_name() -> str:
+    """The machine the arrays live on, for benchmark records: the GPU's name, or the CPU's model and core count.
+
+    The CPU model comes from /proc/cpuinfo (Linux), else `platform.processor()`, else the architecture.
+    """
+    if is_gpu():
+        props = _state["xp"].cuda.runtime.getDeviceProperties(_state["xp"].cuda.Device().id)
+        name = props["name"]
+        return f"GPU {name.decode() if isinstance(name, bytes) else name}"
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine() or "unknown CPU"
+    return f"CPU {model}, {os.cpu_count()} cores"
 
 
 def xp():

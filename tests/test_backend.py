@@ -119,3 +119,29 @@ def test_gpu_ops_match_numpy():
     h = x @ W.T + b
     want = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
     np.testing.assert_allclose(y.numpy(), want, rtol=1e-4, atol=1e-5)  # float32, sums of 16 terms
+    name = backend.device_name()
+    assert name.startswith("GPU ") and len(name) > len("GPU "), name
+
+
+@pytest.mark.skipif(backend.is_gpu(), reason="names the CPU; under MINIPEFT_DEVICE=cuda it names the GPU")
+def test_device_name_names_the_cpu_model_and_cores(monkeypatch):
+    import builtins
+    import platform
+
+    name = backend.device_name()
+    assert name.startswith("CPU ") and name.endswith(f", {os.cpu_count()} cores"), name
+    if os.path.exists("/proc/cpuinfo"):  # Linux: the model name line, as lscpu shows it
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+        if model:
+            assert model in name
+    real_open = builtins.open
+
+    def no_cpuinfo(path, *a, **k):
+        if str(path) == "/proc/cpuinfo":
+            raise OSError("no /proc here")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", no_cpuinfo)
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    assert backend.device_name() == f"CPU {platform.machine() or 'unknown CPU'}, {os.cpu_count()} cores"
