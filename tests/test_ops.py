@@ -289,7 +289,6 @@ def test_scatter_add_matches_np_add_at_on_a_nonzero_target(index):
     np.testing.assert_array_equal(target, want)
 
 
-
 @contextlib.contextmanager
 def chunk_size(size: int):
     """_util.CHUNK_ELEMENTS = size inside the block, restored afterwards."""
