@@ -9,7 +9,8 @@ Reports, all measured in this one run:
   counted exactly with `ops.record_matmuls()` and the machine's rate is measured on a square
   float32 matmul just before;
 - LoRA step time / full step time as the median of per-pair ratios, variants alternated A B A B
-  (the machine's speed drifts, see shared/PERF-NOTES.md);
+  (the machine's speed drifts, see shared/PERF-NOTES.md), beside the ratio of matmul FLOPs: what the
+  step time ratio would be if the step were its matrix products alone, all at one rate;
 - the same for a step that trains only the q and v biases: the floor under a LoRA q,v step (the same
   backward, no weight gradient at all);
 - peak memory of a first training step (tracemalloc, beyond the weights: activations, gradients and
@@ -116,14 +117,14 @@ def compare_training(title: str, preset: str, overrides: dict, x, y, pairs: int,
             times[v].append(timed(lambda m=m, o=o: step(m, o, x, y)))
     print(f"\n{title}")
     print(f"{'variant':<16}{'ms/step':>10}{'tokens/s':>11}{'GFLOP/step':>12}{'% of matmul rate':>18}"
-          f"{'ratio to full':>15}{'peak memory':>13}")
+          f"{'FLOPs / full':>14}{'ratio to full':>15}{'peak memory':>13}")
     for v in variants:
         ms = 1000 * float(np.median(times[v]))
         ratio = float(np.median(np.array(times[v]) / np.array(times["full"])))
         peak = first_step_peak(v, preset, overrides, x, y)
         frac = flops[v] / (ms / 1000) / 1e9 / rate
         print(f"{v:<16}{ms:>10.1f}{B * T / (ms / 1000):>11.0f}{flops[v] / 1e9:>12.2f}{100 * frac:>17.1f}%"
-              f"{ratio:>15.3f}{format_bytes(peak):>13}")
+              f"{flops[v] / flops['full']:>14.3f}{ratio:>15.3f}{format_bytes(peak):>13}")
     return variants
 
 

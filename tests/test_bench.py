@@ -27,6 +27,26 @@ def test_bench_train_step_quick_runs(capsys, keep_rng):
         assert text in out
 
 
+def test_bench_train_step_flop_ratio_column_is_each_variants_flops_over_full(capsys, keep_rng):
+    """The "FLOPs / full" column divides the variant's exact matmul FLOPs by full fine-tuning's, recounted here."""
+    import numpy as np
+
+    bench = load("bench_train_step")
+    bench.main(["--quick", "--pairs", "1"])
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        for v in bench.VARIANTS:
+            if line.startswith(v + " ") and v not in rows:    # the first table: the pretraining shape
+                rows[v] = float(line.split()[-4])            # ... FLOPs/full, ratio to full, peak (two words)
+    assert set(rows) == set(bench.VARIANTS), rows
+    overrides = {"context_length": 64}
+    x = np.random.default_rng(0).integers(0, 64, size=(4, 64))    # FLOPs depend on shapes only: every
+    flops = {v: bench.step_flops(*bench.make(v, "test", overrides), x, x) for v in bench.VARIANTS}  # target is set
+    for v in bench.VARIANTS:
+        assert abs(rows[v] - flops[v] / flops["full"]) <= 0.0005, (v, rows[v], flops)  # printed to 3 decimals
+    assert rows["full"] == 1.0
+
+
 def test_floor_variant_trains_only_the_q_v_biases(keep_rng):
     """The "q,v biases" floor freezes every weight: its step does LoRA q,v's backward minus LoRA's own products,
     so its matmul FLOPs are below LoRA q,v's, which are below full fine-tuning's."""
