@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+import minipeft as mp
 from minipeft.autograd import Function
 from minipeft.nn import GPTConfig
 from minipeft.ops import _util
@@ -165,4 +166,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    mp.tune_allocator()  # keep freed memory for reuse (see BENCHMARKS.md); never done at import
     main()

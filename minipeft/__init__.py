@@ -3,19 +3,23 @@
 from minipeft import nn, ops, peft
 from minipeft.autograd import Function, Tensor, no_grad, tensor
 from minipeft.backend import (
+    fork_rng,
     get_default_dtype,
     get_device,
     manual_seed,
     set_default_dtype,
     set_device,
     to_numpy,
+    tune_allocator,
     xp,
 )
+from minipeft.ops.fastpath import fast_ops, fast_ops_enabled, set_fast_ops
 from minipeft.peft import LoraConfig, PeftModel, get_peft_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Function", "LoraConfig", "PeftModel", "Tensor", "get_default_dtype", "get_device", "get_peft_model",
-    "manual_seed", "nn", "no_grad", "ops", "peft", "set_default_dtype", "set_device", "tensor", "to_numpy", "xp",
+    "Function", "LoraConfig", "PeftModel", "Tensor", "fast_ops", "fast_ops_enabled", "fork_rng", "get_default_dtype",
+    "get_device", "get_peft_model", "manual_seed", "nn", "no_grad", "ops", "peft", "set_default_dtype", "set_device",
+    "set_fast_ops", "tensor", "to_numpy", "tune_allocator", "xp",
 ]

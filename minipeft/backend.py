@@ -6,10 +6,12 @@ conditionally. Select the GPU with `MINIPEFT_DEVICE=cuda` or `minipeft.set_devic
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -128,15 +130,28 @@ def rng():
     return _state["rng"]
 
 
-def _keep_freed_memory() -> bool:
-    """Ask glibc to keep freed blocks for reuse instead of returning them to the OS.
+@contextlib.contextmanager
+def fork_rng() -> Iterator[None]:
+    """Inside the block manual_seed and draws use their own generator; afterwards the old one is back.
 
-    A training step allocates and frees many arrays of a few MB; by default glibc serves each with a
-    fresh mmap and unmaps it on free, so every new temporary page-faults its pages back in (measured:
-    `y += s * (h @ B.T)` on a 2048x128 float32 array took 1.05 ms, 0.38 ms with this). Set
-    MINIPEFT_MALLOC_TUNING=0 to leave the allocator alone. No effect off glibc (macOS, Windows, musl).
+    Like torch.random.fork_rng: build a model from its own seed without moving the stream other code sees.
     """
-    if os.environ.get("MINIPEFT_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    prev = _state["rng"]
+    try:
+        yield
+    finally:
+        _state["rng"] = prev
+
+
+def tune_allocator() -> bool:
+    """Ask glibc to keep freed blocks for reuse instead of returning them to the OS; True if it took effect.
+
+    A training step allocates and frees many arrays of a few MB; by default glibc serves each with a fresh
+    mmap and unmaps it on free, so every new temporary page-faults its pages back in (figures in
+    BENCHMARKS.md). This changes the whole process's allocator, so it is never done at import: the tutorials
+    and benchmarks call it, and a user's script may. No effect off glibc (macOS, Windows, musl).
+    """
+    if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -145,8 +160,6 @@ def _keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
 
-
-MALLOC_TUNED = _keep_freed_memory()
 
 if os.environ.get("MINIPEFT_DEVICE", "cpu").lower() not in ("", "cpu"):
     set_device(os.environ["MINIPEFT_DEVICE"].lower())

@@ -43,8 +43,5 @@ def float64():
 @pytest.fixture
 def keep_rng():
     """Let a test call manual_seed without changing the generator the other tests see."""
-    prev = backend._state["rng"]
-    try:
+    with backend.fork_rng():
         yield
-    finally:
-        backend._state["rng"] = prev

@@ -16,12 +16,12 @@ from minipeft import Tensor, backend, ops
 @pytest.fixture
 def restore_device():
     """Put back the device the session started on (cpu, or cuda under MINIPEFT_DEVICE=cuda)."""
-    prev, prev_rng = minipeft.get_device(), backend._state["rng"]
-    try:
-        yield
-    finally:
-        minipeft.set_device(prev)
-        backend._state["rng"] = prev_rng  # set_device drops the generator; keep the other tests' stream
+    prev = minipeft.get_device()
+    with backend.fork_rng():  # set_device drops the generator; keep the other tests' stream
+        try:
+            yield
+        finally:
+            minipeft.set_device(prev)
 
 
 def test_default_device_follows_the_environment():

@@ -22,12 +22,9 @@ assert PRESETS["test"] == dict(vocab_size=V, context_length=CTX, d_model=C, n_la
 
 def build_gpt(seed: int = 0, preset: str = "test", **overrides) -> GPT:
     """A GPT built from its own seed, leaving the global generator as it was."""
-    prev = backend._state["rng"]
-    try:
+    with backend.fork_rng():
         minipeft.manual_seed(seed)
         return GPT(GPTConfig.from_preset(preset, **overrides))
-    finally:
-        backend._state["rng"] = prev
 
 
 def randomized64(seed: int) -> GPT:

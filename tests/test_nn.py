@@ -21,12 +21,9 @@ from minipeft.nn import GPT, Dropout, Embedding, GPTConfig, LayerNorm, Linear, M
 
 def build_gpt(seed: int = 0, **overrides) -> GPT:
     """A "test"-preset GPT built from its own seed, leaving the global generator as it was."""
-    prev = backend._state["rng"]
-    try:
+    with backend.fork_rng():
         minipeft.manual_seed(seed)
         return GPT(GPTConfig.from_preset("test", **overrides))
-    finally:
-        backend._state["rng"] = prev
 
 
 class Pair(Module):

@@ -105,4 +105,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    mp.tune_allocator()  # keep freed memory for reuse (see BENCHMARKS.md); never done at import
     main()

@@ -156,3 +156,9 @@ class LoraModel(Module):
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+    def hidden_states(self, *args, **kwargs):
+        return self.model.hidden_states(*args, **kwargs)
+
+    def head(self, h):
+        return self.model.head(h)

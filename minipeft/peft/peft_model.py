@@ -25,7 +25,15 @@ class PeftModel(Module):
 
     # ---- the HF PEFT surface -------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
-        return self.base_model.model(*args, **kwargs)
+        return self.base_model(*args, **kwargs)
+
+    def hidden_states(self, *args, **kwargs):
+        """The last hidden states (B, T, C) with the method applied (see minipeft.loss.causal_lm_loss)."""
+        return self.base_model.hidden_states(*args, **kwargs)
+
+    def head(self, h):
+        """The LM head on hidden states h: logits (..., vocab)."""
+        return self.base_model.head(h)
 
     @property
     def peft_config(self) -> dict[str, PeftConfig]:
