@@ -179,6 +179,22 @@ def test_reshape(x, data):
     grad_check(lambda t: ops.reshape(t, new), [x], f"reshape{new}")
 
 
+@given(data=st.data())
+def test_broadcast_to(data):
+    sx, sy = data.draw(broadcastable_shapes())
+    target = np.broadcast_shapes(sx, sy)
+    x = data.draw(arrays(sx))
+    out = ops.broadcast_to(Tensor(x), target)
+    np.testing.assert_array_equal(out.numpy(), np.broadcast_to(x, target))
+    assert out.data.flags.c_contiguous
+    grad_check(lambda t: ops.broadcast_to(t, target), [x], f"broadcast_to{sx}->{target}")
+
+
+def test_broadcast_to_bad_shape_raises():
+    with pytest.raises(ValueError, match=r"broadcast_to: cannot broadcast a tensor of shape \(2, 3\) to \(4, 3\)"):
+        ops.broadcast_to(Tensor(np.zeros((2, 3))), (4, 3))
+
+
 def test_reshape_bad_shape_raises():
     with pytest.raises(ValueError, match=r"reshape: cannot reshape a tensor of shape \(2, 3\) to \(4,\)"):
         ops.reshape(Tensor(np.zeros((2, 3))), (4,))

@@ -1,4 +1,4 @@
-"""Reductions and shape ops: sum, mean, reshape, transpose/permute, concat, split, indexing."""
+"""Reductions and shape ops: sum, mean, reshape, broadcast_to, transpose/permute, concat, split, indexing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import builtins
 
 from minipeft import backend
 from minipeft.autograd import Function, Tensor
-from minipeft.ops._util import scatter_add
+from minipeft.ops._util import scatter_add, unbroadcast
 
 
 def _norm_axes(axis, ndim: int) -> tuple[int, ...]:
@@ -69,6 +69,24 @@ class Reshape(Function):
     def backward(ctx, dout):
         (shape,) = ctx.saved
         return (dout.reshape(shape),)
+
+
+class BroadcastToFn(Function):
+    @staticmethod
+    def forward(ctx, x, shape=()):
+        ctx.save_for_backward(x.shape)
+        if tuple(shape) == x.shape:
+            return x
+        try:
+            return backend.xp().broadcast_to(x, shape).copy()  # a view with stride-0 axes -> own contiguous array
+        except ValueError:
+            raise ValueError(f"broadcast_to: cannot broadcast a tensor of shape {x.shape} to {shape}") from None
+
+    @staticmethod
+    def backward(ctx, dout):
+        # y = x repeated along the added / stretched axes  =>  dx = dy summed over those axes
+        (shape,) = ctx.saved
+        return (unbroadcast(dout, shape),)
 
 
 class Transpose(Function):
@@ -148,6 +166,11 @@ def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
 
 def reshape(x: Tensor, shape) -> Tensor:
     return Reshape.apply(x, shape=tuple(shape))
+
+
+def broadcast_to(x: Tensor, shape) -> Tensor:
+    """x repeated to `shape` by NumPy's broadcasting rules, like torch.broadcast_to / Tensor.expand."""
+    return BroadcastToFn.apply(x, shape=tuple(shape))
 
 
 def transpose(x: Tensor, axes=None) -> Tensor:
