@@ -17,12 +17,9 @@ TEST = GPTConfig.from_preset("test")  # vocab 64, context 16, d_model 16, 2 laye
 @contextlib.contextmanager
 def seeded(seed: int):
     """Run the block on generator `seed`, then give the other tests their generator back."""
-    prev = backend._state["rng"]
-    try:
+    with backend.fork_rng():
         minipeft.manual_seed(seed)
         yield
-    finally:
-        backend._state["rng"] = prev
 
 
 def build_gpt(seed: int = 0, dtype=np.float32, **overrides) -> GPT:

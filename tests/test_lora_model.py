@@ -13,7 +13,7 @@ from lora_helpers import TEST, batch, build_gpt, logits, seeded, snapshot, train
 
 from minipeft.nn import GPT, Linear, Module
 from minipeft.peft import LoraConfig, LoraLinear, PeftModel, get_peft_model
-from minipeft.peft.modules_to_save import ModulesToSaveWrapper
+from minipeft.peft.tuners.modules_to_save import ModulesToSaveWrapper
 
 ATTN = ["q_proj", "k_proj", "v_proj", "out_proj"]
 MLP = ["fc1", "fc2"]

@@ -39,26 +39,34 @@ def reference(x, W0, b, A, B, s, keep=None):
     return y if b is None else y + b
 
 
+FAST = pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+
+
+@FAST
 @given(lora_problem())
-def test_forward_matches_the_equation(problem):
+def test_forward_matches_the_equation(fast, problem):
     x, W0, b, A, B, s = problem
-    y = lora_linear(Tensor(x), Tensor(W0), None if b is None else Tensor(b), Tensor(A), Tensor(B), s)
+    with minipeft.fast_ops(fast):
+        y = lora_linear(Tensor(x), Tensor(W0), None if b is None else Tensor(b), Tensor(A), Tensor(B), s)
     assert y.shape == (*x.shape[:-1], W0.shape[0])
     np.testing.assert_allclose(to_numpy(y.data), reference(x, W0, b, A, B, s), rtol=1e-12, atol=1e-12)
 
 
+@FAST
 @given(lora_problem())
-def test_grad_check_every_input(problem):
+def test_grad_check_every_input(fast, problem):
     """Central differences for x, W0, b, A and B at once (W0 and b trainable here, as with bias='all')."""
     x, W0, b, A, B, s = problem
-    if b is None:
-        grad_check(lambda x_, W_, A_, B_: lora_linear(x_, W_, None, A_, B_, s), [x, W0, A, B], "lora_linear")
-    else:
-        grad_check(lambda *t: lora_linear(*t, s), [x, W0, b, A, B], "lora_linear")
+    with minipeft.fast_ops(fast):
+        if b is None:
+            grad_check(lambda x_, W_, A_, B_: lora_linear(x_, W_, None, A_, B_, s), [x, W0, A, B], "lora_linear")
+        else:
+            grad_check(lambda *t: lora_linear(*t, s), [x, W0, b, A, B], "lora_linear")
 
 
+@FAST
 @given(lora_problem(), st.sampled_from([0.25, 0.5]))
-def test_grad_check_with_dropout(problem, p):
+def test_grad_check_with_dropout(fast, problem, p):
     """Dropout draws its mask from the global generator at every forward. grad_check calls `fn` once for
     autograd and twice per input element for the differences, so `fn` re-seeds before each call: every
     pass sees the same mask and the op is a fixed (differentiable) function of its inputs. The mask
@@ -69,7 +77,7 @@ def test_grad_check_with_dropout(problem, p):
         minipeft.manual_seed(11)
         return lora_linear(*t, s, dropout_p=p)
 
-    with seeded(0):
+    with seeded(0), minipeft.fast_ops(fast):
         grad_check(fn, [x, W0, b if b is not None else np.zeros(W0.shape[0]), A, B], "lora_linear(dropout)")
 
 
@@ -95,16 +103,17 @@ def test_dropout_acts_on_the_adapter_input_only():
     np.testing.assert_allclose(y1, reference(x, W0, b, A, B, 2.0, keep), rtol=1e-12, atol=1e-12)
 
 
-def _backward_products(W0_trainable: bool, d=7, k=5, r=3, N=6):
+def _backward_products(W0_trainable: bool, d=7, k=5, r=3, N=6, fast=True):
     rng = np.random.default_rng(1)
     x = Tensor(rng.standard_normal((2, N // 2, k)), requires_grad=True)
     W0 = Tensor(rng.standard_normal((d, k)), requires_grad=W0_trainable)
     b = Tensor(rng.standard_normal(d), requires_grad=False)
     A = Tensor(rng.standard_normal((r, k)), requires_grad=True)
     B = Tensor(rng.standard_normal((d, r)), requires_grad=True)
-    y = lora_linear(x, W0, b, A, B, 2.0)
-    with record_matmuls() as log:
-        y.backward(np.ones(y.shape))
+    with minipeft.fast_ops(fast):
+        y = lora_linear(x, W0, b, A, B, 2.0)
+        with record_matmuls() as log:
+            y.backward(np.ones(y.shape))
     return log, (x, W0, b, A, B)
 
 
@@ -119,6 +128,14 @@ def test_frozen_base_weight_gets_no_dW0_matmul():
     # exactly dB = dy^T h, dh = dy B, dA = dh^T x, and dx = dy (W0 + s B A) folded into one product
     r = A.shape[0]
     assert log == [((d, N), (N, r)), ((N, d), (d, r)), ((r, N), (N, k)), ((N, d), (d, k))], log
+
+
+def test_reference_backward_forms_the_equations_products_and_no_dW0():
+    """The reference path, term by term: dB = s dy^T h, dh = s dy B, dA = dh^T x, dx = dh A + dy W0; no dW0."""
+    d, k, r, N = 7, 5, 3, 6
+    log, (x, W0, b, A, B) = _backward_products(W0_trainable=False, fast=False)
+    assert log == [((d, N), (N, r)), ((N, d), (d, r)), ((r, N), (N, k)), ((N, r), (r, k)), ((N, d), (d, k))], log
+    assert W0.grad is None and b.grad is None
 
 
 def test_dropout_path_keeps_the_two_products_for_dx():
@@ -145,7 +162,8 @@ def test_folded_float32_forward_is_within_the_rounding_bound():
     N, k, d, r, s = 64, 48, 32, 8, 2.0
     x, W0, b = rng.standard_normal((N, k)), rng.standard_normal((d, k)), rng.standard_normal(d)
     A, B = rng.standard_normal((r, k)), rng.standard_normal((d, r))
-    y = lora_linear(*(Tensor(a.astype(np.float32)) for a in (x, W0, b, A, B)), s)
+    with minipeft.fast_ops(True):
+        y = lora_linear(*(Tensor(a.astype(np.float32)) for a in (x, W0, b, A, B)), s)
     assert y.dtype == np.float32
     f32 = [a.astype(np.float32).astype(np.float64) for a in (x, W0, b, A, B)]
     exact = reference(*f32, s)
@@ -169,10 +187,16 @@ def test_no_adapter_grads_no_adapter_matmuls():
     rng = np.random.default_rng(2)
     x = Tensor(rng.standard_normal((4, 5)), requires_grad=True)
     W0, A, B = (Tensor(rng.standard_normal(s)) for s in [(7, 5), (3, 5), (7, 3)])
-    y = lora_linear(x, W0, None, A, B, 1.0)
-    with record_matmuls() as log:
-        y.backward(np.ones(y.shape))
+    with minipeft.fast_ops(True):
+        y = lora_linear(x, W0, None, A, B, 1.0)  # the fast path: folded
+        with record_matmuls() as log:
+            y.backward(np.ones(y.shape))
     assert log == [((4, 7), (7, 5))], log  # dx = dy (W0 + s B A): the low-rank path is folded in
+    with minipeft.fast_ops(False):
+        y = lora_linear(x, W0, None, A, B, 1.0)
+        with record_matmuls() as log:
+            y.backward(np.ones(y.shape))
+    assert log == [((4, 7), (7, 3)), ((4, 3), (3, 5)), ((4, 7), (7, 5))], log  # dh, dh A, dy W0: no dA, dB, dW0
 
 
 @pytest.mark.parametrize("shapes", [
@@ -194,15 +218,15 @@ def test_dtype_mismatch_raises():
 
 
 def test_inference_forward_is_one_full_size_product():
-    """Under no_grad (or with A and B frozen) the folded forward forms s B A (d x r x k) and x W_eff^T only:
-    h = x A^T exists for dB, so it is skipped when nothing needs dB. With a trainable B it is formed."""
+    """The fast path: under no_grad (or with A and B frozen) the folded forward forms s B A (d x r x k) and
+    x W_eff^T only. h = x A^T exists for dB, so it is skipped when nothing needs dB; with a trainable B it is formed."""
     d, k, r, N = 7, 5, 3, 6
     rng = np.random.default_rng(5)
     x, W0, A, B = (rng.standard_normal(s) for s in [(N, k), (d, k), (r, k), (d, r)])
-    with minipeft.no_grad(), record_matmuls() as log:
+    with minipeft.no_grad(), minipeft.fast_ops(True), record_matmuls() as log:
         y = lora_linear(Tensor(x), Tensor(W0), None, Tensor(A), Tensor(B), 2.0)
     assert log == [((d, r), (r, k)), ((N, k), (k, d))], log
     np.testing.assert_allclose(to_numpy(y.data), reference(x, W0, None, A, B, 2.0), rtol=1e-12, atol=1e-12)
-    with record_matmuls() as log:
+    with minipeft.fast_ops(True), record_matmuls() as log:
         lora_linear(Tensor(x), Tensor(W0), None, Tensor(A), Tensor(B, requires_grad=True), 2.0)
     assert ((N, k), (k, r)) in log and len(log) == 3, log

@@ -2,9 +2,9 @@
 
 from minipeft.nn.gpt import GPT, PRESETS, Block, CausalSelfAttention, GPTConfig, KVCache
 from minipeft.nn.layers import MLP, Dropout, Embedding, LayerNorm, Linear
-from minipeft.nn.module import Module, ModuleDict, ModuleList, Parameter
+from minipeft.nn.module import Module, ModuleDict, ModuleList, Parameter, ParameterDict
 
 __all__ = [
     "GPT", "MLP", "PRESETS", "Block", "CausalSelfAttention", "Dropout", "Embedding", "GPTConfig", "KVCache",
-    "LayerNorm", "Linear", "Module", "ModuleDict", "ModuleList", "Parameter",
+    "LayerNorm", "Linear", "Module", "ModuleDict", "ModuleList", "Parameter", "ParameterDict",
 ]

@@ -220,3 +220,41 @@ class ModuleDict(Module):
 
     def items(self) -> list[tuple[str, Module]]:
         return [(k, getattr(self, k)) for k in self._keys]
+
+
+class ParameterDict(Module):
+    """Parameters by string key, named `<key>` in parameter paths, like torch.nn.ParameterDict."""
+
+    def __init__(self, parameters: dict | None = None):
+        self._keys: list[str] = []
+        for k, p in (parameters or {}).items():
+            self[k] = p
+
+    def __setitem__(self, key: str, param: Parameter) -> None:
+        if not isinstance(param, Parameter):
+            raise TypeError(f"ParameterDict values must be Parameters, got {type(param).__name__} for {key!r}")
+        if key not in self._keys:
+            self._keys.append(key)
+        setattr(self, key, param)
+
+    def __getitem__(self, key: str) -> Parameter:
+        if key not in self._keys:
+            raise KeyError(f"no parameter named {key!r}; have {self._keys}")
+        return getattr(self, key)
+
+    def __delitem__(self, key: str) -> None:
+        self[key]  # raises a clear KeyError when absent
+        self._keys.remove(key)
+        delattr(self, key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def items(self) -> list[tuple[str, Parameter]]:
+        return [(k, getattr(self, k)) for k in self._keys]

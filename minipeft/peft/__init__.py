@@ -1,9 +1,14 @@
-"""PEFT methods with the names Hugging Face PEFT users know: LoraConfig, get_peft_model, PeftModel."""
+"""PEFT methods with the names Hugging Face PEFT users know: LoraConfig, get_peft_model, PeftModel,
+register_peft_method. Each method is one package under minipeft/peft/tuners/."""
 
-from minipeft.peft.config import LoraConfig, PeftConfig
-from minipeft.peft.lora_layer import LoraLinear
-from minipeft.peft.lora_op import lora_linear
+from minipeft.peft.config import ConfigError, PeftConfig
 from minipeft.peft.peft_model import PeftModel, get_peft_model
-from minipeft.peft.save_load import AdapterError
+from minipeft.peft.registry import PEFT_TYPE_TO_CONFIG, PEFT_TYPE_TO_TUNER, register_peft_method
+from minipeft.peft.save_load import AdapterError, fingerprint
+from minipeft.peft.tuners import BaseTuner, BaseTunerLayer, LoraConfig, LoraLinear, LoraModel, lora_linear
 
-__all__ = ["AdapterError", "LoraConfig", "LoraLinear", "PeftConfig", "PeftModel", "get_peft_model", "lora_linear"]
+__all__ = [
+    "PEFT_TYPE_TO_CONFIG", "PEFT_TYPE_TO_TUNER", "AdapterError", "BaseTuner", "BaseTunerLayer", "ConfigError",
+    "LoraConfig", "LoraLinear", "LoraModel", "PeftConfig", "PeftModel", "fingerprint", "get_peft_model",
+    "lora_linear", "register_peft_method",
+]

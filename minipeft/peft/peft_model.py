@@ -6,10 +6,10 @@ import contextlib
 
 from minipeft.nn.module import Module
 from minipeft.peft import save_load
-from minipeft.peft.config import LoraConfig, PeftConfig
-from minipeft.peft.lora_model import LoraModel
-
-TUNERS: dict[str, type[Module]] = {"LORA": LoraModel}
+from minipeft.peft.config import PeftConfig
+from minipeft.peft.registry import PEFT_TYPE_TO_TUNER
+from minipeft.peft.tuners.base import BaseTuner
+from minipeft.peft.tuners.base_layer import BaseTunerLayer
 
 
 class PeftModel(Module):
@@ -18,10 +18,13 @@ class PeftModel(Module):
     def __init__(self, model: Module, config: PeftConfig, adapter_name: str = "default"):
         if isinstance(model, PeftModel):
             raise TypeError("this model is already a PeftModel; use add_adapter() to add another adapter")
-        if config.peft_type not in TUNERS:
-            raise ValueError(f"unsupported peft_type {config.peft_type!r}; supported: {sorted(TUNERS)}")
+        if any(isinstance(m, BaseTunerLayer) for _, m in model.named_modules()):
+            raise ValueError("this model already holds adapter layers (another PeftModel wraps it); add adapters "
+                             "through that PeftModel's add_adapter(), or unload() it first")
+        if config.peft_type not in PEFT_TYPE_TO_TUNER:
+            raise ValueError(f"unsupported peft_type {config.peft_type!r}; registered: {sorted(PEFT_TYPE_TO_TUNER)}")
         self.base_fingerprint = save_load.fingerprint(model)   # taken before any merge can change W0
-        self.base_model = TUNERS[config.peft_type](model, config, adapter_name)
+        self.base_model: BaseTuner = PEFT_TYPE_TO_TUNER[config.peft_type](model, config, adapter_name)
 
     # ---- the HF PEFT surface -------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
@@ -82,12 +85,20 @@ class PeftModel(Module):
         return self.base_model.merge_and_unload()
 
     def unload(self) -> Module:
+        """Remove every adapter without merging and return the base model as it was."""
         return self.base_model.unload()
+
+    def enable_adapter_layers(self) -> None:
+        self.base_model.enable_adapter_layers()
+
+    def disable_adapter_layers(self) -> None:
+        """Compute the base model's output until enable_adapter_layers(); see also disable_adapter()."""
+        self.base_model.disable_adapter_layers()
 
     @contextlib.contextmanager
     def disable_adapter(self):
         """Inside this block the model computes the base model's output (merged weights are unmerged)."""
-        merged = any(getattr(m, "merged", False) for _, m in self.named_modules())
+        merged = self.base_model.merged
         if merged:
             self.base_model.unmerge()
         self.base_model.set_adapters_disabled(True)
@@ -121,4 +132,4 @@ def get_peft_model(model: Module, peft_config: PeftConfig, adapter_name: str = "
     return PeftModel(model, peft_config, adapter_name)
 
 
-__all__ = ["LoraConfig", "PeftModel", "get_peft_model"]
+__all__ = ["PeftModel", "get_peft_model"]

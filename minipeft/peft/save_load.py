@@ -1,9 +1,10 @@
 """Adapter files in Hugging Face PEFT's layout: `adapter_config.json` + `adapter_model.safetensors`.
 
-Keys are named as PEFT names them: `base_model.model.<module path>.lora_A.weight` (the adapter
-name is dropped on disk and put back on load), and a `modules_to_save` copy under its module's own
-path, `base_model.model.<module path>.weight`. The config records a fingerprint of the base
-model's matrices so an adapter is not silently loaded onto a base it was not trained on.
+Works for every registered method from what it declares (its adapter slots): keys are named as
+PEFT names them, `base_model.model.<module path>.lora_A.weight` (the adapter name is dropped on disk
+and put back on load), and a `modules_to_save` copy under its module's own path,
+`base_model.model.<module path>.weight`. The config records a fingerprint of every base-model
+parameter so an adapter is not silently loaded onto a base it was not trained on.
 """
 
 from __future__ import annotations
@@ -18,25 +19,46 @@ from safetensors.numpy import load_file, save
 
 from minipeft import backend
 from minipeft.io_utils import atomic_write_bytes
-from minipeft.nn.module import Module
-from minipeft.peft.config import config_from_dict
+from minipeft.nn.module import Module, Parameter
+from minipeft.peft.config import ConfigError
+from minipeft.peft.registry import config_from_dict
+from minipeft.peft.tuners.base_layer import BaseTunerLayer
+from minipeft.peft.tuners.modules_to_save import ModulesToSaveWrapper
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-_SLOTS = ("lora_A", "lora_B", "modules_to_save")
 
 
 class AdapterError(ValueError):
     """An adapter file is missing, corrupted, or does not fit the base model."""
 
 
+def base_named_parameters(module: Module, prefix: str = "", seen: set[int] | None = None):
+    """(name, Parameter) of the base model only, named as in the model without adapters.
+
+    Inside an adapter wrapper only the wrapped base module counts (`q_proj.base_layer.weight` is named
+    `q_proj.weight`; a modules_to_save wrapper's original module likewise), so a method's own weights,
+    whichever method, never enter; every base parameter does, 1-D ones (biases, LayerNorm) included.
+    """
+    seen = set() if seen is None else seen
+    if isinstance(module, BaseTunerLayer):
+        yield from base_named_parameters(module.get_base_layer(), prefix, seen)
+        return
+    if isinstance(module, ModulesToSaveWrapper):
+        yield from base_named_parameters(module.original_module, prefix, seen)
+        return
+    for name, p in vars(module).items():
+        if isinstance(p, Parameter) and id(p) not in seen:
+            seen.add(id(p))
+            yield (f"{prefix}.{name}" if prefix else name), p
+    for name, child in module.named_children():
+        yield from base_named_parameters(child, f"{prefix}.{name}" if prefix else name, seen)
+
+
 def fingerprint(model: Module) -> str:
-    """sha256 over the names, shapes and bytes of the base model's 2-D parameters (first 16 hex)."""
+    """sha256 over the names, shapes, dtypes and bytes of every base-model parameter (first 16 hex digits)."""
     h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        if p.ndim != 2 or any(f".{s}." in name for s in _SLOTS):
-            continue
-        name = name.replace(".base_layer.", ".").replace(".original_module.", ".")
+    for name, p in sorted(base_named_parameters(model), key=lambda item: item[0]):
         h.update(f"{name}{p.shape}{p.dtype}".encode())
         h.update(np.ascontiguousarray(backend.to_numpy(p.data)).tobytes())
     return h.hexdigest()[:16]
@@ -48,27 +70,13 @@ def adapter_dir(root: str, name: str) -> str:
 
 
 def adapter_keys(peft_model, name: str) -> dict[str, str]:
-    """{key on disk: live parameter name} for everything adapter `name` owns, named as PEFT saves it:
-    `...lora_A.weight` (adapter name dropped after its slot) and, for a modules_to_save copy, the plain
-    module path `...<module>.weight` (PEFT drops `modules_to_save.<name>.` entirely)."""
-    config = peft_model.peft_config[name]
-    keys: dict[str, str] = {}
-    for key, _ in peft_model.named_parameters():
-        disk = None
-        if f".modules_to_save.{name}." in key:
-            disk = key.replace(f".modules_to_save.{name}.", ".", 1)
-        elif slot := next((s for s in ("lora_A", "lora_B") if f".{s}.{name}." in key), None):
-            disk = key.replace(f".{slot}.{name}.", f".{slot}.", 1)  # the name right after its slot only
-        elif key.endswith(".bias") and not any(f".{s}." in key for s in _SLOTS) and ".original_module." not in key:
-            lora_only = getattr(config, "bias", "none") == "lora_only" and key.endswith(".base_layer.bias")
-            if getattr(config, "bias", "none") == "all" or lora_only:
-                disk = key
-        if disk is not None:
-            if disk in keys:
-                raise AdapterError(f"adapter {name!r}: parameters {keys[disk]!r} and {key!r} would both be saved "
-                                   f"as {disk!r}")
-            keys[disk] = key
-    return keys
+    """{key on disk: live parameter name} for everything adapter `name` owns, as the method declares it
+    (BaseTuner.adapter_state_keys), under the PeftModel's `base_model.` prefix."""
+    try:
+        keys = peft_model.base_model.adapter_state_keys(name)
+    except ValueError as e:
+        raise AdapterError(str(e)) from None
+    return {f"base_model.{disk}": f"base_model.{live}" for disk, live in keys.items()}
 
 
 def adapter_state_dict(peft_model, name: str) -> dict[str, np.ndarray]:
@@ -145,11 +153,19 @@ def load_weights(peft_model, directory: str, name: str) -> None:
         p.data = backend.asarray(arr, dtype=p.dtype).copy()
 
 
+def parse_config(saved: dict, directory: str):
+    """The config object for a saved adapter_config.json; a field we cannot honour is named, not ignored."""
+    try:
+        return config_from_dict(saved)
+    except (ConfigError, TypeError) as e:
+        raise AdapterError(f"{os.path.join(directory, CONFIG_NAME)}: {e}") from e
+
+
 def from_pretrained(cls, model: Module, directory: str, name: str, is_trainable: bool, check: bool):
     """Build a PeftModel around `model` from a saved adapter folder."""
     saved = read_config(directory)
+    config = parse_config(saved, directory)
     _check_base(saved, fingerprint(model), directory, check)
-    config = config_from_dict(saved)
     config.inference_mode = not is_trainable
     peft_model = cls(model, config, name)
     try:
@@ -165,8 +181,8 @@ def from_pretrained(cls, model: Module, directory: str, name: str, is_trainable:
 def load_adapter(peft_model, directory: str, name: str, is_trainable: bool, check: bool) -> None:
     """Add a saved adapter under `name` to an existing PeftModel (not activated)."""
     saved = read_config(directory)
+    config = parse_config(saved, directory)
     _check_base(saved, peft_model.base_fingerprint, directory, check)
-    config = config_from_dict(saved)
     config.inference_mode = not is_trainable
     active = peft_model.active_adapter
     peft_model.add_adapter(name, config)
@@ -177,7 +193,9 @@ def load_adapter(peft_model, directory: str, name: str, is_trainable: bool, chec
         peft_model.delete_adapter(name)  # no half-loaded adapter left behind
         raise
     peft_model.set_adapter(active)
-    if not is_trainable:
-        for key, p in peft_model.named_parameters():
-            if any(f".{s}.{name}." in key for s in _SLOTS):
+    if not is_trainable:  # freeze the adapter's own weights; base parameters it shares (biases) stay as they are
+        tuner = peft_model.base_model
+        shared = set(tuner._extra_saved_parameters(name, tuner.peft_config[name]))
+        for live, p in tuner.adapter_parameters(name).items():
+            if live not in shared:
                 p.requires_grad = False

@@ -7,28 +7,25 @@ import math
 from minipeft import backend
 from minipeft.autograd import Tensor, no_grad
 from minipeft.nn.layers import Linear
-from minipeft.nn.module import Module, ModuleDict
-from minipeft.peft.lora_op import lora_linear
+from minipeft.peft.tuners.base_layer import BaseTunerLayer
+from minipeft.peft.tuners.lora.op import lora_linear
 
 
-class LoraLinear(Module):
+class LoraLinear(BaseTunerLayer):
     """y = base_layer(x) + s * B(A(dropout(x))) for the active adapter; merge() folds s*B@A into W0.
 
     Parameter names follow Hugging Face PEFT: `base_layer.weight`, `lora_A.<adapter>.weight` (r, in),
     `lora_B.<adapter>.weight` (out, r).
     """
 
+    adapter_layer_names = ("lora_A", "lora_B")
+    other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout")
+    mergeable = True
+
     def __init__(self, base_layer: Linear):
         if not isinstance(base_layer, Linear):
             raise TypeError(f"LoraLinear wraps a Linear, got {type(base_layer).__name__}")
-        self.base_layer = base_layer
-        self.lora_A = ModuleDict()
-        self.lora_B = ModuleDict()
-        self.scaling: dict[str, float] = {}
-        self.lora_dropout: dict[str, float] = {}
-        self.active_adapter: str | None = None
-        self.merged_adapters: list[str] = []
-        self.disable_adapters = False
+        super().__init__(base_layer)
 
     @property
     def in_features(self) -> int:
@@ -38,15 +35,10 @@ class LoraLinear(Module):
     def out_features(self) -> int:
         return self.base_layer.out_features
 
-    @property
-    def merged(self) -> bool:
-        return bool(self.merged_adapters)
-
     def update_layer(self, name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
                      init_lora_weights: bool | str = True, use_rslora: bool = False) -> None:
         """Add adapter `name`: A (r, in) and B (out, r), initialised so B A = 0 unless init is False."""
-        if name in self.lora_A:
-            raise ValueError(f"adapter {name!r} already exists on this layer; delete_adapter({name!r}) first")
+        self._check_new(name)
         dt = self.base_layer.weight.dtype
         A = Linear(self.in_features, r, bias=False)          # kaiming-uniform, bound 1/sqrt(in), as PEFT
         B = Linear(r, self.out_features, bias=False)
@@ -58,6 +50,7 @@ class LoraLinear(Module):
             B.weight.data = backend.xp().zeros(B.weight.shape, dtype=dt)
         A.weight.data = A.weight.data.astype(dt)  # follow the base's dtype (e.g. float64 in tests)
         self.lora_A[name], self.lora_B[name] = A, B
+        self.r[name], self.lora_alpha[name] = r, lora_alpha
         self.scaling[name] = lora_alpha / (math.sqrt(r) if use_rslora else r)
         self.lora_dropout[name] = lora_dropout
         if self.active_adapter is None:
@@ -73,7 +66,8 @@ class LoraLinear(Module):
         name = name or self.active_adapter
         if name in self.merged_adapters:
             raise RuntimeError(f"adapter {name!r} is already merged into this layer; call unmerge() first")
-        self.lora_A[name]  # raises a clear KeyError for an unknown adapter
+        if name not in self.adapters:
+            raise KeyError(f"no adapter named {name!r} on this layer; it holds {self.adapters}")
         with no_grad():
             self.base_layer.weight.data += self.delta_weight(name)
         self.merged_adapters.append(name)
@@ -85,15 +79,6 @@ class LoraLinear(Module):
         with no_grad():
             while self.merged_adapters:
                 self.base_layer.weight.data -= self.delta_weight(self.merged_adapters.pop())
-
-    def delete_adapter(self, name: str) -> None:
-        if name in self.merged_adapters:
-            raise RuntimeError(f"adapter {name!r} is merged; unmerge() before deleting it")
-        del self.lora_A[name]
-        del self.lora_B[name]
-        del self.scaling[name], self.lora_dropout[name]
-        if self.active_adapter == name:
-            self.active_adapter = next(iter(self.lora_A.keys()), None)
 
     def forward(self, x: Tensor) -> Tensor:
         name = self.active_adapter

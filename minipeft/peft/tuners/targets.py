@@ -1,4 +1,5 @@
-"""Which modules a method wraps: `target_modules` (names or one regex) and `layers_to_transform`."""
+"""Which modules a method wraps: `target_modules` (names, one regex, or "all-linear"), `layers_to_transform`,
+and Hugging Face's per-module patterns (`rank_pattern`, `alpha_pattern`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 from minipeft.nn.module import Module
 
 _LAYER = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+ALL_LINEAR = "all-linear"   # Hugging Face's shorthand: every Linear except the output layer
 
 
 def matches(path: str, target_modules: list[str] | str) -> bool:
@@ -16,17 +18,36 @@ def matches(path: str, target_modules: list[str] | str) -> bool:
     return any(path == t or path.endswith("." + t) for t in target_modules)
 
 
+def pattern_key(patterns, path: str) -> str | None:
+    """The first key of `patterns` that matches the end of `path` at a dot boundary (HF's get_pattern_key).
+
+    A key is a regex: "v_proj" matches "blocks.0.attn.v_proj", "blocks.1.attn.v_proj" only that layer's.
+    """
+    return next((k for k in patterns if re.match(rf"(.*\.)?({k})$", path)), None)
+
+
 def layer_index(path: str) -> int | None:
     m = _LAYER.search(path)
     return None if m is None else int(m.group(1))
 
 
 def find_targets(model: Module, target_modules: list[str] | str, layers_to_transform: list[int] | None = None,
-                 allowed: tuple[type, ...] = (), method: str = "LoRA") -> list[str]:
-    """Dotted paths of the modules to wrap; a clear error when nothing (or the wrong kind) matches."""
+                 allowed: tuple[type, ...] = (), method: str = "LoRA",
+                 skip_inside: tuple[type, ...] = ()) -> list[str]:
+    """Dotted paths of the modules to wrap; a clear error when nothing (or the wrong kind) matches.
+
+    Modules inside a module of a `skip_inside` type (an existing adapter wrapper) are never targets:
+    the wrapper itself is, so a second adapter lands on the same wrapper.
+    """
+    inside = [p for p, m in model.named_modules() if p and isinstance(m, skip_inside)] if skip_inside else []
     found = []
     for path, m in model.named_modules():
-        if not path or not matches(path, target_modules):
+        if not path or any(path.startswith(p + ".") for p in inside):
+            continue
+        if target_modules == ALL_LINEAR:
+            if not (allowed and isinstance(m, allowed)) or path.rsplit(".", 1)[-1] == "lm_head":
+                continue
+        elif not matches(path, target_modules):
             continue
         if layers_to_transform is not None and layer_index(path) not in layers_to_transform:
             continue

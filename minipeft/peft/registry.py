@@ -1,0 +1,46 @@
+"""`register_peft_method`: the one line that makes a method known, as in Hugging Face PEFT.
+
+It ties a `peft_type` ("LORA") to its config class, its tuner class and its parameter prefix
+("lora_"), which is all that get_peft_model, PeftModel, adapter files and the counts need.
+"""
+
+from __future__ import annotations
+
+from minipeft.peft.config import ConfigError, PeftConfig
+
+PEFT_TYPE_TO_CONFIG: dict[str, type[PeftConfig]] = {}
+PEFT_TYPE_TO_TUNER: dict[str, type] = {}
+PEFT_TYPE_TO_PREFIX: dict[str, str] = {}
+
+
+def register_peft_method(*, name: str, config_cls: type[PeftConfig], model_cls: type,
+                         prefix: str | None = None) -> None:
+    """Register method `name` (e.g. "lora": peft_type "LORA", prefix "lora_" unless given)."""
+    peft_type = name.upper()
+    prefix = prefix if prefix is not None else name.lower() + "_"
+    if peft_type in PEFT_TYPE_TO_TUNER:
+        raise ValueError(f"a PEFT method named {name!r} is already registered")
+    if config_cls.PEFT_TYPE != peft_type:
+        raise ValueError(f"{config_cls.__name__}.PEFT_TYPE is {config_cls.PEFT_TYPE!r}; registering it as {name!r} "
+                         f"needs {peft_type!r}")
+    model_cls.peft_type, model_cls.prefix, model_cls.config_cls = peft_type, prefix, config_cls
+    slots = [s for cls in model_cls.layer_classes for s in cls.adapter_layer_names] + list(model_cls.tuner_slot_names)
+    if not slots:
+        raise ValueError(f"{model_cls.__name__} declares no adapter slots (layer_classes' adapter_layer_names or "
+                         "tuner_slot_names): the shared code could not find its weights")
+    bad = [s for s in slots if not s.startswith(prefix)]
+    if bad:
+        raise ValueError(f"{model_cls.__name__}'s adapter slots {bad} do not start with the prefix {prefix!r}; "
+                         "name them so (e.g. 'lora_A') so every parameter of the method carries it")
+    PEFT_TYPE_TO_CONFIG[peft_type] = config_cls
+    PEFT_TYPE_TO_TUNER[peft_type] = model_cls
+    PEFT_TYPE_TO_PREFIX[peft_type] = prefix
+
+
+def config_from_dict(d: dict) -> PeftConfig:
+    """The right config class for d["peft_type"], built from d."""
+    kind = d.get("peft_type")
+    if kind not in PEFT_TYPE_TO_CONFIG:
+        raise ConfigError(f"unknown peft_type {kind!r} in adapter config; minipeft implements "
+                          f"{sorted(PEFT_TYPE_TO_CONFIG)}")
+    return PEFT_TYPE_TO_CONFIG[kind].from_dict(d)

@@ -1,0 +1,250 @@
+"""`BaseTuner`: what every PEFT method shares at the model level, as Hugging Face PEFT's `BaseTuner` does.
+
+A method subclasses it and writes one hook, `_create_and_replace` (wrap the module at a path with
+its layer), plus optional extras; everything else lives here once: finding the targets, injecting,
+freezing the base, the adapter registry (add, set, delete, enable, disable), merging where the method
+allows it, and the names each adapter's weights have on disk. The user's model is kept as `.model`
+(so parameter paths read `base_model.model.<module path>` inside a PeftModel, as in PEFT) and is
+never copied: only the targeted modules are swapped for wrappers that hold the original.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from minipeft.nn.module import Module, ModuleDict, Parameter
+from minipeft.peft.config import PeftConfig
+from minipeft.peft.tuners.base_layer import BaseTunerLayer
+from minipeft.peft.tuners.modules_to_save import ModulesToSaveWrapper
+from minipeft.peft.tuners.targets import find_targets, matches
+
+MODULES_TO_SAVE = "modules_to_save"
+
+
+class BaseTuner(Module):
+    """The user's model (`.model`) with adapters of one method injected; subclasses set the class fields."""
+
+    # set by register_peft_method
+    peft_type: ClassVar[str] = ""                            # e.g. "LORA"
+    prefix: ClassVar[str] = ""                               # every adapter slot name starts with it ("lora_")
+    config_cls: ClassVar[type[PeftConfig]] = PeftConfig
+    # set by the method
+    layer_classes: ClassVar[tuple[type[BaseTunerLayer], ...]] = ()  # the layers it injects
+    target_types: ClassVar[tuple[type[Module], ...]] = ()     # module types `target_modules` may name
+    tuner_slot_names: ClassVar[tuple[str, ...]] = ()          # per-adapter ModuleDicts on the tuner itself
+    mergeable: ClassVar[bool] = False                         # can adapters be folded into the base weights?
+
+    def __init__(self, model: Module, config: PeftConfig, adapter_name: str):
+        self.model = model
+        for slot in self.tuner_slot_names:
+            setattr(self, slot, ModuleDict())
+        self.peft_config: dict[str, PeftConfig] = {}
+        self.active_adapter: str | None = adapter_name
+        self.inject_adapter(adapter_name, config)
+
+    # ---- what a method writes ----------------------------------------------------------------------
+    def _create_and_replace(self, config: PeftConfig, adapter_name: str, target: Module, path: str) -> None:
+        """Give the module at `path` adapter `adapter_name`: wrap it in the method's layer, or extend the wrapper."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _create_and_replace()")
+
+    def _mark_extra_trainable(self, adapter_name: str, config: PeftConfig) -> None:
+        """Unfreeze anything beyond the adapter's own weights (LoRA's `bias` option); nothing by default."""
+
+    def _extra_saved_parameters(self, adapter_name: str, config: PeftConfig) -> list[str]:
+        """Names (relative to this tuner) of base parameters the adapter trains and saves; none by default."""
+        return []
+
+    # ---- injection ---------------------------------------------------------------------------------
+    def inject_adapter(self, name: str, config: PeftConfig) -> None:
+        """Add adapter `name` as `config` says: wrap every target, add modules_to_save copies, register it."""
+        if not isinstance(config, self.config_cls):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(config).__name__}")
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"adapter name must be a non-empty string without dots, such as 'default', got {name!r}")
+        if name in self.peft_config:
+            raise ValueError(f"adapter {name!r} already exists; pick another name or delete_adapter({name!r})")
+        if self.merged:
+            raise RuntimeError("cannot add an adapter while another is merged; call unmerge_adapter() first")
+        self._inject(name, config)
+        for target in getattr(config, "modules_to_save", None) or []:
+            self._wrap_module_to_save(target, name)
+        self.peft_config[name] = config
+        self.set_adapter(self.active_adapter if self.active_adapter in self.peft_config else name)
+
+    def _inject(self, name: str, config: PeftConfig) -> None:
+        """Wrap every module that `config.target_modules` names (methods without targets override this)."""
+        paths = find_targets(self.model, config.target_modules, getattr(config, "layers_to_transform", None),
+                             allowed=self.target_types + self.layer_classes, method=self.peft_type,
+                             skip_inside=(BaseTunerLayer, ModulesToSaveWrapper))
+        for path in paths:
+            self._create_and_replace(config, name, self.model.get_submodule(path), path)
+
+    def _wrap_module_to_save(self, target: str, name: str) -> None:
+        found = [p for p, m in self.model.named_modules()
+                 if p and matches(p, [target]) and f".{MODULES_TO_SAVE}." not in p and ".original_module" not in p]
+        if not found:
+            raise ValueError(f"modules_to_save: {target!r} matched no module")
+        for path in found:
+            m = self.model.get_submodule(path)
+            if not isinstance(m, ModulesToSaveWrapper):
+                m = ModulesToSaveWrapper(m)
+                self.model.set_submodule(path, m)
+            m.update(name)
+
+    def tuner_layers(self) -> list[BaseTunerLayer]:
+        return [m for _, m in self.model.named_modules() if isinstance(m, BaseTunerLayer)]
+
+    def saved_modules(self) -> list[ModulesToSaveWrapper]:
+        return [m for _, m in self.model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
+
+    # ---- which parameters belong to an adapter, and train ------------------------------------------
+    def adapter_slot_names(self) -> tuple[str, ...]:
+        """Every attribute name under which this method keeps per-adapter weights (plus modules_to_save)."""
+        slots = [s for cls in self.layer_classes for s in cls.adapter_layer_names]
+        return (*dict.fromkeys([*slots, *self.tuner_slot_names]), MODULES_TO_SAVE)
+
+    def adapter_state_keys(self, name: str) -> dict[str, str]:
+        """{key on disk: live parameter name}, both relative to this tuner, for everything adapter `name` owns.
+
+        As Hugging Face PEFT names them: the adapter name right after its slot is dropped
+        (`model.blocks.0.attn.q_proj.lora_A.default.weight` -> `...q_proj.lora_A.weight`), and a
+        modules_to_save copy is saved under its module's own path (`...ln_f.modules_to_save.default.weight`
+        -> `...ln_f.weight`).
+        """
+        slots = self.adapter_slot_names()
+        keys: dict[str, str] = {}
+        extra = set(self._extra_saved_parameters(name, self.peft_config[name]))
+        for live, _ in self.named_parameters():
+            dotted = f".{live}."
+            slot = next((s for s in slots if f".{s}.{name}." in dotted), None)
+            if slot == MODULES_TO_SAVE:
+                disk = live.replace(f".{MODULES_TO_SAVE}.{name}.", ".", 1)
+            elif slot is not None:
+                disk = dotted.replace(f".{slot}.{name}.", f".{slot}.", 1)[1:-1]
+            elif live in extra:
+                disk = live
+            else:
+                continue
+            if disk in keys:
+                raise ValueError(f"adapter {name!r}: parameters {keys[disk]!r} and {live!r} would both be saved as "
+                                 f"{disk!r}; rename the adapter")
+            keys[disk] = live
+        return keys
+
+    def adapter_parameters(self, name: str) -> dict[str, Parameter]:
+        """Adapter `name`'s parameters by live name (relative to this tuner)."""
+        params = dict(self.named_parameters())
+        return {live: params[live] for live in self.adapter_state_keys(name).values()}
+
+    def mark_trainable(self) -> None:
+        """Freeze everything, then unfreeze the active adapter's weights (and the method's extras)."""
+        self.freeze()
+        name = self.active_adapter
+        if name is None:
+            return
+        for p in self.adapter_parameters(name).values():
+            p.requires_grad = True
+        self._mark_extra_trainable(name, self.peft_config[name])
+
+    # ---- adapter management ------------------------------------------------------------------------
+    @property
+    def merged(self) -> bool:
+        return any(m.merged for m in self.tuner_layers())
+
+    def set_adapter(self, name: str) -> None:
+        """Route every wrapped layer through adapter `name` and make only it trainable."""
+        if name not in self.peft_config:
+            raise KeyError(f"no adapter named {name!r}; adapters are {sorted(self.peft_config)}")
+        if self.merged:
+            raise RuntimeError("cannot switch adapters while one is merged; call unmerge_adapter() first")
+        for m in self.tuner_layers():
+            m.set_adapter(name)
+        for w in self.saved_modules():
+            w.active_adapter = name if name in w.modules_to_save else None
+        self.active_adapter = name
+        self.mark_trainable()
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove adapter `name` everywhere; another adapter becomes active if this one was."""
+        if name not in self.peft_config:
+            raise KeyError(f"no adapter named {name!r}; adapters are {sorted(self.peft_config)}")
+        for m in self.tuner_layers():
+            if name in m.adapters:
+                m.delete_adapter(name)
+        for w in self.saved_modules():
+            if name in w.modules_to_save:
+                w.delete_adapter(name)
+        for slot in self.tuner_slot_names:
+            if name in getattr(self, slot):
+                del getattr(self, slot)[name]
+        del self.peft_config[name]
+        if self.active_adapter == name:
+            remaining = sorted(self.peft_config)
+            self.active_adapter = None
+            if remaining:
+                self.set_adapter(remaining[0])
+
+    def set_adapters_disabled(self, disabled: bool) -> None:
+        for m in [*self.tuner_layers(), *self.saved_modules()]:
+            m.disable_adapters = disabled
+
+    def enable_adapter_layers(self) -> None:
+        """Route through the active adapter again (after disable_adapter_layers)."""
+        self.set_adapters_disabled(False)
+
+    def disable_adapter_layers(self) -> None:
+        """Compute the base model's output; the adapters stay in place, untouched."""
+        self.set_adapters_disabled(True)
+
+    # ---- merging -----------------------------------------------------------------------------------
+    def _check_mergeable(self, what: str) -> None:
+        if not self.mergeable:
+            raise TypeError(f"{what}: {self.peft_type} adapters cannot be merged into the base weights (the method "
+                            "adds computation no weight change reproduces); keep the PeftModel for inference, or "
+                            "use unload() to get the base model back without the adapters")
+
+    def merge(self) -> None:
+        """Fold the active adapter into the base weights of every layer that holds it."""
+        self._check_mergeable("merge_adapter()")
+        for m in self.tuner_layers():
+            if m.active_adapter is not None and not m.merged:
+                m.merge(m.active_adapter)
+
+    def unmerge(self) -> None:
+        self._check_mergeable("unmerge_adapter()")
+        layers = [m for m in self.tuner_layers() if m.merged]
+        if not layers:
+            raise RuntimeError("unmerge_adapter(): no adapter is merged")
+        for m in layers:
+            m.unmerge()
+
+    def merge_and_unload(self) -> Module:
+        """Fold the active adapter into the base weights (unless already merged); put the plain modules back."""
+        self._check_mergeable("merge_and_unload()")
+        self.merge()
+        return self._unwrap(keep_saved_copy=True)
+
+    def unload(self) -> Module:
+        """Remove every adapter without merging: the base model as it was."""
+        if self.merged:
+            self.unmerge()
+        return self._unwrap(keep_saved_copy=False)
+
+    def _unwrap(self, keep_saved_copy: bool) -> Module:
+        for path, m in list(self.model.named_modules()):
+            if isinstance(m, BaseTunerLayer):
+                self.model.set_submodule(path, m.get_base_layer())
+            elif isinstance(m, ModulesToSaveWrapper):
+                copy = m.modules_to_save[m.active_adapter] if keep_saved_copy and m.active_adapter else None
+                self.model.set_submodule(path, copy or m.original_module)
+        return self.model
+
+    # ---- running the model -------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def hidden_states(self, *args, **kwargs):
+        return self.model.hidden_states(*args, **kwargs)
+
+    def head(self, h):
+        return self.model.head(h)

@@ -1,0 +1,99 @@
+"""`LoraConfig`, named and shaped like Hugging Face PEFT's, saved as adapter_config.json."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from minipeft.peft.config import ConfigError, PeftConfig
+from minipeft.peft.tuners.targets import pattern_key
+
+
+@dataclass
+class LoraConfig(PeftConfig):
+    """LoRA: W = W0 + (lora_alpha / r) * B A on every targeted Linear (Hu et al., 2021)."""
+
+    PEFT_TYPE: ClassVar[str] = "LORA"
+    UNSUPPORTED_FIELDS: ClassVar[dict[str, tuple]] = {
+        "use_dora": (False,), "fan_in_fan_out": (False,), "lora_bias": (False,), "use_qalora": (False,),
+        "loftq_config": ({}, None), "megatron_config": (None,), "layer_replication": (None,),
+        "layers_pattern": (None, "blocks", ["blocks"], []), "exclude_modules": (None, []),
+        "trainable_token_indices": (None,), "eva_config": (None,), "corda_config": (None,),
+        "target_parameters": (None, []), "alora_invocation_tokens": (None,), "arrow_config": (None,),
+        "ensure_weight_tying": (False,), "megatron_core": ("megatron.core", None), "qalora_group_size": (16, None),
+    }
+
+    r: int = 8                                       # rank of the update B A
+    lora_alpha: float = 8                            # scale numerator: s = lora_alpha / r
+    lora_dropout: float = 0.0                        # dropout on the adapter's input only
+    target_modules: list[str] | str | None = None    # names ("q_proj"), one regex over module paths, or "all-linear"
+    bias: str = "none"                               # "none" | "all" | "lora_only": which biases train
+    use_rslora: bool = False                         # s = lora_alpha / sqrt(r) (rank-stabilized LoRA)
+    init_lora_weights: bool | str = True             # True: A kaiming-uniform, B=0; "gaussian"; False: B random
+    layers_to_transform: list[int] | int | None = None  # only these block indices (None: all)
+    modules_to_save: list[str] | None = None         # extra modules trained in full and saved (copied)
+    rank_pattern: dict[str, int] = field(default_factory=dict)      # module regex -> r there (HF's meaning)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)   # module regex -> lora_alpha there
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ConfigError(f"LoraConfig.r must be an int >= 1, got {self.r!r}")
+        if not self.lora_alpha > 0:
+            raise ConfigError(f"LoraConfig.lora_alpha must be > 0, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"LoraConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise ConfigError(f"LoraConfig.bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
+        if self.init_lora_weights not in (True, False, "gaussian"):
+            raise ConfigError(f"LoraConfig.init_lora_weights must be True, False or 'gaussian', "
+                              f"got {self.init_lora_weights!r}")
+        if self.target_modules is None:
+            self.target_modules = ["q_proj", "v_proj"]   # the original paper's choice
+        if isinstance(self.target_modules, str):
+            _check_regex("target_modules", self.target_modules)
+        else:
+            self.target_modules = list(self.target_modules)
+            if not self.target_modules:
+                raise ConfigError("LoraConfig.target_modules is empty; name at least one module, e.g. ['q_proj']")
+        if isinstance(self.layers_to_transform, int):
+            self.layers_to_transform = [self.layers_to_transform]
+        for name, pattern, ok, allowed in (("rank_pattern", self.rank_pattern, _is_rank, "ints >= 1"),
+                                           ("alpha_pattern", self.alpha_pattern, _is_alpha, "numbers > 0")):
+            if not isinstance(pattern, dict):
+                raise ConfigError(f"LoraConfig.{name} must be a dict {{module regex: value}}, got {pattern!r}")
+            for key, value in pattern.items():
+                _check_regex(f"{name} key", key)
+                if not ok(value):
+                    raise ConfigError(f"LoraConfig.{name}[{key!r}] = {value!r}; values must be {allowed}")
+
+    @property
+    def scaling(self) -> float:
+        """s = alpha / r, or alpha / sqrt(r) with use_rslora (the default rank and alpha)."""
+        return self.lora_alpha / (self.r**0.5 if self.use_rslora else self.r)
+
+    def rank_for(self, path: str) -> int:
+        """The rank at module `path`: rank_pattern's first matching key, else r (Hugging Face's rule)."""
+        key = pattern_key(self.rank_pattern, path)
+        return self.r if key is None else self.rank_pattern[key]
+
+    def alpha_for(self, path: str) -> float:
+        """lora_alpha at module `path`: alpha_pattern's first matching key, else lora_alpha."""
+        key = pattern_key(self.alpha_pattern, path)
+        return self.lora_alpha if key is None else self.alpha_pattern[key]
+
+
+def _is_rank(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _is_alpha(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+def _check_regex(what: str, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError) as e:
+        raise ConfigError(f"LoraConfig.{what} {pattern!r} is not a valid regex: {e}") from e

@@ -1,0 +1,50 @@
+"""`LoraModel`: LoRA on the tuner contract: wrap each targeted Linear in a `LoraLinear`, and LoRA's `bias` option."""
+
+from __future__ import annotations
+
+from minipeft.nn.layers import Linear
+from minipeft.nn.module import Module
+from minipeft.peft.tuners.base import BaseTuner
+from minipeft.peft.tuners.lora.config import LoraConfig
+from minipeft.peft.tuners.lora.layer import LoraLinear
+
+
+class LoraModel(BaseTuner):
+    """The user's model with LoRA adapters on the Linear layers `target_modules` names."""
+
+    layer_classes = (LoraLinear,)
+    target_types = (Linear,)
+    mergeable = True
+
+    def _create_and_replace(self, config: LoraConfig, adapter_name: str, target: Module, path: str) -> None:
+        """Wrap the Linear at `path` (or reuse its wrapper) and add the adapter, with rank_pattern/alpha_pattern."""
+        if not isinstance(target, LoraLinear):
+            target = LoraLinear(target)
+            self.model.set_submodule(path, target)
+        target.update_layer(adapter_name, config.rank_for(path), config.alpha_for(path), config.lora_dropout,
+                            config.init_lora_weights, config.use_rslora)
+
+    def _trained_biases(self, config: LoraConfig) -> list[str]:
+        """bias="all": every base bias; "lora_only": the biases of the wrapped Linears; "none": none."""
+        if config.bias == "none":
+            return []
+        slots = self.adapter_slot_names()
+        names = []
+        for name, _ in self.named_parameters():
+            dotted = f".{name}."
+            if not name.endswith(".bias") or ".original_module." in dotted or any(f".{s}." in dotted for s in slots):
+                continue
+            if config.bias == "all" or name.endswith(".base_layer.bias"):
+                names.append(name)
+        return names
+
+    def _mark_extra_trainable(self, adapter_name: str, config: LoraConfig) -> None:
+        params = dict(self.named_parameters())
+        for name in self._trained_biases(config):
+            params[name].requires_grad = True
+
+    def _extra_saved_parameters(self, adapter_name: str, config: LoraConfig) -> list[str]:
+        return self._trained_biases(config)
+
+    def lora_layers(self) -> list[LoraLinear]:
+        return [m for m in self.tuner_layers() if isinstance(m, LoraLinear)]

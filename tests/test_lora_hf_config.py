@@ -1,0 +1,149 @@
+"""Spec of Hugging Face adapter configs: rank_pattern and alpha_pattern with HF's meaning, "all-linear", and
+every option we do not implement refused by name (never ignored, never blamed on the base model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from lora_helpers import batch, build_gpt, logits, seeded
+from safetensors.numpy import save_file
+
+from minipeft import to_numpy
+from minipeft.peft import AdapterError, ConfigError, LoraConfig, LoraLinear, PeftModel, get_peft_model
+
+C = 16  # the test GPT's width
+
+# adapter_config.json as Hugging Face PEFT (0.13+) writes it for a LoRA on q_proj and v_proj
+HF_CONFIG = {
+    "alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": "minipeft-test", "bias": "none",
+    "eva_config": None, "exclude_modules": None, "fan_in_fan_out": False, "inference_mode": True,
+    "init_lora_weights": True, "layer_replication": None, "layers_pattern": None, "layers_to_transform": None,
+    "loftq_config": {}, "lora_alpha": 8, "lora_bias": False, "lora_dropout": 0.05, "megatron_config": None,
+    "megatron_core": "megatron.core", "modules_to_save": None, "peft_type": "LORA", "r": 2, "rank_pattern": {},
+    "revision": None, "target_modules": ["v_proj", "q_proj"], "task_type": "CAUSAL_LM", "use_dora": False,
+    "use_rslora": False,
+}
+
+
+@pytest.fixture(autouse=True)
+def _own_generator():
+    with seeded(77):
+        yield
+
+
+def write_hf_adapter(d, config: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """An adapter folder as Hugging Face PEFT saves it (its key names, no fingerprint); returns the arrays."""
+    rng = np.random.default_rng(seed)
+    ranks = {"q_proj": config["r"], "v_proj": config["rank_pattern"].get("v_proj", config["r"])}
+    arrays = {}
+    for i in range(2):
+        for name, r in ranks.items():
+            key = f"base_model.model.blocks.{i}.attn.{name}"
+            arrays[f"{key}.lora_A.weight"] = rng.normal(0, 0.3, (r, C)).astype(np.float32)
+            arrays[f"{key}.lora_B.weight"] = rng.normal(0, 0.3, (C, r)).astype(np.float32)
+    d.mkdir(exist_ok=True)
+    (d / "adapter_config.json").write_text(json.dumps(config))
+    save_file(arrays, str(d / "adapter_model.safetensors"))
+    return arrays
+
+
+def delta(arrays, layer: int, name: str, scale: float) -> np.ndarray:
+    key = f"base_model.model.blocks.{layer}.attn.{name}"
+    return scale * arrays[f"{key}.lora_B.weight"].astype(np.float64) @ arrays[f"{key}.lora_A.weight"]
+
+
+def test_hf_adapter_with_alpha_pattern_gives_the_equations_output(tmp_path):
+    """alpha_pattern={"v_proj": 32}: v_proj scales by 32/r, q_proj by lora_alpha/r; the merged weights say so."""
+    cfg = {**HF_CONFIG, "alpha_pattern": {"v_proj": 32}}
+    arrays = write_hf_adapter(tmp_path, cfg)
+    peft = PeftModel.from_pretrained(build_gpt(0), str(tmp_path))
+    attn = peft.get_base_model().blocks[1].attn
+    assert attn.v_proj.scaling["default"] == 32 / 2 and attn.q_proj.scaling["default"] == 8 / 2
+    base = build_gpt(0)
+    plain = peft.merge_and_unload()
+    for i in range(2):
+        for name, s in (("q_proj", 4.0), ("v_proj", 16.0)):
+            W = to_numpy(getattr(plain.blocks[i].attn, name).weight.data).astype(np.float64)
+            W0 = to_numpy(getattr(base.blocks[i].attn, name).weight.data).astype(np.float64)
+            np.testing.assert_allclose(W - W0, delta(arrays, i, name, s), rtol=1e-5, atol=1e-6)  # float32 rounding
+
+
+def test_hf_adapter_with_rank_pattern_loads_each_layer_at_its_rank(tmp_path):
+    cfg = {**HF_CONFIG, "rank_pattern": {"v_proj": 4}}
+    write_hf_adapter(tmp_path, cfg)
+    peft = PeftModel.from_pretrained(build_gpt(0), str(tmp_path))
+    attn = peft.get_base_model().blocks[0].attn
+    assert attn.v_proj.lora_A["default"].weight.shape == (4, C) and attn.q_proj.lora_A["default"].weight.shape == (2, C)
+    assert attn.v_proj.scaling["default"] == 8 / 4   # alpha / the pattern's rank
+
+
+@pytest.mark.parametrize("pattern, ranks", [
+    ({"v_proj": 4}, {"blocks.0.attn.v_proj": 4, "blocks.1.attn.v_proj": 4, "blocks.0.attn.q_proj": 2}),
+    ({"blocks.1.attn.v_proj": 5}, {"blocks.0.attn.v_proj": 2, "blocks.1.attn.v_proj": 5}),
+    ({"attn.q_proj": 3}, {"blocks.0.attn.q_proj": 3, "blocks.0.attn.v_proj": 2}),
+    ({"_proj": 6}, {"blocks.0.attn.q_proj": 2, "blocks.1.attn.v_proj": 2}),   # a key matches at a dot only
+    ({r"blocks\.[01]\.attn\.v_proj": 3, "v_proj": 7}, {"blocks.0.attn.v_proj": 3}),  # the first match wins
+])
+def test_rank_pattern_keys_are_regexes_matched_at_a_dot_boundary(pattern, ranks):
+    peft = get_peft_model(build_gpt(0), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], rank_pattern=pattern))
+    for path, r in ranks.items():
+        layer = peft.get_base_model().get_submodule(path)
+        assert layer.lora_A["default"].weight.shape == (r, C), path
+        assert layer.lora_B["default"].weight.shape == (C, r), path
+
+
+def test_rank_and_alpha_patterns_round_trip_through_our_files(tmp_path):
+    ids, _ = batch(5)
+    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 3},
+                     alpha_pattern={"blocks.0.attn.q_proj": 10}, init_lora_weights=False)
+    peft = get_peft_model(build_gpt(0), cfg)
+    peft.save_pretrained(str(tmp_path))
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["rank_pattern"] == {"v_proj": 3} and saved["alpha_pattern"] == {"blocks.0.attn.q_proj": 10}
+    loaded = PeftModel.from_pretrained(build_gpt(0), str(tmp_path))
+    np.testing.assert_array_equal(logits(loaded, ids), logits(peft, ids))
+    assert loaded.get_base_model().blocks[0].attn.q_proj.scaling["default"] == 10 / 2
+
+
+@pytest.mark.parametrize("field, value", [
+    ("use_dora", True), ("fan_in_fan_out", True), ("lora_bias", True), ("layer_replication", [[0, 1]]),
+    ("loftq_config", {"loftq_bits": 4}), ("layers_pattern", "h"), ("exclude_modules", ["q_proj"]),
+    ("made_up_option", 1),
+])
+def test_an_option_we_do_not_implement_is_refused_by_name(tmp_path, field, value):
+    write_hf_adapter(tmp_path, {**HF_CONFIG, field: value})
+    base = build_gpt(0)
+    with pytest.raises(AdapterError, match=field) as e:
+        PeftModel.from_pretrained(base, str(tmp_path))
+    assert "base model" not in str(e.value) and "fingerprint" not in str(e.value)
+    assert not any(isinstance(m, LoraLinear) for _, m in base.named_modules())
+    with pytest.raises(ConfigError, match=field):
+        LoraConfig.from_dict({**HF_CONFIG, field: value})
+
+
+def test_every_option_at_its_off_value_loads(tmp_path):
+    ids, _ = batch(6)
+    arrays = write_hf_adapter(tmp_path, HF_CONFIG)
+    peft = PeftModel.from_pretrained(build_gpt(0), str(tmp_path))
+    assert peft.peft_config["default"].lora_dropout == 0.05
+    assert np.abs(logits(peft, ids) - logits(build_gpt(0), ids)).max() > 1e-3
+    assert len(arrays) == len(peft.base_model.adapter_state_keys("default"))
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"rank_pattern": {"v_proj": 0}}, "rank_pattern"), ({"rank_pattern": {"v_proj": 2.5}}, "rank_pattern"),
+    ({"alpha_pattern": {"v_proj": -1}}, "alpha_pattern"), ({"rank_pattern": {"(": 2}}, "rank_pattern"),
+    ({"rank_pattern": [("v_proj", 2)]}, "rank_pattern"), ({"task_type": "SEQ_CLS"}, "task_type"),
+])
+def test_bad_pattern_values_name_the_field(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        LoraConfig(**kwargs)
+
+
+def test_all_linear_targets_every_linear_but_the_output_layer():
+    peft = get_peft_model(build_gpt(0, tie_embeddings=False), LoraConfig(r=2, target_modules="all-linear"))
+    wrapped = {p.split(".", 2)[-1] for p, m in peft.named_modules() if isinstance(m, LoraLinear)}
+    per_block = {"attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.fc1", "mlp.fc2"}
+    assert wrapped == {f"blocks.{i}.{n}" for i in range(2) for n in per_block}
