@@ -15,23 +15,26 @@ def home(tmp_path_factory):
     return tmp_path_factory.mktemp("minipeft_home")
 
 
-def run_tutorial(path: Path, home: Path, monkeypatch, capsys) -> str:
+def run_tutorial(path: Path, home: Path, monkeypatch, capsys) -> tuple[str, object]:
+    """Run `main(["--quick"])` of a tutorial; returns what it printed and what main returned."""
     monkeypatch.setenv("MINIPEFT_HOME", str(home))
     spec = importlib.util.spec_from_file_location(f"tutorial_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--quick"])
-    return capsys.readouterr().out
+    result = module.main(["--quick"])
+    return capsys.readouterr().out, result
 
 
 def test_there_are_tutorials():
-    assert [p.name[:2] for p in TUTORIALS][:5] == ["01", "02", "03", "04", "05"]
+    assert [p.name[:2] for p in TUTORIALS][:6] == ["00", "01", "02", "03", "04", "05"]
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_tutorial_runs_quick(path, home, monkeypatch, capsys, keep_rng):
-    out = run_tutorial(path, home, monkeypatch, capsys)
+    out, _ = run_tutorial(path, home, monkeypatch, capsys)
     expected = {
+        "00": ["analytic (backward)", "finite difference", "max |hand - AdamW|",
+               "frozen weights with a gradient (biases only): 0 of", "dW matmuls skipped"],
         "01": ["validation loss", "zero-shot scores", "dialogsum", "sentiment"],
         "02": ["4,608", "0.859", "max |merged - unmerged|"],
         "03": ["trainable params:", "LoRA r=8", "full fine-tuning", "ROUGE-L"],
@@ -40,3 +43,18 @@ def test_tutorial_runs_quick(path, home, monkeypatch, capsys, keep_rng):
     }.get(path.name[:2], [])
     for text in expected:
         assert text in out, f"{path.name} --quick did not print {text!r}"
+
+
+def test_autograd_by_hand_evidence(home, monkeypatch, capsys, keep_rng):
+    """Tutorial 00's numbers in --quick mode: gradients match, AdamW by hand is AdamW, freezing drops every dW."""
+    _, r = run_tutorial(next(p for p in TUTORIALS if p.name.startswith("00_")), home, monkeypatch, capsys)
+    assert r["ln_err"] < 1e-7 and r["gpt_err"] < 1e-5       # float64 central differences
+    assert r["last"] < r["first"] - 0.3                     # the hand-written AdamW really trains
+    assert r["ulps"] <= 4                                   # same update as minipeft.optim.AdamW up to float32 rounding
+    full, bitfit = r["rows"]["all trainable"], r["rows"]["biases only (BitFit)"]
+    assert full["dW"] == 6 * r["n_layer"] + 1               # q, k, v, out, fc1, fc2 per block + the tied LM head
+    assert bitfit["dW"] == 0 and r["frozen_with_grad"] == 0
+    assert bitfit["fwd"] == full["fwd"] and bitfit["bwd"] == full["bwd"] - full["dW"]  # only the dW products go
+    assert 0.2 < r["saved"] < 0.45                          # about a third of the step's matmul FLOPs
+    last = r["rows"]["last block + ln_f"]
+    assert last["bwd_flops"] < bitfit["bwd_flops"]          # frozen lower layers also skip their dx products
