@@ -30,6 +30,7 @@ import numpy as np
 
 import minipeft as mp
 from minipeft import backend, ops
+from minipeft.loss import causal_lm_loss
 from minipeft.memory import PeakMemory, format_bytes
 from minipeft.nn import GPT, GPTConfig
 from minipeft.optim import AdamW
@@ -83,7 +84,7 @@ def first_step_peak(variant: str, preset: str, overrides: dict, x, y) -> int:
 
 
 def step(model, opt, x, y) -> None:
-    _, loss = model(x, y, return_logits=False)  # as minipeft.train does: the head runs where targets exist
+    loss = causal_lm_loss(model, x, y)  # as minipeft.train does: the head runs where targets exist
     loss.backward()
     opt.step()
     opt.zero_grad()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -12,11 +11,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from minipeft import backend
-from minipeft.autograd import no_grad
+from minipeft.autograd import Tensor, no_grad
+from minipeft.loss import IGNORE_INDEX, causal_lm_loss
 from minipeft.memory import PeakMemory
 from minipeft.optim import Optimizer, clip_grad_norm_
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -78,14 +76,6 @@ def _batch_source(batches, steps: int) -> Callable[[int], Batch]:
     return next_batch
 
 
-def _loss_fn(model) -> Callable:
-    """(x, y) -> loss; a GPT (also inside a PeftModel) is asked for the loss only: its head skips untargeted rows."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if "return_logits" in inspect.signature(core.forward).parameters:
-        return lambda x, y: model(x, y, return_logits=False)[1]
-    return lambda x, y: model(x, y)[1]
-
-
 def _nonfinite(what: str, value: float, step: int, lr: float) -> FloatingPointError:
     return FloatingPointError(
         f"step {step}: {what} is {value} (not finite); the parameters were not updated at this step. "
@@ -109,7 +99,7 @@ def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: in
           schedule: Callable[[int], float] | None = None, grad_clip: float | None = 1.0,
           eval_fn: Callable[[Any], dict] | None = None, eval_every: int = 0, log_every: int = 10,
           progress: bool = True, seed: int | None = None, measure_memory: bool = False,
-          desc: str = "train") -> TrainResult:
+          desc: str = "train", loss_fn: Callable[[Any, Any, Any], Tensor] = causal_lm_loss) -> TrainResult:
     """Train `model` for `steps` optimizer steps and return what was measured.
 
     batches: a function step -> batch, or an iterable of batches; a batch is a dict with 'input_ids'
@@ -118,6 +108,8 @@ def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: in
     eval_fn: model -> dict of metrics, run under no_grad in eval mode every eval_every steps and at the
     end (only at the end when eval_every=0). log_every: refresh the progress bar's loss every this many
     steps; with progress=False print a line every this many steps instead (0: silent).
+    loss_fn: (model, x, y) -> scalar loss Tensor; the default, minipeft.loss.causal_lm_loss, is the mean
+    next-token cross-entropy over targets != -100, with the LM head run only where a target exists.
     seed: reseed minipeft's generator first (dropout), so two runs from equal weights match bit for bit.
     A non-finite loss or gradient norm raises FloatingPointError before the parameters are touched.
     """
@@ -127,12 +119,13 @@ def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: in
         raise ValueError(f"grad_clip must be > 0 or None (no clipping), got {grad_clip!r}")
     if eval_every < 0 or log_every < 0:
         raise ValueError(f"eval_every and log_every must be >= 0, got {eval_every}, {log_every}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a function (model, x, y) -> loss, got {type(loss_fn).__name__}")
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a minipeft.optim optimizer, got {type(optimizer).__name__}")
     if seed is not None:
         backend.manual_seed(seed)
     get_batch = _batch_source(batches, steps)
-    loss_of = _loss_fn(model)
     params = optimizer.params()
     result = TrainResult()
     model.train()
@@ -147,7 +140,7 @@ def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: in
             if schedule is not None:
                 optimizer.lr = schedule(step)
             x, y = _unpack(get_batch(step), step)
-            loss = loss_of(x, y)
+            loss = loss_fn(model, x, y)
             loss_value = float(loss.item())
             if not math.isfinite(loss_value):
                 optimizer.zero_grad()

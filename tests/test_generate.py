@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import minipeft
-from minipeft import backend
+from minipeft import backend, ops
 from minipeft.generate import generate, generate_text
-from minipeft.nn import GPT, GPTConfig
+from minipeft.nn import GPT, GPTConfig, Module, Parameter
 from minipeft.optim import AdamW
 from minipeft.train import train
 
@@ -157,3 +157,67 @@ def test_generates_through_a_peft_model_with_and_without_cache(keep_rng):
     adapted = generate(peft, PROMPT, 10)
     assert adapted == generate(peft, PROMPT, 10, use_cache=False)
     assert adapted != plain  # the adapter (B random) changes the model, so this is not the base talking
+
+
+# ---- soft prompts: how a prefix- or prompt-tuning tuner drives the model, with and without the cache ---------
+class _PrefixTuned(Module):
+    """A prefix-tuning tuner in miniature: per-layer (k, v) prefixes, passed only on a call that starts a sequence
+    (no cache, or an empty one); after that the cache already holds them."""
+
+    def __init__(self, model: GPT, P: int, seed: int):
+        self.model = model
+        cfg = model.config
+        rng = np.random.default_rng(seed)
+        # std 10: keys this large draw attention away from the memorized tokens (std 1 leaves greedy output as is)
+        self.prefix = Parameter(rng.standard_normal((cfg.n_layer, 2, P, cfg.d_model)) * 10.0)   # (L, k/v, P, C)
+
+    def get_base_model(self) -> GPT:
+        return self.model
+
+    def forward(self, ids=None, targets=None, *, kv_cache=None, **kwargs):
+        prefix = None
+        if kv_cache is None or kv_cache.empty:
+            prefix = [(ops.getitem(self.prefix, (i, 0)), ops.getitem(self.prefix, (i, 1)))
+                      for i in range(self.model.config.n_layer)]
+        return self.model(ids, targets, prefix_kv=prefix, kv_cache=kv_cache, **kwargs)
+
+
+class _PromptTuned(Module):
+    """A prompt-tuning tuner in miniature: n virtual token embeddings in front of the first call's tokens; the
+    logits of the virtual positions are dropped, so logits line up with ids."""
+
+    def __init__(self, model: GPT, n: int, seed: int):
+        self.model, self.n = model, n
+        rng = np.random.default_rng(seed)
+        self.prompt = Parameter(rng.standard_normal((n, model.config.d_model)))          # (n, C)
+
+    def get_base_model(self) -> GPT:
+        return self.model
+
+    def forward(self, ids, *, kv_cache=None):
+        if kv_cache is not None and not kv_cache.empty:
+            return self.model(ids, kv_cache=kv_cache)                                     # the prompt is cached
+        tokens = self.model.wte(ids)                                                      # (B, T, C)
+        virtual = ops.broadcast_to(self.prompt, (tokens.shape[0], self.n, tokens.shape[2]))
+        logits, _ = self.model(inputs_embeds=ops.concat([virtual, tokens], axis=1), kv_cache=kv_cache)
+        return ops.getitem(logits, (slice(None), slice(self.n, None))), None
+
+
+@pytest.mark.parametrize("tuner", [_PrefixTuned, _PromptTuned])
+def test_a_soft_prompt_generates_the_same_tokens_with_and_without_the_cache(model, tuner):
+    tuned = tuner(model, 3, seed=1)
+    out = generate(tuned, PROMPT, 9)
+    assert out == generate(tuned, PROMPT, 9, use_cache=False)
+    assert out != generate(model, PROMPT, 9)            # the soft prompt changes the continuation
+    sampled = dict(temperature=2.0, top_k=8, seed=4)
+    assert generate(tuned, PROMPT, 9, **sampled) == generate(tuned, PROMPT, 9, use_cache=False, **sampled)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_virtual_tokens_count_against_the_context_in_generation_and_a_prefix_does_not(model, use_cache):
+    # 4 prompt + 12 new = 16 = the context; the last new token is never fed back, so 15 positions are run:
+    # room for one virtual token but not two, while a prefix of any length takes no positions
+    assert len(generate(_PrefixTuned(model, 5, seed=2), PROMPT, 12, use_cache=use_cache)) == 12
+    assert len(generate(_PromptTuned(model, 1, seed=2), PROMPT, 12, use_cache=use_cache)) == 12
+    with pytest.raises(ValueError, match="sequence of 17 .*exceeds the context length 16"):
+        generate(_PromptTuned(model, 2, seed=2), PROMPT, 12, use_cache=use_cache)

@@ -14,6 +14,7 @@ from strategies import token_ids
 
 import minipeft
 from minipeft import backend, no_grad, ops, to_numpy
+from minipeft.loss import causal_lm_loss
 from minipeft.nn import GPT, PRESETS, GPTConfig, Linear
 
 V, CTX, C, L, F = 64, 16, 16, 2, 32   # the "test" preset
@@ -356,25 +357,29 @@ def test_frozen_linear_weights_cost_no_weight_gradient_matmul():
     assert model.wte.weight.grad is not None
 
 
-def test_loss_only_forward_equals_the_full_loss_and_its_gradients(float64):
-    """return_logits=False runs the head only where a target exists; loss and every gradient are unchanged.
+def test_causal_lm_loss_equals_the_full_loss_and_its_gradients_and_heads_only_target_rows(float64):
+    """causal_lm_loss runs the head only where a target exists; loss and every gradient are unchanged.
 
     float64: the two paths sum the same terms in a different order, so they agree to rounding (~1e-15).
     """
     model = build_gpt(0).to(np.float64)
     rng = np.random.default_rng(1)
-    ids = rng.integers(0, model.config.vocab_size, size=(3, 10))
-    targets = rng.integers(0, model.config.vocab_size, size=(3, 10))
+    ids = rng.integers(0, V, size=(3, 10))
+    targets = rng.integers(0, V, size=(3, 10))
     targets[:, :6] = -100          # a prompt: no loss there
     targets[1, :] = -100           # a row with no target at all
-    grads = []
-    for return_logits in (True, False):
+    n_targets = 2 * 4
+    results = []
+    for loss_of in (lambda: model(ids, targets)[1], lambda: causal_lm_loss(model, ids, targets)):
         model.zero_grad()
-        logits, loss = model(ids, targets, return_logits=return_logits)
-        assert (logits is None) != return_logits
+        with ops.record_matmuls() as log:
+            loss = loss_of()
         loss.backward()
-        grads.append((loss.item(), {n: to_numpy(p.grad) for n, p in model.named_parameters()}))
-    (l_full, g_full), (l_kept, g_kept) = grads
+        results.append((loss.item(), {n: to_numpy(p.grad) for n, p in model.named_parameters()}, log))
+    (l_full, g_full, log_full), (l_kept, g_kept, log_kept) = results
     assert abs(l_full - l_kept) <= 1e-12 * abs(l_full)
     for name, g in g_full.items():
         np.testing.assert_allclose(g_kept[name], g, rtol=1e-9, atol=1e-12, err_msg=name)
+    # the forward's head product (rows, C) @ (C, V): every position for the full loss, only target rows here
+    assert [a for a, b in log_full if b == (C, V)] == [(3 * 10, C)]
+    assert [a for a, b in log_kept if b == (C, V)] == [(n_targets, C)]

@@ -76,11 +76,39 @@ class _Overflow(Module):
 
 
 def test_infinite_gradient_norm_raises_before_the_update():
-    model = _Overflow()
+    model = _Overflow()                                 # not a GPT: its loss comes through loss_fn
     with pytest.raises(FloatingPointError, match="step 0: the gradient norm is inf"):
         train(model, lambda s: (np.zeros((1, 1), int), np.zeros((1, 1), int)), steps=2,
-              optimizer=SGD(model.parameters(), lr=0.1), **QUIET)
+              optimizer=SGD(model.parameters(), lr=0.1), loss_fn=lambda m, x, y: m(x, y)[1], **QUIET)
     assert np.all(model.w.data == np.float32(1e-30))
+
+
+def test_loss_fn_is_called_with_model_x_y_and_its_loss_is_trained(keep_rng):
+    model = _model()
+    x, y = _batch()
+    calls = []
+
+    def loss_fn(m, xb, yb):
+        calls.append((m, xb.shape, yb.shape))
+        return m(xb, yb)[1] * 0.0                       # a zero loss: nothing may change
+    before = {n: p.data.copy() for n, p in model.named_parameters()}
+    res = train(model, lambda s: (x, y), steps=3, optimizer=SGD(model.parameters(), lr=1.0), loss_fn=loss_fn,
+                **QUIET)
+    assert calls == [(model, x.shape, y.shape)] * 3 and res.losses == [0.0] * 3
+    assert all(np.array_equal(p.data, before[n]) for n, p in model.named_parameters())
+    with pytest.raises(TypeError, match="loss_fn must be a function"):
+        train(model, lambda s: (x, y), steps=1, optimizer=SGD(model.parameters(), lr=0.1), loss_fn="ce", **QUIET)
+
+
+def test_targets_of_another_shape_or_all_ignored_raise_before_any_step(keep_rng):
+    # (8, 2) targets for (2, 8) ids hold as many numbers; they used to train silently on the wrong positions
+    model = _model()
+    x = np.zeros((2, 8), np.int64)
+    opt = SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"targets have shape \(8, 2\) but input_ids \(2, 8\)"):
+        train(model, lambda s: (x, np.zeros((8, 2), np.int64)), steps=1, optimizer=opt, **QUIET)
+    with pytest.raises(ValueError, match="every target is ignore_index=-100"):
+        train(model, lambda s: (x, np.full((2, 8), -100)), steps=1, optimizer=opt, **QUIET)
 
 
 def test_same_seed_gives_bit_identical_weights_and_the_seed_matters(keep_rng):

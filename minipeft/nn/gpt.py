@@ -67,15 +67,23 @@ PRESETS: dict[str, dict] = {
 
 
 class KVCache:
-    """Per-layer keys and values of the tokens seen so far, for incremental decoding."""
+    """Per-layer keys and values seen so far (Tensors, so a cached forward carries gradients).
+
+    k[i] and v[i] are (B, prefix_length + length, C): first a prefix (prefix_kv of the first call,
+    keys and values with no position), then one entry per real position. `length` is the number of
+    real positions, so the next token's position; the prefix does not count against the context.
+    """
 
     def __init__(self, n_layer: int):
-        self.k: list = [None] * n_layer
-        self.v: list = [None] * n_layer
+        self.k: list[Tensor | None] = [None] * n_layer     # per layer (B, prefix_length + length, C)
+        self.v: list[Tensor | None] = [None] * n_layer
+        self.prefix_length = 0                              # leading entries that came from prefix_kv
+        self.length = 0                                     # real token positions stored after the prefix
 
     @property
-    def length(self) -> int:
-        return 0 if self.k[0] is None else self.k[0].shape[1]
+    def empty(self) -> bool:
+        """True before the first forward: the only time prefix_kv may be passed with this cache."""
+        return self.k[0] is None
 
 
 class CausalSelfAttention(Module):
@@ -90,13 +98,19 @@ class CausalSelfAttention(Module):
         self.out_proj = Linear(cfg.d_model, cfg.d_model, bias=cfg.bias, std=out_std)
         self.dropout = Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, prefix=None) -> Tensor:
+        """prefix: None or (k, v), each (B, P, C), put in front of this layer's keys and values."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)        # (B, T, C) each
+        if prefix is not None:
+            # the op treats q as the LAST T of the P + T key positions: every query sees the whole
+            # prefix and the tokens up to itself
+            k = ops.concat([prefix[0], k], axis=1)                      # (B, P + T, C)
+            v = ops.concat([prefix[1], v], axis=1)
         if cache is not None:
             if cache.k[layer] is not None:
-                k = ops.concat([Tensor(cache.k[layer]), k], axis=1)     # (B, past + T, C)
-                v = ops.concat([Tensor(cache.v[layer]), v], axis=1)
-            cache.k[layer], cache.v[layer] = k.data, v.data
+                k = ops.concat([cache.k[layer], k], axis=1)             # (B, past + T, C)
+                v = ops.concat([cache.v[layer], v], axis=1)
+            cache.k[layer], cache.v[layer] = k, v
         y = ops.attention(q, k, v, n_head=self.n_head, causal=True)
         return self.dropout(self.out_proj(y))
 
@@ -111,8 +125,8 @@ class Block(Module):
         out_std = 0.02 / math.sqrt(2 * cfg.n_layer)
         self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.bias, std=0.02, out_std=out_std)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, prefix=None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, prefix)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -137,41 +151,109 @@ class GPT(Module):
         if ids.ndim != 2:
             raise ValueError(f"GPT: token ids must have shape (batch, time), got {ids.shape}; "
                              "use ids[None] for a single sequence")
-        T = ids.shape[1]
-        if past + T > self.config.context_length:
-            raise ValueError(f"GPT: sequence of {past + T} tokens exceeds the context length "
-                             f"{self.config.context_length}; truncate the input to at most "
-                             f"{self.config.context_length - past} tokens")
+        self._check_fits(ids.shape[1], past)
         return ids
+
+    def _check_fits(self, T: int, past: int, what: str = "tokens") -> None:
+        if past + T > self.config.context_length:
+            raise ValueError(f"GPT: sequence of {past + T} {what} exceeds the context length "
+                             f"{self.config.context_length}; truncate the input to at most "
+                             f"{self.config.context_length - past} {what}")
+
+    def _embed(self, ids, inputs_embeds, past: int) -> Tensor:
+        """Token embeddings (B, T, C): wte(ids), or inputs_embeds checked for shape and dtype."""
+        if (ids is None) == (inputs_embeds is None):
+            raise ValueError("GPT: pass exactly one of ids and inputs_embeds, got "
+                             f"{'both' if ids is not None else 'neither'}; inputs_embeds (B, T, C) replaces "
+                             "wte(ids), e.g. to put soft-prompt vectors in front of the tokens' embeddings")
+        if ids is not None:
+            return self.wte(self.check_input(ids, past))
+        C, dtype = self.config.d_model, self.wte.weight.dtype
+        if not isinstance(inputs_embeds, Tensor):
+            raise TypeError(f"GPT: inputs_embeds must be a Tensor, got {type(inputs_embeds).__name__}; "
+                            "wrap an array as minipeft.Tensor(array)")
+        if inputs_embeds.ndim != 3 or inputs_embeds.shape[2] != C:
+            raise ValueError(f"GPT: inputs_embeds must have shape (batch, time, d_model={C}), got "
+                             f"{inputs_embeds.shape}; use x[None] for a single sequence")
+        if inputs_embeds.dtype != dtype:
+            raise TypeError(f"GPT: inputs_embeds has dtype {inputs_embeds.dtype} but the model is {dtype}; "
+                            f"convert it (or the model with .to({dtype}))")
+        self._check_fits(inputs_embeds.shape[1], past, "positions (tokens and virtual tokens)")
+        return inputs_embeds
+
+    def _check_prefix(self, prefix_kv, B: int, cache: KVCache | None) -> list | None:
+        """prefix_kv as n_layer pairs (k, v) of shape (B, P, C); (P, C) is broadcast over the batch."""
+        if prefix_kv is None:
+            return None
+        L, C, dtype = self.config.n_layer, self.config.d_model, self.wte.weight.dtype
+        if cache is not None and not cache.empty:
+            raise ValueError("GPT: prefix_kv was passed with a KV cache that is not empty; the prefix enters the "
+                             "cache on the first call, so pass prefix_kv only while kv_cache.empty")
+        if not isinstance(prefix_kv, (list, tuple)) or len(prefix_kv) != L:
+            got = f"length {len(prefix_kv)}" if isinstance(prefix_kv, (list, tuple)) else type(prefix_kv).__name__
+            raise ValueError(f"GPT: prefix_kv must be a list of n_layer={L} pairs (k, v), one per layer, got {got}")
+        P, out = None, []
+        for i, pair in enumerate(prefix_kv):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ValueError(f"GPT: prefix_kv[{i}] must be a pair (k, v), got {type(pair).__name__}")
+            for name, t in zip("kv", pair, strict=True):
+                where = f"prefix_kv[{i}] {name}"
+                if not isinstance(t, Tensor):
+                    raise TypeError(f"GPT: {where} must be a Tensor, got {type(t).__name__}; wrap an array as "
+                                    "minipeft.Tensor(array)")
+                if t.ndim not in (2, 3) or t.shape[-1] != C or (t.ndim == 3 and t.shape[0] != B):
+                    raise ValueError(f"GPT: {where} has shape {t.shape}; it must be (P, d_model={C}), shared by "
+                                     f"the batch, or (batch={B}, P, {C})")
+                if t.dtype != dtype:
+                    raise TypeError(f"GPT: {where} has dtype {t.dtype} but the model is {dtype}; convert it")
+                if P is None:
+                    P = t.shape[-2]
+                if t.shape[-2] != P:
+                    raise ValueError(f"GPT: {where} has prefix length {t.shape[-2]} but prefix_kv[0] k has {P}; "
+                                     "every layer's k and v must have the same P")
+            out.append(tuple(t if t.ndim == 3 else ops.broadcast_to(t, (B, P, C)) for t in pair))
+        return out
 
     def new_kv_cache(self) -> KVCache:
         return KVCache(self.config.n_layer)
 
-    def forward(self, ids, targets=None, kv_cache: KVCache | None = None, ignore_index: int = -100,
-                return_logits: bool = True):
-        """Logits (B, T, vocab); with targets also the mean cross-entropy, else loss is None.
-
-        With targets and return_logits=False, the LM head runs only at positions that have a target
-        (logits come back as None): in fine-tuning most positions are prompt, so this skips most of
-        the (N, C) x (C, vocab) head product and its softmax, and the loss is the same.
-        """
+    def hidden_states(self, ids=None, *, inputs_embeds=None, prefix_kv=None, kv_cache: KVCache | None = None):
+        """The last hidden states ln_f(x), (B, T, C), of token ids or of inputs_embeds (see forward)."""
         past = 0 if kv_cache is None else kv_cache.length
-        ids = self.check_input(ids, past)
-        T = ids.shape[1]
-        pos = backend.xp().arange(past, past + T)
-        x = self.drop(self.wte(ids) + self.wpe(pos))                    # (B, T, C)
+        x = self._embed(ids, inputs_embeds, past)                       # (B, T, C)
+        B, T = x.shape[:2]
+        if kv_cache is not None and not kv_cache.empty and kv_cache.k[0].shape[0] != B:
+            raise ValueError(f"GPT: the KV cache holds a batch of {kv_cache.k[0].shape[0]} sequences but the "
+                             f"input has {B}; use one cache per batch (model.new_kv_cache())")
+        prefix = self._check_prefix(prefix_kv, B, kv_cache)
+        pos = backend.xp().arange(past, past + T)                      # the prefix takes no positions
+        x = self.drop(x + self.wpe(pos))                                # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, kv_cache, i)
-        x = self.ln_f(x)
-        head = self.wte.weight if self.lm_head is None else self.lm_head.weight
-        if targets is not None and not return_logits:
-            t = backend.xp().asarray(targets.data if isinstance(targets, Tensor) else targets).reshape(-1)
-            keep = backend.xp().flatnonzero(t != ignore_index)           # positions with a target
-            x = ops.reshape(x, (-1, x.shape[-1]))                         # (B*T, C)
-            if keep.size < t.size:
-                x, t = ops.getitem(x, keep), t[keep]                     # (n_targets, C)
-            return None, ops.cross_entropy(ops.linear(x, head), t, ignore_index=ignore_index)
-        logits = ops.linear(x, head)                                    # (B, T, vocab)
+            x = block(x, kv_cache, i, None if prefix is None else prefix[i])
+        if kv_cache is not None:
+            kv_cache.length += T
+            if prefix is not None:
+                kv_cache.prefix_length = prefix[0][0].shape[1]
+        return self.ln_f(x)
+
+    def head(self, h: Tensor) -> Tensor:
+        """The LM head: logits (..., vocab) = h @ wte^T (tied), or lm_head(h) as a module (so wrappers apply)."""
+        return ops.linear(h, self.wte.weight) if self.lm_head is None else self.lm_head(h)
+
+    def forward(self, ids=None, targets=None, *, inputs_embeds=None, prefix_kv=None,
+                kv_cache: KVCache | None = None, ignore_index: int = -100):
+        """(logits (B, T, vocab), loss): loss is the mean cross-entropy over targets != ignore_index, or None.
+
+        inputs_embeds (B, T, C) replaces wte(ids) (exactly one of the two); position embeddings are still
+        added, so virtual tokens (prompt tuning) take positions and count against context_length.
+        prefix_kv: n_layer pairs (k, v), each (B, P, C) or (P, C), put in front of each layer's keys and
+        values (prefix tuning); they take no positions, and every query sees the whole prefix.
+        kv_cache: keys and values of earlier calls are reused and this call's appended; a prefix enters
+        the cache on the first call (kv_cache.empty), so a tuner passes prefix_kv only then.
+        For training on target positions only, see minipeft.loss.causal_lm_loss.
+        """
+        h = self.hidden_states(ids, inputs_embeds=inputs_embeds, prefix_kv=prefix_kv, kv_cache=kv_cache)
+        logits = self.head(h)                                           # (B, T, vocab)
         loss = None if targets is None else ops.cross_entropy(logits, targets, ignore_index=ignore_index)
         return logits, loss
 
