@@ -1,9 +1,10 @@
 """Benchmark: GELU forward + backward with chunked passes, by chunk size, against whole-array passes.
 
-`minipeft.ops._util.CHUNK_ELEMENTS` sets how many elements an op's in-place passes cover before moving
-to the next chunk; this script times GELU on the MLP activation of the tutorials' model (a step's
-(8 x 256, 512) float32 array by default) for each chunk size and for one whole-array chunk, alternated
-(A B C ... A B C ...), and prints each as a ratio to the whole-array time (median of the per-round ratios).
+`minipeft.ops.fast._shared.CHUNK_ELEMENTS` sets how many elements a fast path's in-place passes cover
+before moving to the next chunk; this script times GELU's fast path (`ChunkedGELUFn`, whatever the fast-ops
+switch says) on the MLP activation of the tutorials' model (a step's (8 x 256, 512) float32 array by default)
+for each chunk size and for one whole-array chunk, alternated (A B C ... A B C ...), and prints each as a
+ratio to the whole-array time (median of the per-round ratios).
 
     python bench/bench_chunks.py
     python bench/bench_chunks.py --rows 2880 --rounds 60   # tutorial 03's fine-tuning shape
@@ -18,13 +19,14 @@ import time
 import numpy as np
 
 import minipeft as mp
-from minipeft import backend, ops
+from minipeft import backend
 from minipeft.autograd import Tensor
-from minipeft.ops import _util
+from minipeft.ops.fast import _shared
+from minipeft.ops.fast.gelu import ChunkedGELUFn
 
 
 def gelu_step(x: Tensor, dy) -> None:
-    y = ops.gelu(x)
+    y = ChunkedGELUFn.apply(x)
     y.backward(dy)
     x.grad = None
 
@@ -44,18 +46,18 @@ def main(argv=None) -> None:
     sizes = {"whole array": n, **{f"2^{k}": 1 << k for k in range(13, 19) if 1 << k < n}}
     print(f"machine: {backend.device_name()}; numpy {np.__version__}; device {mp.get_device()}; "
           f"GELU forward + backward on ({rows}, {args.cols}) float32")
-    saved = _util.CHUNK_ELEMENTS
+    saved = _shared.CHUNK_ELEMENTS
     times: dict[str, list[float]] = {k: [] for k in sizes}
     try:
         for r in range(rounds + 1):
             for name, size in sizes.items():
-                _util.CHUNK_ELEMENTS = size
+                _shared.CHUNK_ELEMENTS = size
                 t = time.perf_counter()
                 gelu_step(x, dy)
                 if r:  # round 0 is a warm-up
                     times[name].append(time.perf_counter() - t)
     finally:
-        _util.CHUNK_ELEMENTS = saved
+        _shared.CHUNK_ELEMENTS = saved
     base = np.array(times["whole array"])
     print(f"{'chunk elements':<16}{'ms':>8}{'ratio to whole':>16}")
     for name in sizes:

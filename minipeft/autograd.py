@@ -210,76 +210,93 @@ class Tensor:
                 node.ctx.saved = ()
                 node.freed = True
 
-    # ---- operator sugar (the ops live in minipeft.ops) ---------------------------------------
+    # ---- operator sugar: the ops live in minipeft.ops, which fills _TENSOR_OPS on import -----------
     def __add__(self, o):
-        return _ops().add(self, o)
+        return _op("add")(self, o)
 
     def __radd__(self, o):
-        return _ops().add(o, self)
+        return _op("add")(o, self)
 
     def __sub__(self, o):
-        return _ops().sub(self, o)
+        return _op("sub")(self, o)
 
     def __rsub__(self, o):
-        return _ops().sub(o, self)
+        return _op("sub")(o, self)
 
     def __mul__(self, o):
-        return _ops().mul(self, o)
+        return _op("mul")(self, o)
 
     def __rmul__(self, o):
-        return _ops().mul(o, self)
+        return _op("mul")(o, self)
 
     def __truediv__(self, o):
-        return _ops().div(self, o)
+        return _op("div")(self, o)
 
     def __rtruediv__(self, o):
-        return _ops().div(o, self)
+        return _op("div")(o, self)
 
     def __neg__(self):
-        return _ops().neg(self)
+        return _op("neg")(self)
 
     def __pow__(self, p):
-        return _ops().pow(self, p)
+        return _op("pow")(self, p)
 
     def __matmul__(self, o):
-        return _ops().matmul(self, o)
+        return _op("matmul")(self, o)
 
     def __getitem__(self, idx):
-        return _ops().getitem(self, idx)
+        return _op("getitem")(self, idx)
 
     def sum(self, axis=None, keepdims=False):
-        return _ops().sum(self, axis=axis, keepdims=keepdims)
+        return _op("sum")(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False):
-        return _ops().mean(self, axis=axis, keepdims=keepdims)
+        return _op("mean")(self, axis=axis, keepdims=keepdims)
 
     def reshape(self, *shape):
-        return _ops().reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape)
+        return _op("reshape")(self, shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape)
 
     def transpose(self, *axes):
-        return _ops().transpose(self, axes or None)
+        return _op("transpose")(self, axes or None)
 
     @property
     def T(self):
-        return _ops().transpose(self, None)
+        return _op("transpose")(self, None)
 
     def exp(self):
-        return _ops().exp(self)
+        return _op("exp")(self)
 
     def log(self):
-        return _ops().log(self)
+        return _op("log")(self)
 
     def tanh(self):
-        return _ops().tanh(self)
+        return _op("tanh")(self)
 
     def relu(self):
-        return _ops().relu(self)
+        return _op("relu")(self)
 
 
-def _ops():
-    from minipeft import ops  # noqa: PLC0415 (ops imports this module)
+# Tensor's operators (a + b, a @ b, a[i], a.sum(), ...) call the functional ops, which sit one layer up in
+# minipeft.ops. autograd does not import them (data flows down): minipeft.ops registers them here once.
+TENSOR_OPS = ("add", "sub", "mul", "div", "neg", "pow", "matmul", "getitem", "sum", "mean", "reshape", "transpose",
+              "exp", "log", "tanh", "relu")
+_TENSOR_OPS: dict[str, Any] = {}
 
-    return ops
+
+def register_tensor_ops(**fns) -> None:
+    """Give Tensor's operators their implementations, e.g. register_tensor_ops(add=ops.add, ...)."""
+    unknown = sorted(set(fns) - set(TENSOR_OPS))
+    if unknown:
+        raise ValueError(f"register_tensor_ops: {unknown} are not Tensor operators; known: {list(TENSOR_OPS)}")
+    _TENSOR_OPS.update(fns)
+
+
+def _op(name: str):
+    try:
+        return _TENSOR_OPS[name]
+    except KeyError:
+        raise RuntimeError(f"Tensor operator '{name}' has no implementation yet: `import minipeft` (or "
+                           "minipeft.ops) registers them") from None
 
 
 def _topological_order(root: Tensor) -> list[Tensor]:

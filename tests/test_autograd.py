@@ -305,3 +305,38 @@ def test_broken_backward_is_reported_by_name():
         _BadShape.apply(leaf([1.0, 2.0, 3.0])).backward()
     with pytest.raises(RuntimeError, match="_BadCount.backward returned 2 grads for 1 inputs"):
         _BadCount.apply(leaf([1.0])).sum().backward()
+
+
+# ---- layering: autograd sits below ops ---------------------------------------------------------
+def test_autograd_imports_without_the_ops():
+    """minipeft.autograd alone (the package's __init__ skipped) imports no op module; until minipeft.ops
+    registers them, Tensor's operators say so by name."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import minipeft
+
+    code = (
+        "import sys, types\n"
+        "pkg = types.ModuleType('minipeft'); pkg.__path__ = [sys.argv[1]]; sys.modules['minipeft'] = pkg\n"
+        "import minipeft.autograd as ag\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('minipeft.ops'))\n"
+        "assert not loaded, loaded\n"
+        "try:\n"
+        "    ag.Tensor([1.0]) + 1.0\n"
+        "except RuntimeError as e:\n"
+        "    assert \"Tensor operator 'add' has no implementation yet\" in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('+ worked without minipeft.ops')\n"
+    )
+    pkg_dir = str(Path(minipeft.__file__).parent)
+    done = subprocess.run([sys.executable, "-c", code, pkg_dir], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_register_tensor_ops_refuses_unknown_names():
+    from minipeft.autograd import register_tensor_ops
+
+    with pytest.raises(ValueError, match=r"\['frobnicate'\] are not Tensor operators"):
+        register_tensor_ops(frobnicate=len)

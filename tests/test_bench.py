@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 
@@ -63,28 +64,32 @@ def test_floor_variant_trains_only_the_q_v_biases(keep_rng):
 def test_profile_train_step_quick_runs_and_restores_the_ops(capsys, keep_rng):
     """The profiler's timers cover every op, and are removed afterwards (apply and backward restored)."""
     from minipeft.autograd import Function
-    from minipeft.ops import _util
-    from minipeft.ops.attention import Attention
+    from minipeft.ops import _util, fastpath
+    from minipeft.ops.multihead_attention import AttentionFn
 
-    apply_before, backward_before, mm_before = Function.__dict__["apply"], Attention.__dict__["backward"], _util.mm
+    attn = fastpath.pick(AttentionFn)  # the class that runs: the fast path unless MINIPEFT_FAST_OPS=0
+    apply_before, backward_before, mm_before = Function.__dict__["apply"], attn.__dict__["backward"], _util.mm
     run_quick("profile_train_step")
     out = capsys.readouterr().out
-    for text in ("ratio to full", "Attention.fwd", "Attention.bwd", "LoraLinearFn.bwd", "Linear.bwd",
+    # the op names are the classes that ran (e.g. BlockedAttentionFn on the fast path): each ends in these
+    for text in ("ratio to full", "AttentionFn.fwd", "AttentionFn.bwd", "LoraLinearFn.bwd", "LinearFn.bwd",
                  "outside the ops", "matrix products", "the rest", "ratio, rest at 2x", "ratio, rest free"):
         assert text in out, text
-    assert Function.__dict__["apply"] is apply_before and Attention.__dict__["backward"] is backward_before
-    # the matmul timer is gone too (by module path: `ops.attention` is the function of that name)
-    users = ("minipeft.ops._util", "minipeft.ops.attention", "minipeft.ops.linalg", "minipeft.peft.lora_op")
-    assert all(importlib.import_module(m).mm is mm_before for m in users)
+    assert Function.__dict__["apply"] is apply_before and attn.__dict__["backward"] is backward_before
+    # the matmul timer is gone too, from every module that calls `mm`
+    users = [name for name, m in list(sys.modules.items()) if name.startswith("minipeft") and hasattr(m, "mm")]
+    assert {"minipeft.ops._util", "minipeft.ops.multihead_attention", "minipeft.ops.fast.attention",
+            "minipeft.ops.linalg"} <= set(users), users
+    assert all(sys.modules[m].mm is mm_before for m in users)
 
 
 def test_bench_chunks_quick_runs_and_restores_the_chunk_size(capsys):
     """Every chunk size is timed against one whole-array chunk, and the library's CHUNK_ELEMENTS is put back."""
-    from minipeft.ops import _util
+    from minipeft.ops.fast import _shared
 
-    before = _util.CHUNK_ELEMENTS
+    before = _shared.CHUNK_ELEMENTS
     run_quick("bench_chunks")
     out = capsys.readouterr().out
     for text in ("whole array", "2^13", "2^16", "ratio to whole", f"CHUNK_ELEMENTS = {before}"):
         assert text in out, text
-    assert _util.CHUNK_ELEMENTS == before
+    assert _shared.CHUNK_ELEMENTS == before

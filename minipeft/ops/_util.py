@@ -1,4 +1,4 @@
-"""Helpers shared by the ops: broadcasting reduction, argument checks, the matmul recorder."""
+"""Helpers shared by the ops: broadcasting reduction, argument checks, scatter-add, the matmul recorder."""
 
 from __future__ import annotations
 
@@ -7,28 +7,6 @@ import contextlib
 from minipeft import backend
 
 _matmul_log: list | None = None
-
-# softmax(z) = exp(z - c) / sum exp(z - c) for any constant c per row; the usual c = row max only keeps exp
-# in range, and costs a pass over the row. Attention and cross-entropy skip it when every |z| <=
-# SHIFT_FREE_BOUND: in float32, e^40 ~ 2e17 times thousands of terms cannot overflow (max ~3e38), and
-# e^-40 ~ 4e-18 keeps every term that matters (within e^-17 of the row's largest, i.e. above float32
-# rounding) far above the smallest normal float (1e-38); so do the backward's products with 1 / rowsum.
-SHIFT_FREE_BOUND = 40.0
-
-
-# An op that makes several elementwise passes over one large array goes through it in flat chunks of this many
-# elements (256 KiB of float32), so each chunk stays in the CPU's L2 cache from one pass to the next instead of
-# streaming the whole array from memory once per pass. Measured with bench/bench_chunks.py (GELU forward plus
-# backward on the MLP's (2048, 512) float32 activation, 2 cores with 2 MiB of L2 each), as a ratio to one
-# whole-array chunk: 2^13 elements 0.78, 2^14 0.66, 2^15 0.62, 2^16 0.59, 2^17 0.60, 2^18 0.72. A whole
-# training step took 0.94-0.95x. On the GPU there is one chunk: there each chunk would cost kernel launches.
-CHUNK_ELEMENTS = 1 << 16
-
-
-def chunks(n: int) -> list[slice]:
-    """Slices covering range(n) in runs of CHUNK_ELEMENTS (one slice on the GPU, where a chunk costs a launch)."""
-    size = n if backend.is_gpu() else CHUNK_ELEMENTS
-    return [slice(i, i + size) for i in range(0, n, max(size, 1))]
 
 
 def mm(a, b):
@@ -76,23 +54,15 @@ def check_same_dtype(op: str, **arrays) -> None:
         raise TypeError(f"{op}: dtype mismatch ({desc}); cast them to one dtype first")
 
 
-def _names_each_row_once(index) -> bool:
-    """A 1-D integer index that strictly increases from >= 0 repeats no row, so `+=` on it is exact."""
-    return (getattr(index, "ndim", 0) == 1 and index.dtype.kind in "iu" and bool((index[1:] > index[:-1]).all())
-            and (index.size == 0 or int(index[0]) >= 0))
-
-
 def scatter_add(target, index, values) -> None:
     """target[index] += values, accumulating repeated indices (np.add.at / cupyx.scatter_add).
 
-    On the CPU an index that repeats no row (e.g. flatnonzero's output) takes plain fancy-index `+=`:
-    np.add.at cost 2.4 ms per step for the LM head's target rows, the `+=` a fraction of that.
+    Plain `target[index] += values` would be wrong here: with a repeated index NumPy adds only the last
+    value. The embedding's backward needs every occurrence summed (a token seen twice gets both rows).
     """
     if backend.is_gpu():
         import cupyx  # noqa: PLC0415
 
         cupyx.scatter_add(target, index, values)
-    elif _names_each_row_once(index):
-        target[index] += values
     else:
         backend.xp().add.at(target, index, values)

@@ -6,7 +6,7 @@ from minipeft.autograd import Function, Tensor
 from minipeft.ops._util import check_float, check_same_dtype, mm, unbroadcast
 
 
-class MatMul(Function):
+class MatMulFn(Function):
     @staticmethod
     def forward(ctx, a, b):
         if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
@@ -25,7 +25,7 @@ class MatMul(Function):
         return da, db
 
 
-class Linear(Function):
+class LinearFn(Function):
     """y = x W^T + b with W stored (out, in) like PyTorch; x is (..., in)."""
 
     @staticmethod
@@ -56,9 +56,9 @@ class Linear(Function):
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
-    return MatMul.apply(a, b)
+    return MatMulFn.apply(a, b)
 
 
 def linear(x: Tensor, W: Tensor, b: Tensor | None = None) -> Tensor:
     """y = x @ W.T + b, W of shape (out, in)."""
-    return Linear.apply(x, W, b)
+    return LinearFn.apply(x, W, b)

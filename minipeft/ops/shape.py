@@ -7,6 +7,7 @@ import builtins
 from minipeft import backend
 from minipeft.autograd import Function, Tensor
 from minipeft.ops._util import scatter_add, unbroadcast
+from minipeft.ops.fastpath import pick
 
 
 def _norm_axes(axis, ndim: int) -> tuple[int, ...]:
@@ -19,7 +20,7 @@ def _norm_axes(axis, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(a % ndim for a in axes))
 
 
-class Sum(Function):
+class SumFn(Function):
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
         axes = _norm_axes(axis, x.ndim)
@@ -36,7 +37,7 @@ class Sum(Function):
         return (xp.broadcast_to(dout, shape).copy(),)
 
 
-class Mean(Function):
+class MeanFn(Function):
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
         axes = _norm_axes(axis, x.ndim)
@@ -56,7 +57,7 @@ class Mean(Function):
         return (xp.broadcast_to(dout / n, shape).copy(),)
 
 
-class Reshape(Function):
+class ReshapeFn(Function):
     @staticmethod
     def forward(ctx, x, shape=()):
         ctx.save_for_backward(x.shape)
@@ -89,7 +90,7 @@ class BroadcastToFn(Function):
         return (unbroadcast(dout, shape),)
 
 
-class Transpose(Function):
+class TransposeFn(Function):
     @staticmethod
     def forward(ctx, x, axes=None):
         axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(a % x.ndim for a in axes)
@@ -108,7 +109,7 @@ class Transpose(Function):
         return (dout.transpose(inv),)
 
 
-class Concat(Function):
+class ConcatFn(Function):
     @staticmethod
     def forward(ctx, *xs, axis=0):
         ctx.save_for_backward(axis, [x.shape[axis] for x in xs])
@@ -135,7 +136,7 @@ def _is_basic(idx) -> bool:
     return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
 
 
-class GetItem(Function):
+class GetItemFn(Function):
     @staticmethod
     def forward(ctx, x, index=None):
         ctx.save_for_backward(x.shape, x.dtype, index)
@@ -152,20 +153,20 @@ class GetItem(Function):
         if _is_basic(index):
             dx[index] = dout
         else:
-            scatter_add(dx, index, dout)
+            pick(scatter_add)(dx, index, dout)
         return (dx,)
 
 
 def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    return Sum.apply(x, axis=axis, keepdims=keepdims)
+    return SumFn.apply(x, axis=axis, keepdims=keepdims)
 
 
 def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
-    return Mean.apply(x, axis=axis, keepdims=keepdims)
+    return MeanFn.apply(x, axis=axis, keepdims=keepdims)
 
 
 def reshape(x: Tensor, shape) -> Tensor:
-    return Reshape.apply(x, shape=tuple(shape))
+    return ReshapeFn.apply(x, shape=tuple(shape))
 
 
 def broadcast_to(x: Tensor, shape) -> Tensor:
@@ -175,7 +176,7 @@ def broadcast_to(x: Tensor, shape) -> Tensor:
 
 def transpose(x: Tensor, axes=None) -> Tensor:
     """Permute the axes (all reversed when axes is None), like torch.permute / ndarray.transpose."""
-    return Transpose.apply(x, axes=None if axes is None else tuple(axes))
+    return TransposeFn.apply(x, axes=None if axes is None else tuple(axes))
 
 
 permute = transpose
@@ -184,7 +185,7 @@ permute = transpose
 def concat(tensors, axis: int = 0) -> Tensor:
     if len(tensors) == 0:
         raise ValueError("concat: needs at least one tensor")
-    return Concat.apply(*tensors, axis=axis)
+    return ConcatFn.apply(*tensors, axis=axis)
 
 
 def getitem(x: Tensor, index) -> Tensor:
@@ -192,7 +193,7 @@ def getitem(x: Tensor, index) -> Tensor:
         index = index.data
     elif isinstance(index, tuple):
         index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    return GetItem.apply(x, index=index)
+    return GetItemFn.apply(x, index=index)
 
 
 def split(x: Tensor, sections, axis: int = 0) -> list[Tensor]:

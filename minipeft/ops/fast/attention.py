@@ -1,17 +1,19 @@
-"""Causal multi-head scaled-dot-product attention as one fused op (forward + explicit backward).
+"""Fast path of attention: causal query blocks, a shift-free softmax when provably safe, contiguous copies.
 
-Causal attention lets query i see keys 0..i only, so half of the (T x T) score matrix is masked
-out. Computing it and then throwing it away costs half the attention matmuls and half the softmax
-passes. This op walks the queries in blocks of `block_size` rows; a block needs only the keys up
-to its last query, so the work above the diagonal is skipped (the idea FlashAttention's causal
-kernels use). With T = 256 and blocks of 32, the op touches 36/64 of the full score matrix.
-Measured on the tutorials' shape (8 x 256 tokens, 4 heads of 32, float32, 2 cores), forward plus
-backward took 0.56x the time of the one-block version (median of 15 interleaved pairs).
+Same numbers as `multihead_attention.AttentionFn` (tested equal); read that one first. The tricks:
 
-Three more choices, measured the same way: K^T and V^T are C-contiguous copies for the score and dP
-products; softmax's 1/rowsum multiplies the (n, hs) output block instead of the (n, e) probabilities;
-and the max shift is skipped when `score_bound` proves it unneeded (ops._util.SHIFT_FREE_BOUND). The
-first two took the op to 0.90x; all three took a whole training step to 0.95x (old and new alternated).
+- Causal attention lets query i see keys 0..i only, so half of the (T x T) score matrix is masked out.
+  Computing it and then throwing it away costs half the attention matmuls and half the softmax passes.
+  The queries go in blocks of `block_size` rows; a block needs only the keys up to its last query, so
+  the work above the diagonal is skipped (the idea FlashAttention's causal kernels use). With T = 256
+  and blocks of 32, the op touches 36/64 of the full score matrix.
+- K^T and V^T are C-contiguous copies for the score and dP products (numpy's batched matmul runs slower
+  on strided views, slowest on a transposed one).
+- softmax's 1/rowsum multiplies the (n, hs) output block instead of the (n, e) probabilities, and the row
+  sums are a matrix-vector product (numpy's row reductions are slow on short rows).
+- The max shift is skipped when `score_bound` proves it unneeded (`_shared.SHIFT_FREE_BOUND`).
+
+Measured speed-ups: BENCHMARKS.md, "Fast paths: what each one measured".
 """
 
 from __future__ import annotations
@@ -19,19 +21,21 @@ from __future__ import annotations
 import math
 
 from minipeft import backend
-from minipeft.autograd import Function, Tensor
-from minipeft.ops._util import SHIFT_FREE_BOUND, check_same_dtype, mm
+from minipeft.autograd import Function
+from minipeft.ops._util import mm
+from minipeft.ops.fast._shared import SHIFT_FREE_BOUND
+from minipeft.ops.fastpath import fast_path_of
+from minipeft.ops.multihead_attention import AttentionFn, check_attention_args
 
-BLOCK_SIZE = 32  # query rows per block; fastest at T = 256: 16 took 1.06x, 48 1.00x, 64 1.05x, one block 1.32x
+BLOCK_SIZE = 32  # query rows per block (the fastest at T = 256 of those measured)
 
 
 def _heads(x, H: int, scale=None):
     """(B, T, C) -> (B, H, T, hs), C-contiguous, times scale.
 
-    Contiguous copies because numpy's batched matmul ran slower on strided views, and slowest on a
-    transposed one: S = Q K^T with K^T as a swapaxes view took 1.8x the time of the contiguous K^T
-    (B = 8, H = 4, T = 256, hs = 32, float32; the copy included). K^T is made from K's heads
-    (`_transposed`): going (B, T, C) -> (B, H, hs, T) in one copy took 2.1x as long as the two copies."""
+    Contiguous copies because numpy's batched matmul runs slower on strided views, and slowest on a
+    transposed one. K^T is made from K's heads (`_transposed`), which beat one (B, T, C) -> (B, H, hs, T)
+    copy."""
     B, T, C = x.shape
     view = x.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)
     out = backend.xp().empty(view.shape, dtype=x.dtype)
@@ -76,26 +80,16 @@ def score_bound(qs, kh) -> float:
     return math.sqrt(float((q2 * k2).max()))
 
 
-class Attention(Function):
-    """out = softmax(q k^T / sqrt(hs) + causal mask) v, per head.
-
-    q is (B, Tq, C); k and v are (B, Tk, C) with Tk >= Tq: the queries are the last Tq
-    positions, so the same op serves training (Tq == Tk) and KV-cached decoding (Tq < Tk).
-    """
+@fast_path_of(AttentionFn)
+class BlockedAttentionFn(Function):
+    """AttentionFn's numbers, computed in causal query blocks with an unnormalised softmax."""
 
     @staticmethod
     def forward(ctx, q, k, v, n_head=1, causal=True, block_size=BLOCK_SIZE):
-        if q.ndim != 3 or k.shape != v.shape or k.ndim != 3 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
-            raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} must be (B, Tq, C), (B, Tk, C), "
-                             f"(B, Tk, C)")
-        if q.shape[2] % n_head:
-            raise ValueError(f"attention: C={q.shape[2]} is not divisible by n_head={n_head}")
+        check_attention_args(q, k, v, n_head, causal)
         if not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"attention: block_size must be a positive int, got {block_size!r}")
         Tq, Tk = q.shape[1], k.shape[1]
-        if causal and Tk < Tq:
-            raise ValueError(f"attention: causal attention needs Tk >= Tq, got Tq={Tq}, Tk={Tk}")
-        check_same_dtype("attention", q=q, k=k, v=v)
         xp = backend.xp()
         hs = q.shape[2] // n_head
         qs = _heads(q, n_head, 1.0 / math.sqrt(hs))                     # (B, H, Tq, hs), pre-scaled
@@ -121,7 +115,7 @@ class Attention(Function):
                 P -= P.max(axis=-1, keepdims=True)                      # softmax numerator, in place
             xp.exp(P, out=P)
             rinv = (P @ xp.ones(e, dtype=P.dtype))[..., None]           # row sums as a matrix-vector product
-            #   (a reduction, so not logged by mm): ~1.7x faster than P.sum(axis=-1) on these rows
+            #   (a reduction, so not logged by mm)
             xp.reciprocal(rinv, out=rinv)                               # (B, H, n, 1)
             # the 1/rowsum goes on the (n, hs) output, not on the (n, e) probabilities: P stays unnormalised
             xp.multiply(mm(P, vh[:, :, :e]), rinv, out=out[:, :, i0:i1])
@@ -164,13 +158,3 @@ class Attention(Function):
                 if nk:
                     dk[:, :, :e] += mm(dS.swapaxes(-1, -2), qs[:, :, i0:i1])
         return (_merge(dq, 1.0 / math.sqrt(hs)) if nq else None, _merge(dk) if nk else None, _merge(dv) if nv else None)
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, n_head: int, causal: bool = True,
-              block_size: int = BLOCK_SIZE) -> Tensor:
-    """Multi-head scaled-dot-product attention on (B, T, C) inputs, heads split inside.
-
-    `block_size` only changes how the work is split (causal blocks skip the masked future),
-    never the result beyond float rounding.
-    """
-    return Attention.apply(q, k, v, n_head=n_head, causal=causal, block_size=block_size)

@@ -1,0 +1,10 @@
+"""The fast paths: one module per op, each registered against its reference with `@fast_path_of`.
+
+Importing this package registers them (minipeft.ops does so on import); `minipeft.set_fast_ops(False)`
+switches every op back to its reference. Read the reference ops first; each module here says what it
+does differently and why. tests/test_fast_ops.py checks every pair equal.
+"""
+
+from minipeft.ops.fast import attention, cross_entropy, gelu, layer_norm, scatter_add
+
+__all__ = ["attention", "cross_entropy", "gelu", "layer_norm", "scatter_add"]

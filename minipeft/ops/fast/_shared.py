@@ -1,0 +1,24 @@
+"""Constants and helpers that more than one fast path uses: the shift-free softmax bound, cache-sized chunks."""
+
+from __future__ import annotations
+
+from minipeft import backend
+
+# softmax(z) = exp(z - c) / sum exp(z - c) for any constant c per row; the usual c = row max only keeps exp
+# in range, and costs a pass over the row. Attention and cross-entropy skip it when every |z| <=
+# SHIFT_FREE_BOUND: in float32, e^40 ~ 2e17 times thousands of terms cannot overflow (max ~3e38), and
+# e^-40 ~ 4e-18 keeps every term that matters (within e^-17 of the row's largest, i.e. above float32
+# rounding) far above the smallest normal float (1e-38); so do the backward's products with 1 / rowsum.
+SHIFT_FREE_BOUND = 40.0
+
+# An op that makes several elementwise passes over one large array goes through it in flat chunks of this many
+# elements (256 KiB of float32), so each chunk stays in the CPU's L2 cache from one pass to the next instead of
+# streaming the whole array from memory once per pass (bench/bench_chunks.py picks the size; figures in
+# BENCHMARKS.md). On the GPU there is one chunk: there each chunk would cost kernel launches.
+CHUNK_ELEMENTS = 1 << 16
+
+
+def chunks(n: int) -> list[slice]:
+    """Slices covering range(n) in runs of CHUNK_ELEMENTS (one slice on the GPU, where a chunk costs a launch)."""
+    size = n if backend.is_gpu() else CHUNK_ELEMENTS
+    return [slice(i, i + size) for i in range(0, n, max(size, 1))]
