@@ -7,6 +7,8 @@ from minipeft.ops._util import check_float, check_same_dtype, mm, unbroadcast
 
 
 class MatMulFn(Function):
+    """y = a @ b, batched, with broadcast batch dims."""
+
     @staticmethod
     def forward(ctx, a, b):
         if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:

@@ -9,6 +9,8 @@ from minipeft.ops.fastpath import pick
 
 
 class EmbeddingFn(Function):
+    """y = W[ids]: one row of the table per token id."""
+
     @staticmethod
     def forward(ctx, W, ids):
         if ids.dtype.kind not in "iu":
@@ -83,6 +85,8 @@ def softmax_array(x, axis: int = -1):
 
 
 class SoftmaxFn(Function):
+    """y = exp(x) / sum exp(x) along an axis (shifted by the max so exp cannot overflow)."""
+
     @staticmethod
     def forward(ctx, x, axis=-1):
         y = softmax_array(x, axis)
@@ -97,6 +101,8 @@ class SoftmaxFn(Function):
 
 
 class DropoutFn(Function):
+    """y = x * mask / (1 - p), the mask keeping each element with probability 1 - p."""
+
     @staticmethod
     def forward(ctx, x, p=0.0):
         keep = backend.rng().random(x.shape, dtype=x.dtype) >= p

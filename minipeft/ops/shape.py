@@ -21,6 +21,8 @@ def _norm_axes(axis, ndim: int) -> tuple[int, ...]:
 
 
 class SumFn(Function):
+    """y = sum of x over the given axes."""
+
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
         axes = _norm_axes(axis, x.ndim)
@@ -38,6 +40,8 @@ class SumFn(Function):
 
 
 class MeanFn(Function):
+    """y = mean of x over the given axes."""
+
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
         axes = _norm_axes(axis, x.ndim)
@@ -58,6 +62,8 @@ class MeanFn(Function):
 
 
 class ReshapeFn(Function):
+    """y = x with a new shape (same elements, same order)."""
+
     @staticmethod
     def forward(ctx, x, shape=()):
         ctx.save_for_backward(x.shape)
@@ -68,11 +74,14 @@ class ReshapeFn(Function):
 
     @staticmethod
     def backward(ctx, dout):
+        # y = x laid out in a new shape  =>  dx = dy laid out in x's shape
         (shape,) = ctx.saved
         return (dout.reshape(shape),)
 
 
 class BroadcastToFn(Function):
+    """y = x repeated to a larger shape by broadcasting."""
+
     @staticmethod
     def forward(ctx, x, shape=()):
         ctx.save_for_backward(x.shape)
@@ -91,6 +100,8 @@ class BroadcastToFn(Function):
 
 
 class TransposeFn(Function):
+    """y = x with its axes permuted."""
+
     @staticmethod
     def forward(ctx, x, axes=None):
         axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(a % x.ndim for a in axes)
@@ -110,6 +121,8 @@ class TransposeFn(Function):
 
 
 class ConcatFn(Function):
+    """y = the inputs joined along one axis."""
+
     @staticmethod
     def forward(ctx, *xs, axis=0):
         ctx.save_for_backward(axis, [x.shape[axis] for x in xs])
@@ -137,6 +150,8 @@ def _is_basic(idx) -> bool:
 
 
 class GetItemFn(Function):
+    """y = x[index] (slices, integers, integer arrays)."""
+
     @staticmethod
     def forward(ctx, x, index=None):
         ctx.save_for_backward(x.shape, x.dtype, index)
