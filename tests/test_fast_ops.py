@@ -132,9 +132,10 @@ def test_fast_path_equals_reference(name, data):
     ref, fast = registered()[name]
     args, options, fast_options = CASES[name](data)
     if not (isinstance(ref, type) and issubclass(ref, Function)):  # a plain function: it updates args[0]
-        want, got = np.array(args[0]), np.array(args[0])
-        ref(want, *args[1:], **options)
-        fast(got, *args[1:], **options, **fast_options)
+        rest = [backend.asarray(a) for a in args[1:]]       # on the device the op runs on (cupy on a GPU)
+        want, got = backend.asarray(np.array(args[0])), backend.asarray(np.array(args[0]))
+        ref(want, *rest, **options)
+        fast(got, *rest, **options, **fast_options)
         assert_close(got, want, f"{name}: result")
         return
     floats = [i for i, a in enumerate(args) if a is not None and a.dtype.kind == "f"]
