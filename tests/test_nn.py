@@ -16,7 +16,19 @@ from strategies import arrays, shapes
 
 import minipeft
 from minipeft import Tensor, backend, to_numpy
-from minipeft.nn import GPT, Dropout, Embedding, GPTConfig, LayerNorm, Linear, Module, ModuleList, Parameter
+from minipeft.nn import (
+    GPT,
+    Dropout,
+    Embedding,
+    GPTConfig,
+    LayerNorm,
+    Linear,
+    Module,
+    ModuleDict,
+    ModuleList,
+    Parameter,
+    ParameterDict,
+)
 
 
 def build_gpt(seed: int = 0, **overrides) -> GPT:
@@ -174,6 +186,26 @@ def test_module_list_indexing():
 
 
 # ---- state -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["modules", "parameters"])
+def test_module_dict_and_parameter_dict_name_their_values_by_key(kind):
+    """What adapters are kept in: `<key>.weight` for a ModuleDict of layers, `<key>` for a ParameterDict."""
+    holder = Module()
+    if kind == "modules":
+        holder.d = ModuleDict({"a": Linear(2, 3, bias=False), "b": Linear(2, 1, bias=False)})
+        names, wrong = ["d.a.weight", "d.b.weight"], Parameter(np.ones(2))
+    else:
+        holder.d = ParameterDict({"a": Parameter(np.ones(3)), "b": Parameter(np.zeros(2))})
+        names, wrong = ["d.a", "d.b"], Linear(2, 1)
+    assert [n for n, _ in holder.named_parameters()] == names
+    assert holder.d.keys() == ["a", "b"] and "a" in holder.d and len(holder.d) == 2
+    del holder.d["a"]
+    assert [n for n, _ in holder.named_parameters()] == names[1:] and "a" not in holder.d
+    with pytest.raises(KeyError, match="no .* named 'a'; have \\['b'\\]"):
+        holder.d["a"]
+    with pytest.raises(TypeError, match=f"values must be {'Module' if kind == 'modules' else 'Parameter'}s"):
+        holder.d["c"] = wrong
+
+
 def test_state_dict_round_trip_is_bit_exact():
     src, dst = build_gpt(seed=1), build_gpt(seed=2)
     state = src.state_dict()

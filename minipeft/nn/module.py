@@ -184,77 +184,55 @@ class ModuleList(Module):
         return (getattr(self, str(i)) for i in range(self._n))
 
 
-class ModuleDict(Module):
+class _KeyedDict(Module):
+    """What ModuleDict and ParameterDict share: values of one kind by string key, kept as attributes."""
+
+    _holds: type = Module    # the kind of value this dict holds
+    _what: str = "module"    # its name in error messages
+
+    def __init__(self, items: dict | None = None):
+        self._keys: list[str] = []
+        for k, v in (items or {}).items():
+            self[k] = v
+
+    def __setitem__(self, key: str, value) -> None:
+        if not isinstance(value, self._holds):
+            raise TypeError(f"{type(self).__name__} values must be {self._holds.__name__}s, got "
+                            f"{type(value).__name__} for {key!r}")
+        if key not in self._keys:
+            self._keys.append(key)
+        setattr(self, key, value)
+
+    def __getitem__(self, key: str):
+        if key not in self._keys:
+            raise KeyError(f"no {self._what} named {key!r}; have {self._keys}")
+        return getattr(self, key)
+
+    def __delitem__(self, key: str) -> None:
+        self[key]  # raises a clear KeyError when absent
+        self._keys.remove(key)
+        delattr(self, key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def items(self) -> list[tuple[str, object]]:
+        return [(k, getattr(self, k)) for k in self._keys]
+
+
+class ModuleDict(_KeyedDict):
     """Modules by string key, named `<key>.` in parameter paths, like torch.nn.ModuleDict."""
 
-    def __init__(self, modules: dict | None = None):
-        self._keys: list[str] = []
-        for k, m in (modules or {}).items():
-            self[k] = m
-
-    def __setitem__(self, key: str, module: Module) -> None:
-        if not isinstance(module, Module):
-            raise TypeError(f"ModuleDict values must be Modules, got {type(module).__name__} for {key!r}")
-        if key not in self._keys:
-            self._keys.append(key)
-        setattr(self, key, module)
-
-    def __getitem__(self, key: str) -> Module:
-        if key not in self._keys:
-            raise KeyError(f"no module named {key!r}; have {self._keys}")
-        return getattr(self, key)
-
-    def __delitem__(self, key: str) -> None:
-        self[key]  # raises a clear KeyError when absent
-        self._keys.remove(key)
-        delattr(self, key)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._keys
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def keys(self) -> list[str]:
-        return list(self._keys)
-
-    def items(self) -> list[tuple[str, Module]]:
-        return [(k, getattr(self, k)) for k in self._keys]
+    _holds, _what = Module, "module"
 
 
-class ParameterDict(Module):
+class ParameterDict(_KeyedDict):
     """Parameters by string key, named `<key>` in parameter paths, like torch.nn.ParameterDict."""
 
-    def __init__(self, parameters: dict | None = None):
-        self._keys: list[str] = []
-        for k, p in (parameters or {}).items():
-            self[k] = p
-
-    def __setitem__(self, key: str, param: Parameter) -> None:
-        if not isinstance(param, Parameter):
-            raise TypeError(f"ParameterDict values must be Parameters, got {type(param).__name__} for {key!r}")
-        if key not in self._keys:
-            self._keys.append(key)
-        setattr(self, key, param)
-
-    def __getitem__(self, key: str) -> Parameter:
-        if key not in self._keys:
-            raise KeyError(f"no parameter named {key!r}; have {self._keys}")
-        return getattr(self, key)
-
-    def __delitem__(self, key: str) -> None:
-        self[key]  # raises a clear KeyError when absent
-        self._keys.remove(key)
-        delattr(self, key)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._keys
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def keys(self) -> list[str]:
-        return list(self._keys)
-
-    def items(self) -> list[tuple[str, Parameter]]:
-        return [(k, getattr(self, k)) for k in self._keys]
+    _holds, _what = Parameter, "parameter"
