@@ -24,6 +24,9 @@ class GPTConfig:
     dropout: float = 0.0            # dropout on embeddings and residual branches
     bias: bool = True               # biases in Linear and LayerNorm layers
     tie_embeddings: bool = True     # LM head reuses the token embedding matrix (GPT-2)
+    position_embedding: str = "learned"  # "learned": a position table added to the input (GPT-2);
+    #                                      "rope": rotary embeddings turn each head's q and k (Llama, GPT-NeoX)
+    rope_base: float = 10000.0      # RoPE's base: pair i turns by position * rope_base^(-2i / head size)
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "d_model", "n_layer", "n_head", "d_ff"):
@@ -34,6 +37,14 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.d_model={self.d_model} must be divisible by n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.position_embedding not in ("learned", "rope"):
+            raise ValueError(f"GPTConfig.position_embedding must be 'learned' or 'rope', got "
+                             f"{self.position_embedding!r}")
+        if self.position_embedding == "rope" and (self.d_model // self.n_head) % 2:
+            raise ValueError(f"GPTConfig: rope needs an even head size, got d_model / n_head = "
+                             f"{self.d_model // self.n_head}")
+        if not self.rope_base > 1:
+            raise ValueError(f"GPTConfig.rope_base must be > 1, got {self.rope_base!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,15 +103,21 @@ class CausalSelfAttention(Module):
     def __init__(self, cfg: GPTConfig):
         std, out_std = 0.02, 0.02 / math.sqrt(2 * cfg.n_layer)  # GPT-2: scale residual projections
         self.n_head = cfg.n_head
+        self.rope_base = cfg.rope_base if cfg.position_embedding == "rope" else None
         self.q_proj = Linear(cfg.d_model, cfg.d_model, bias=cfg.bias, std=std)
         self.k_proj = Linear(cfg.d_model, cfg.d_model, bias=cfg.bias, std=std)
         self.v_proj = Linear(cfg.d_model, cfg.d_model, bias=cfg.bias, std=std)
         self.out_proj = Linear(cfg.d_model, cfg.d_model, bias=cfg.bias, std=out_std)
         self.dropout = Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, prefix=None) -> Tensor:
-        """prefix: None or (k, v), each (B, P, C), put in front of this layer's keys and values."""
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, prefix=None, pos=None) -> Tensor:
+        """prefix: None or (k, v), each (B, P, C), put in front of this layer's keys and values.
+        pos: the positions (T,) of x's tokens, which rotary embeddings turn q and k by."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)        # (B, T, C) each
+        if self.rope_base is not None:
+            # turned before caching: a cached key keeps the turn of its own position; prefix keys have none
+            q = ops.rotary(q, pos, self.n_head, self.rope_base)
+            k = ops.rotary(k, pos, self.n_head, self.rope_base)
         if prefix is not None:
             # the op treats q as the LAST T of the P + T key positions: every query sees the whole
             # prefix and the tokens up to itself
@@ -125,8 +142,8 @@ class Block(Module):
         out_std = 0.02 / math.sqrt(2 * cfg.n_layer)
         self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.bias, std=0.02, out_std=out_std)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, prefix=None) -> Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, prefix)
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, prefix=None, pos=None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, prefix, pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -136,7 +153,7 @@ class GPT(Module):
     def __init__(self, config: GPTConfig):
         self.config = config
         self.wte = Embedding(config.vocab_size, config.d_model)
-        self.wpe = Embedding(config.context_length, config.d_model)
+        self.wpe = Embedding(config.context_length, config.d_model) if config.position_embedding == "learned" else None
         self.drop = Dropout(config.dropout)
         self.blocks = ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(config.d_model, bias=config.bias)
@@ -227,9 +244,11 @@ class GPT(Module):
                              f"input has {B}; use one cache per batch (model.new_kv_cache())")
         prefix = self._check_prefix(prefix_kv, B, kv_cache)
         pos = backend.xp().arange(past, past + T)                      # the prefix takes no positions
-        x = self.drop(x + self.wpe(pos))                                # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(pos)                                       # (B, T, C) learned positions
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, kv_cache, i, None if prefix is None else prefix[i])
+            x = block(x, kv_cache, i, None if prefix is None else prefix[i], pos)
         if kv_cache is not None:
             kv_cache.length += T
             if prefix is not None:

@@ -12,6 +12,7 @@ from minipeft.ops.linalg import linear, matmul
 from minipeft.ops.loss import cross_entropy
 from minipeft.ops.multihead_attention import attention
 from minipeft.ops.nn import dropout, embedding, layer_norm, softmax
+from minipeft.ops.rotary import rotary
 from minipeft.ops.shape import broadcast_to, concat, getitem, mean, permute, reshape, split, sum, transpose
 
 register_tensor_ops(add=add, sub=sub, mul=mul, div=div, neg=neg, pow=pow, matmul=matmul, getitem=getitem, sum=sum,
@@ -22,5 +23,5 @@ from minipeft.ops import fast  # noqa: E402  (registers the fast paths; they imp
 __all__ = [
     "add", "attention", "broadcast_to", "concat", "cross_entropy", "div", "dropout", "embedding", "exp", "fast",
     "gelu", "getitem", "layer_norm", "linear", "log", "matmul", "mean", "mul", "neg", "permute", "pow",
-    "record_matmuls", "relu", "reshape", "softmax", "split", "sub", "sum", "tanh", "transpose",
+    "record_matmuls", "relu", "reshape", "rotary", "softmax", "split", "sub", "sum", "tanh", "transpose",
 ]
