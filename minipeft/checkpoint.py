@@ -2,7 +2,12 @@
 
 The file holds one tensor per parameter (a tied weight once, under its first name) and string
 metadata `{"format": "minipeft", "model_class": "GPT", "config": <json>, ...}`, so
-`load_checkpoint(path)` can rebuild the model from the file alone. Writes are atomic.
+`load_checkpoint(path)` can rebuild the model from the file alone. Writes are atomic, and the hidden
+temp file a killed save leaves beside `path` is removed by the next save or load of `path`.
+
+safetensors has no checksum of its own, so the metadata also holds `tensors_sha256`, a sha256 of the
+tensors (names, dtypes, shapes, bytes), checked on every load: flipped bytes raise instead of loading.
+A file without it (written by an older minipeft, or by another tool) still loads, unchecked.
 """
 
 from __future__ import annotations
@@ -13,14 +18,15 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from minipeft import backend
-from minipeft.io_utils import atomic_write
+from minipeft.io_utils import atomic_write_bytes, remove_stale_temps, tensors_sha256
 from minipeft.nn.gpt import GPT, GPTConfig
 from minipeft.nn.module import Module
 
 FORMAT = "minipeft"
+CHECKSUM_KEY = "tensors_sha256"
 
 
 class CheckpointError(ValueError):
@@ -29,17 +35,23 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(model: Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
     """Write every parameter of `model` and its config to a safetensors file at `path`, atomically."""
+    if hasattr(model, "peft_config"):
+        raise TypeError(f"save_checkpoint: got a {type(model).__name__} (a base model with adapters); save the "
+                        "adapter alone with model.save_pretrained(directory), or fold it into the base with "
+                        "merged = model.merge_and_unload() and save_checkpoint(merged, path)")
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         raise TypeError(f"save_checkpoint: {type(model).__name__} has no .config with to_dict(); "
                         "it saves GPT models (use safetensors directly for other modules)")
     tensors = {name: np.ascontiguousarray(backend.to_numpy(p.data)) for name, p in model.named_parameters()}
-    meta = {"format": FORMAT, "model_class": type(model).__name__, "config": json.dumps(config.to_dict())}
+    meta = {"format": FORMAT, "model_class": type(model).__name__, "config": json.dumps(config.to_dict()),
+            CHECKSUM_KEY: tensors_sha256(tensors)}
     for k, v in (extra_metadata or {}).items():
         if k in meta:
             raise ValueError(f"save_checkpoint: extra_metadata key {k!r} is reserved; rename it")
         meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    # bytes first, then our own temp file: safetensors' save_file keeps a temp of its own that a kill would leave
+    return atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -59,14 +71,20 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every tensor of a checkpoint as NumPy arrays (reads the whole file, so truncation is caught)."""
+    """Every tensor of a checkpoint as NumPy arrays, checked against the stored checksum if there is one."""
     path = _existing(path)
     try:
         with safe_open(str(path), framework="numpy") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            want = (f.metadata() or {}).get(CHECKSUM_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise CheckpointError(f"{path} is not a valid safetensors file ({e}); it may be truncated or "
                               "corrupted: re-save it with save_checkpoint") from e
+    if want is not None and tensors_sha256(tensors) != want:
+        raise CheckpointError(f"{path}: the tensor data does not match the checksum stored with it ({CHECKSUM_KEY}); "
+                              "the file was damaged after it was written: re-save it with save_checkpoint, or "
+                              "restore it from a copy")
+    return tensors
 
 
 def load_checkpoint(path: str | os.PathLike) -> GPT:
@@ -108,6 +126,10 @@ def _existing(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist; check the path, or train a model and "
                                 "write it with save_checkpoint(model, path)")
+    try:
+        remove_stale_temps(path)  # what a killed save left beside it
+    except OSError:
+        pass                      # a read-only folder: reading must still work
     return path
 
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
 import minipeft
-from minipeft import backend, checkpoint
+from minipeft import backend
 from minipeft.checkpoint import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint
-from minipeft.io_utils import atomic_write_bytes
+from minipeft.io_utils import HOST_ID
 from minipeft.nn import GPT, GPTConfig
+from minipeft.peft import LoraConfig, get_peft_model
 
 
 def _model(seed: int = 0, **overrides) -> GPT:
@@ -138,26 +141,62 @@ def test_failed_write_leaves_old_file_intact_and_no_temp_file(saved, monkeypatch
     model, path = saved
     old = path.read_bytes()
 
-    def broken_save(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"half a file")
+    def broken_fsync(fd):  # the temp file holds the new bytes, then the disk fails before the rename
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint, "save_file", broken_save)
+    monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(_model(seed=3, bias=False), path)
     assert path.read_bytes() == old
     assert os.listdir(path.parent) == [path.name]
 
 
-def test_atomic_write_bytes_replaces_and_creates_parents(tmp_path):
-    target = tmp_path / "a" / "b.txt"
-    atomic_write_bytes(target, b"one")
-    atomic_write_bytes(target, b"two")
-    assert target.read_bytes() == b"two" and os.listdir(target.parent) == ["b.txt"]
-
-
 def test_save_rejects_reserved_metadata_keys(tmp_path, keep_rng):
     with pytest.raises(ValueError, match="reserved"):
         save_checkpoint(_model(), tmp_path / "m.safetensors", extra_metadata={"format": "x"})
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def _flip_a_tensor_byte(path) -> None:
+    raw = bytearray(path.read_bytes())
+    header = 8 + struct.unpack("<Q", raw[:8])[0]
+    raw[header + 17] ^= 0x01                                    # one bit of the first tensor; the size is the same
+    path.write_bytes(bytes(raw))
+
+
+def test_flipped_tensor_bytes_fail_the_stored_checksum(saved):
+    model, path = saved
+    assert len(read_metadata(path)["tensors_sha256"]) == 64
+    _flip_a_tensor_byte(path)
+    for load in (lambda: load_checkpoint(path), lambda: load_into(model, path)):
+        with pytest.raises(CheckpointError, match=f"{path.name}: the tensor data does not match the checksum"):
+            load()
+
+
+def test_a_file_without_a_checksum_still_loads(saved):
+    # as written by an older minipeft (or another tool): same metadata, no tensors_sha256
+    model, path = saved
+    meta = read_metadata(path)
+    del meta["tensors_sha256"]
+    save_file({n: backend.to_numpy(p.data) for n, p in model.named_parameters()}, str(path), metadata=meta)
+    assert _state(load_checkpoint(path)) == _state(model)
+    _flip_a_tensor_byte(path)
+    load_checkpoint(path)                                       # unchecked: nothing to compare against
+
+
+def test_temp_files_of_a_killed_save_are_removed_by_the_next_load_or_save(saved):
+    model, path = saved
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = path.parent / f".{path.name}.{HOST_ID}.{dead.pid}.0123abcd.tmp"
+    for action in (lambda: load_checkpoint(path), lambda: save_checkpoint(model, path)):
+        stale.write_bytes(b"half a checkpoint")
+        action()
+        assert os.listdir(path.parent) == [path.name]
+
+
+def test_a_peft_model_is_pointed_to_save_pretrained_and_merge_and_unload(tmp_path, keep_rng):
+    peft = get_peft_model(_model(), LoraConfig(r=2))
+    with pytest.raises(TypeError, match=r"save_pretrained\(directory\).*merge_and_unload\(\)"):
+        save_checkpoint(peft, tmp_path / "m.safetensors")
     assert not (tmp_path / "m.safetensors").exists()

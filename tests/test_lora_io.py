@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -96,12 +97,16 @@ def test_different_base_raises_fingerprint_error_unless_unchecked(saved):
     assert np.abs(logits(forced, ids) - out).max() > 1e-3                     # it did load, onto another base
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "missing"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "missing", "flipped bit"])
 def test_bad_weights_file_raises_adapter_error_with_the_path(saved, tmp_path, damage):
     d = copy_of(saved[0], tmp_path)
     w = d / WEIGHTS
     if damage == "truncate":
         w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    elif damage == "flipped bit":                     # same size, valid header: only the stored checksum sees it
+        raw = bytearray(w.read_bytes())
+        raw[8 + int.from_bytes(raw[:8], "little") + 5] ^= 0x01
+        w.write_bytes(bytes(raw))
     elif damage == "garbage":
         w.write_bytes(np.random.default_rng(0).bytes(300))
     else:
@@ -113,16 +118,31 @@ def test_bad_weights_file_raises_adapter_error_with_the_path(saved, tmp_path, da
     assert not has_wrappers(model), "a failed load must hand the base model back unwrapped"
 
 
-@pytest.mark.parametrize("damage", ["invalid json", "missing"])
+@pytest.mark.parametrize("damage", ["invalid json", "missing", "a json list"])
 def test_bad_config_file_raises_adapter_error_with_the_path(saved, tmp_path, damage):
     d = copy_of(saved[0], tmp_path)
     if damage == "missing":
         (d / CONFIG).unlink()
+    elif damage == "a json list":
+        (d / CONFIG).write_text('[{"peft_type": "LORA"}]')
     else:
         (d / CONFIG).write_text('{"peft_type": "LORA", "r": ')
     with pytest.raises(AdapterError) as e:
         PeftModel.from_pretrained(build_gpt(0), str(d))
     assert str(d) in str(e.value) and CONFIG in str(e.value)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("r", "4"), ("lora_alpha", "8"), ("lora_dropout", "0.1"), ("target_modules", 5), ("use_rslora", "yes"),
+    ("layers_to_transform", "0"), ("modules_to_save", 3), ("rank_pattern", [1]), ("inference_mode", "no"),
+])
+def test_a_wrongly_typed_config_field_names_the_file_the_field_and_the_value(saved, tmp_path, field, value):
+    d = copy_of(saved[0], tmp_path)
+    cfg = json.loads((d / CONFIG).read_text())
+    (d / CONFIG).write_text(json.dumps({**cfg, field: value}))
+    want = re.escape(f"{d / CONFIG}: LoraConfig.{field}") + ".*" + re.escape(repr(value))
+    with pytest.raises(AdapterError, match=want):
+        PeftModel.from_pretrained(build_gpt(0), str(d))
 
 
 def test_a_failed_load_leaves_the_base_model_reusable(saved, tmp_path):

@@ -3,6 +3,8 @@ merge (or a clear refusal), and adapter management. A method registered without 
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,7 +15,15 @@ from lora_helpers import batch, build_gpt, logits, seeded, snapshot, train_steps
 
 from minipeft import backend, no_grad
 from minipeft.nn import Linear
-from minipeft.peft import PEFT_TYPE_TO_TUNER, LoraConfig, PeftModel, fingerprint, get_peft_model
+from minipeft.peft import (
+    PEFT_TYPE_TO_TUNER,
+    AdapterError,
+    BaseTunerLayer,
+    LoraConfig,
+    PeftModel,
+    fingerprint,
+    get_peft_model,
+)
 from minipeft.peft.save_load import base_named_parameters
 
 
@@ -185,3 +195,51 @@ def test_a_second_peft_model_on_a_wrapped_base_is_refused(method):
     _, peft = make(method)
     with pytest.raises(ValueError, match="already holds adapter layers"):
         get_peft_model(peft.get_base_model(), CASES[method].config(), adapter_name="second")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("param", ["ln_1.weight", "ln_2.bias"])
+def test_an_adapter_refuses_a_base_that_differs_only_in_a_layernorm(method, param, tmp_path):
+    _, peft = make(method)
+    peft.save_pretrained(str(tmp_path))
+    other = build_gpt(0)
+    with no_grad():
+        dict(other.blocks[1].named_parameters())[param].data[0] += 1e-3
+    with pytest.raises(AdapterError, match="was trained on a base model with fingerprint"):
+        PeftModel.from_pretrained(other, str(tmp_path))
+    PeftModel.from_pretrained(build_gpt(0), str(tmp_path))   # the same base still loads
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_after_unload_the_peft_model_refuses_adapter_work_naming_what_happened(method, tmp_path):
+    # merge_and_unload() changes the base's weights: an adapter added afterwards would carry the old fingerprint
+    _, peft = make(method)
+    unloaded_by = "merge_and_unload()" if PEFT_TYPE_TO_TUNER[method].mergeable else "unload()"
+    plain = getattr(peft, unloaded_by[:-2])()
+    assert not any(isinstance(m, BaseTunerLayer) for _, m in plain.named_modules())
+    assert peft.peft_config == {} and peft.active_adapter is None
+    calls = {"add_adapter()": lambda: peft.add_adapter("second", CASES[method].config()),
+             "set_adapter()": lambda: peft.set_adapter("default"), "unload()": peft.unload}
+    if PEFT_TYPE_TO_TUNER[method].mergeable:
+        calls |= {"unmerge_adapter()": peft.unmerge_adapter, "merge_adapter()": peft.merge_adapter}
+    for what, call in calls.items():
+        with pytest.raises(RuntimeError, match=re.escape(f"{what}: this PeftModel's adapters were removed by "
+                                                         f"{unloaded_by}")):
+            call()
+    with pytest.raises(AdapterError, match=re.escape(f"no adapters left, {unloaded_by} removed them")):
+        peft.save_pretrained(str(tmp_path))
+    assert os.listdir(tmp_path) == []
+    again = get_peft_model(plain, CASES[method].config())      # the way forward: fingerprinted as it is now
+    assert again.base_fingerprint == fingerprint(plain)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_saving_after_the_last_adapter_was_deleted_raises(method, tmp_path):
+    _, peft = make(method)
+    peft.delete_adapter("default")
+    with pytest.raises(AdapterError, match="holds no adapter"):
+        peft.save_pretrained(str(tmp_path))
+    assert os.listdir(tmp_path) == []
+    peft.add_adapter("fresh", CASES[method].config())          # still usable: add one and save it
+    peft.save_pretrained(str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "fresh")) == ["adapter_config.json", "adapter_model.safetensors"]

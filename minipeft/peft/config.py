@@ -4,6 +4,7 @@ Hugging Face PEFT without silently dropping anything that would change the model
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
@@ -16,6 +17,22 @@ INFORMATIONAL_FIELDS = frozenset({
 
 class ConfigError(ValueError):
     """An adapter config asks for something minipeft does not implement, or holds a bad value."""
+
+
+def check_field(config, name: str, ok: bool, allowed: str) -> None:
+    """Raise a ConfigError naming the config class, the field, its value and what is allowed, unless ok."""
+    if not ok:
+        raise ConfigError(f"{type(config).__name__}.{name} must be {allowed}, got {getattr(config, name)!r}")
+
+
+def is_number(v) -> bool:
+    """A finite int or float (not a bool, not a string that spells a number)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_str_list(v) -> bool:
+    """A list (or tuple) of strings."""
+    return isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
 
 
 @dataclass
@@ -36,6 +53,7 @@ class PeftConfig:
         if self.task_type not in (None, "CAUSAL_LM"):
             raise ConfigError(f"{type(self).__name__}.task_type must be 'CAUSAL_LM' (the only task a GPT here "
                               f"serves), got {self.task_type!r}")
+        check_field(self, "inference_mode", isinstance(self.inference_mode, bool), "True or False")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +68,8 @@ class PeftConfig:
         Informational fields are ignored; a field this method does not implement is accepted only at the
         value that means "off", otherwise refused with its name, as is any field we do not know.
         """
+        if not isinstance(d, dict):
+            raise ConfigError(f"{cls.__name__}.from_dict needs a dict of fields, got a {type(d).__name__}")
         if d.get("peft_type", cls.PEFT_TYPE) != cls.PEFT_TYPE:
             raise ConfigError(f"{cls.__name__}.from_dict: peft_type is {d.get('peft_type')!r}, "
                               f"expected {cls.PEFT_TYPE!r}")

@@ -62,8 +62,10 @@ class PeftModel(Module):
 
     def add_adapter(self, adapter_name: str, config: PeftConfig) -> None:
         """Add another adapter of the same method; it is not activated (call set_adapter)."""
-        if config.peft_type != next(iter(self.peft_config.values())).peft_type:
-            raise TypeError(f"this PeftModel holds {next(iter(self.peft_config.values())).peft_type} adapters; "
+        if not isinstance(config, PeftConfig):
+            raise TypeError(f"add_adapter: config must be a PeftConfig such as LoraConfig, got {type(config).__name__}")
+        if config.peft_type != self.base_model.peft_type:
+            raise TypeError(f"this PeftModel holds {self.base_model.peft_type} adapters; "
                             f"cannot add a {config.peft_type} adapter")
         self.base_model.inject_adapter(adapter_name, config)
 

@@ -39,6 +39,8 @@ def register_peft_method(*, name: str, config_cls: type[PeftConfig], model_cls: 
 
 def config_from_dict(d: dict) -> PeftConfig:
     """The right config class for d["peft_type"], built from d."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"an adapter config must be a dict (a JSON object), got a {type(d).__name__}")
     kind = d.get("peft_type")
     if kind not in PEFT_TYPE_TO_CONFIG:
         raise ConfigError(f"unknown peft_type {kind!r} in adapter config; minipeft implements "

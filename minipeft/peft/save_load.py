@@ -5,6 +5,14 @@ PEFT names them, `base_model.model.<module path>.lora_A.weight` (the adapter nam
 and put back on load), and a `modules_to_save` copy under its module's own path,
 `base_model.model.<module path>.weight`. The config records a fingerprint of every base-model
 parameter so an adapter is not silently loaded onto a base it was not trained on.
+
+A folder is replaced as a unit (`minipeft.io_utils.write_files_as_unit`): both files are staged, a
+small commit marker is written, then both are renamed into place. A save killed at any moment leaves
+the folder holding one whole save (the old one, or the new one once the next read or write finishes
+the committed renames), never the config of one save beside the weights of another; the finished
+folder holds exactly Hugging Face's two files. The weights file's metadata carries a sha256 of its
+tensors, checked on load; a file without one (written by Hugging Face PEFT or an older minipeft)
+loads unchecked, as safetensors itself has no checksum.
 """
 
 from __future__ import annotations
@@ -14,11 +22,11 @@ import json
 import os
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
 
 from minipeft import backend
-from minipeft.io_utils import atomic_write_bytes
+from minipeft.io_utils import recover_files, tensors_sha256, write_files_as_unit
 from minipeft.nn.module import Module, Parameter
 from minipeft.peft.config import ConfigError
 from minipeft.peft.registry import config_from_dict
@@ -27,6 +35,7 @@ from minipeft.peft.tuners.modules_to_save import ModulesToSaveWrapper
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+CHECKSUM_KEY = "tensors_sha256"  # in the weights file's metadata
 
 
 class AdapterError(ValueError):
@@ -86,35 +95,59 @@ def adapter_state_dict(peft_model, name: str) -> dict[str, np.ndarray]:
 
 
 def save_adapters(peft_model, root: str, selected: list[str] | None = None) -> None:
-    """Write each selected adapter's config and weights; both files are replaced atomically."""
+    """Write each selected adapter's config and weights; each adapter folder is replaced as a unit."""
+    tuner = peft_model.base_model
+    if tuner.unloaded_by is not None:
+        raise AdapterError(f"save_pretrained: this PeftModel has no adapters left, {tuner.unloaded_by} removed them; "
+                           "save the model it returned with minipeft.checkpoint.save_checkpoint, or save the adapter "
+                           "before unloading it")
+    if not peft_model.peft_config:
+        raise AdapterError("save_pretrained: this PeftModel holds no adapter (the last one was deleted), so there "
+                           "is nothing to save; add_adapter() one first")
     names = selected or list(peft_model.peft_config)
     for name in names:
         if name not in peft_model.peft_config:
             raise KeyError(f"save_pretrained: no adapter named {name!r}; adapters are {sorted(peft_model.peft_config)}")
     base = peft_model.get_base_model()
     for name in names:
-        d = adapter_dir(root, name)
-        os.makedirs(d, exist_ok=True)
         cfg = peft_model.peft_config[name].to_dict()
         cfg["inference_mode"] = True
         cfg["base_model_fingerprint"] = peft_model.base_fingerprint
         if hasattr(base, "config") and hasattr(base.config, "to_dict"):
             cfg["base_model_config"] = base.config.to_dict()
-        meta = {"format": "np", "peft_type": cfg["peft_type"], "base_model_fingerprint": peft_model.base_fingerprint}
-        blob = save(adapter_state_dict(peft_model, name), metadata=meta)
-        atomic_write_bytes(os.path.join(d, WEIGHTS_NAME), blob)
-        atomic_write_bytes(os.path.join(d, CONFIG_NAME), json.dumps(cfg, indent=2, sort_keys=True).encode())
+        arrays = adapter_state_dict(peft_model, name)
+        meta = {"format": "np", "peft_type": cfg["peft_type"], "base_model_fingerprint": peft_model.base_fingerprint,
+                CHECKSUM_KEY: tensors_sha256(arrays)}
+        write_files_as_unit(adapter_dir(root, name), {
+            WEIGHTS_NAME: save(arrays, metadata=meta),
+            CONFIG_NAME: json.dumps(cfg, indent=2, sort_keys=True).encode(),
+        })
+
+
+def recover(directory: str) -> None:
+    """Finish (or drop) a save into `directory` that a crash cut short, so the reader sees one whole save."""
+    try:
+        recover_files(directory, (WEIGHTS_NAME, CONFIG_NAME))
+    except OSError as e:
+        raise AdapterError(f"{directory!r} holds a save that was interrupted, and finishing it failed ({e}); make the "
+                           "folder writable and load again, or save the adapter again") from e
 
 
 def read_config(directory: str) -> dict:
+    """The adapter_config.json of `directory` as a dict (after finishing any save a crash cut short)."""
+    recover(directory)
     path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(path):
         raise AdapterError(f"no {CONFIG_NAME} in {directory!r}; point at a folder written by save_pretrained()")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            saved = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterError(f"{path} is not valid JSON ({e}); the file is corrupted: save the adapter again") from e
+    if not isinstance(saved, dict):
+        raise AdapterError(f"{path} holds a JSON {type(saved).__name__}, not an object {{\"peft_type\": ..., ...}}; "
+                           "it is not an adapter config: save the adapter again with save_pretrained()")
+    return saved
 
 
 def _check_base(saved: dict, actual: str, directory: str, check: bool) -> None:
@@ -131,10 +164,16 @@ def load_weights(peft_model, directory: str, name: str) -> None:
     if not os.path.isfile(path):
         raise AdapterError(f"no {WEIGHTS_NAME} in {directory!r}; point at a folder written by save_pretrained()")
     try:
-        arrays = load_file(path)
+        with safe_open(path, framework="numpy") as f:
+            metadata = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise AdapterError(f"{path} could not be read as safetensors ({e}); it is truncated or corrupted: "
                            "save the adapter again") from e
+    want = metadata.get(CHECKSUM_KEY)
+    if want is not None and tensors_sha256(arrays) != want:
+        raise AdapterError(f"{path}: the tensor data does not match the checksum stored with it ({CHECKSUM_KEY}); "
+                           "the file was damaged after it was written: save the adapter again")
     params = dict(peft_model.named_parameters())
     expected = adapter_keys(peft_model, name)
     missing = sorted(set(expected) - set(arrays))

@@ -40,6 +40,7 @@ class BaseTuner(Module):
             setattr(self, slot, ModuleDict())
         self.peft_config: dict[str, PeftConfig] = {}
         self.active_adapter: str | None = adapter_name
+        self.unloaded_by: str | None = None   # "merge_and_unload()" or "unload()" once the adapters are gone
         self.inject_adapter(adapter_name, config)
 
     # ---- what a method writes ----------------------------------------------------------------------
@@ -61,6 +62,7 @@ class BaseTuner(Module):
             raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(config).__name__}")
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"adapter name must be a non-empty string without dots, such as 'default', got {name!r}")
+        self._check_loaded("add_adapter()")
         if name in self.peft_config:
             raise ValueError(f"adapter {name!r} already exists; pick another name or delete_adapter({name!r})")
         if self.merged:
@@ -151,8 +153,20 @@ class BaseTuner(Module):
     def merged(self) -> bool:
         return any(m.merged for m in self.tuner_layers())
 
+    def _check_loaded(self, what: str) -> None:
+        """Refuse adapter work once merge_and_unload()/unload() took the adapters out (the base model changed)."""
+        if self.unloaded_by is None:
+            return
+        merged = self.unloaded_by == "merge_and_unload()"
+        raise RuntimeError(
+            f"{what}: this PeftModel's adapters were removed by {self.unloaded_by}"
+            + (", which folded the active one into the base weights; there is nothing to unmerge" if merged else "")
+            + ". Work on the model it returned: wrap it anew with get_peft_model(model, config) (its fingerprint "
+            "is then taken from the weights it has now), or save it with save_checkpoint")
+
     def set_adapter(self, name: str) -> None:
         """Route every wrapped layer through adapter `name` and make only it trainable."""
+        self._check_loaded("set_adapter()")
         if name not in self.peft_config:
             raise KeyError(f"no adapter named {name!r}; adapters are {sorted(self.peft_config)}")
         if self.merged:
@@ -166,6 +180,7 @@ class BaseTuner(Module):
 
     def delete_adapter(self, name: str) -> None:
         """Remove adapter `name` everywhere; another adapter becomes active if this one was."""
+        self._check_loaded("delete_adapter()")
         if name not in self.peft_config:
             raise KeyError(f"no adapter named {name!r}; adapters are {sorted(self.peft_config)}")
         for m in self.tuner_layers():
@@ -206,12 +221,14 @@ class BaseTuner(Module):
     def merge(self) -> None:
         """Fold the active adapter into the base weights of every layer that holds it."""
         self._check_mergeable("merge_adapter()")
+        self._check_loaded("merge_adapter()")
         for m in self.tuner_layers():
             if m.active_adapter is not None and not m.merged:
                 m.merge(m.active_adapter)
 
     def unmerge(self) -> None:
         self._check_mergeable("unmerge_adapter()")
+        self._check_loaded("unmerge_adapter()")
         layers = [m for m in self.tuner_layers() if m.merged]
         if not layers:
             raise RuntimeError("unmerge_adapter(): no adapter is merged")
@@ -221,22 +238,28 @@ class BaseTuner(Module):
     def merge_and_unload(self) -> Module:
         """Fold the active adapter into the base weights (unless already merged); put the plain modules back."""
         self._check_mergeable("merge_and_unload()")
+        self._check_loaded("merge_and_unload()")
         self.merge()
-        return self._unwrap(keep_saved_copy=True)
+        return self._unwrap(keep_saved_copy=True, by="merge_and_unload()")
 
     def unload(self) -> Module:
         """Remove every adapter without merging: the base model as it was."""
+        self._check_loaded("unload()")
         if self.merged:
             self.unmerge()
-        return self._unwrap(keep_saved_copy=False)
+        return self._unwrap(keep_saved_copy=False, by="unload()")
 
-    def _unwrap(self, keep_saved_copy: bool) -> Module:
+    def _unwrap(self, keep_saved_copy: bool, by: str) -> Module:
+        """Put the plain modules back and forget every adapter: this tuner is then spent (see _check_loaded)."""
         for path, m in list(self.model.named_modules()):
             if isinstance(m, BaseTunerLayer):
                 self.model.set_submodule(path, m.get_base_layer())
             elif isinstance(m, ModulesToSaveWrapper):
                 copy = m.modules_to_save[m.active_adapter] if keep_saved_copy and m.active_adapter else None
                 self.model.set_submodule(path, copy or m.original_module)
+        for slot in self.tuner_slot_names:
+            setattr(self, slot, ModuleDict())
+        self.peft_config, self.active_adapter, self.unloaded_by = {}, None, by
         return self.model
 
     # ---- running the model -------------------------------------------------------------------------

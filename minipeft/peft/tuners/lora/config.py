@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from minipeft.peft.config import ConfigError, PeftConfig
+from minipeft.peft.config import ConfigError, PeftConfig, check_field, is_number, is_str_list
 from minipeft.peft.tuners.targets import pattern_key
 
 
@@ -38,27 +38,31 @@ class LoraConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ConfigError(f"LoraConfig.r must be an int >= 1, got {self.r!r}")
-        if not self.lora_alpha > 0:
-            raise ConfigError(f"LoraConfig.lora_alpha must be > 0, got {self.lora_alpha!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ConfigError(f"LoraConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if self.bias not in ("none", "all", "lora_only"):
-            raise ConfigError(f"LoraConfig.bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
-        if self.init_lora_weights not in (True, False, "gaussian"):
-            raise ConfigError(f"LoraConfig.init_lora_weights must be True, False or 'gaussian', "
-                              f"got {self.init_lora_weights!r}")
+        check_field(self, "r", _is_rank(self.r), "an int >= 1")
+        check_field(self, "lora_alpha", _is_alpha(self.lora_alpha), "a finite number > 0")
+        check_field(self, "lora_dropout", is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1,
+                    "a number in [0, 1)")
+        check_field(self, "bias", self.bias in ("none", "all", "lora_only"), "'none', 'all' or 'lora_only'")
+        check_field(self, "use_rslora", isinstance(self.use_rslora, bool), "True or False")
+        check_field(self, "init_lora_weights", any(self.init_lora_weights is v for v in (True, False))
+                    or self.init_lora_weights == "gaussian", "True, False or 'gaussian'")
         if self.target_modules is None:
             self.target_modules = ["q_proj", "v_proj"]   # the original paper's choice
+        check_field(self, "target_modules", isinstance(self.target_modules, str) or is_str_list(self.target_modules),
+                    "a list of module names, one regex string, or 'all-linear'")
         if isinstance(self.target_modules, str):
             _check_regex("target_modules", self.target_modules)
         else:
             self.target_modules = list(self.target_modules)
             if not self.target_modules:
                 raise ConfigError("LoraConfig.target_modules is empty; name at least one module, e.g. ['q_proj']")
-        if isinstance(self.layers_to_transform, int):
+        if _is_index(self.layers_to_transform):
             self.layers_to_transform = [self.layers_to_transform]
+        check_field(self, "layers_to_transform", self.layers_to_transform is None or (
+            isinstance(self.layers_to_transform, (list, tuple)) and all(map(_is_index, self.layers_to_transform))),
+            "None, a block index (an int >= 0) or a list of them")
+        check_field(self, "modules_to_save", self.modules_to_save is None or is_str_list(self.modules_to_save),
+                    "None or a list of module names")
         for name, pattern, ok, allowed in (("rank_pattern", self.rank_pattern, _is_rank, "ints >= 1"),
                                            ("alpha_pattern", self.alpha_pattern, _is_alpha, "numbers > 0")):
             if not isinstance(pattern, dict):
@@ -89,7 +93,11 @@ def _is_rank(v) -> bool:
 
 
 def _is_alpha(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    return is_number(v) and v > 0
+
+
+def _is_index(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _check_regex(what: str, pattern: str) -> None:
