@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from minipeft.data.batching import collate_sft, encode_rows
+from minipeft.data.dialogues import fact_kind
 from minipeft.data.generator import get_task
 from minipeft.generate import core_model, generate
-from minipeft.metrics import accuracy, exact_match, fact_recall, rouge
+from minipeft.metrics import accuracy, exact_match, fact_recall, fact_recall_by_kind, rouge
 from minipeft.optim import AdamW, cosine_schedule
 from minipeft.train import TrainResult, train
 
@@ -71,7 +72,9 @@ def score(task: str, predictions: Sequence[str], references: Sequence[str]) -> d
     """The task's metric: ROUGE-1/2/L, exact match, or accuracy (first word vs label)."""
     metric = get_task(task).metric
     if metric == "rouge":
-        return {**rouge(predictions, references), "fact_recall": fact_recall(predictions, references)}
+        by_kind = fact_recall_by_kind(predictions, references, fact_kind)
+        return {**rouge(predictions, references), "fact_recall": fact_recall(predictions, references),
+                **{f"facts_{k}": v for k, v in by_kind.items()}}
     if metric == "exact_match":
         return {"exact_match": exact_match(predictions, references)}
     first = [p.split()[0].strip(".,!").lower() if p.split() else "" for p in predictions]

@@ -13,7 +13,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -134,3 +134,21 @@ def fact_recall(predictions: Sequence[str], references: Sequence[str]) -> float:
     scores = [len(facts(p) & facts(r)) / len(facts(r)) for p, r in zip(predictions, references, strict=True)
               if facts(r)]
     return sum(scores) / len(scores) if scores else math.nan
+
+
+def fact_recall_by_kind(predictions: Sequence[str], references: Sequence[str],
+                        kind_of: Callable[[str], str]) -> dict[str, float]:
+    """Fact recall per kind of fact (e.g. names, days, places, numbers): for each kind, the share of all the
+    references' facts of that kind that their predictions also state (pooled over the pairs).
+
+    `kind_of(word)` names the kind of one fact; a kind no reference has is left out.
+    """
+    _check_pairs(predictions, references, "fact_recall_by_kind")
+    hits: Counter = Counter()
+    totals: Counter = Counter()
+    for p, r in zip(predictions, references, strict=True):
+        stated = facts(p)
+        for f in facts(r):
+            totals[kind_of(f)] += 1
+            hits[kind_of(f)] += f in stated
+    return {k: hits[k] / totals[k] for k in sorted(totals)}

@@ -26,6 +26,7 @@ from minipeft.data.generator import DATA_VERSION, make_corpus
 from minipeft.data.tokenizer import Tokenizer
 from minipeft.nn.gpt import GPT, GPTConfig
 from minipeft.optim import AdamW, cosine_schedule
+from minipeft.probes import repeat_accuracy
 from minipeft.train import TrainResult, train
 
 
@@ -94,8 +95,13 @@ def lm_loss(model: GPT, ids: np.ndarray, seq_len: int, max_windows: int = 64) ->
     return float(sum(losses) / n)
 
 
-def build_base_model(cfg: PretrainConfig = FULL, progress: bool = True) -> tuple[BaseModel, TrainResult]:
-    """Train the tokenizer and pretrain a GPT on the generated corpus (no caching)."""
+def build_base_model(cfg: PretrainConfig = FULL, progress: bool = True, probe_every: int = 0,
+                     probe=None) -> tuple[BaseModel, TrainResult]:
+    """Train the tokenizer and pretrain a GPT on the generated corpus (no caching).
+
+    probe: model -> dict of metrics, run every probe_every steps and at the end (e.g. how well the model
+    copies from its context, minipeft.probes.repeat_accuracy); the default probe is repeat_accuracy.
+    """
     t0 = time.perf_counter()
     docs = make_corpus(cfg.n_docs, seed=cfg.seed)
     val_docs = make_corpus(cfg.n_val_docs, seed=cfg.seed + 10_000)
@@ -107,15 +113,18 @@ def build_base_model(cfg: PretrainConfig = FULL, progress: bool = True) -> tuple
     rng = np.random.default_rng(cfg.seed)
     opt = AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     init_val = lm_loss(model, val_stream, cfg.seq_len)
+    probe = probe or (lambda m: {"repeat_accuracy": repeat_accuracy(m, low=min(256, tok.vocab_size // 2))})
     result = train(model, lambda step: lm_batches(stream, cfg.batch_size, cfg.seq_len, rng), steps=cfg.steps,
                    optimizer=opt, schedule=lambda s: cosine_schedule(s, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr),
-                   grad_clip=1.0, progress=progress, seed=cfg.seed, desc="pretrain")
+                   grad_clip=1.0, progress=progress, seed=cfg.seed, desc="pretrain", eval_fn=probe,
+                   eval_every=probe_every)
     val = lm_loss(model, val_stream, cfg.seq_len)
     info = {"recipe": asdict(cfg), "model_config": gcfg.to_dict(), "parameters": model.num_parameters(),
             "corpus_tokens": int(len(stream)), "tokens_trained": result.tokens_seen,
             "val_loss_init": init_val, "val_loss": val, "val_perplexity": math.exp(val),
             "val_perplexity_init": math.exp(init_val), "train_seconds": result.wall_time_s,
-            "total_seconds": time.perf_counter() - t0, "losses": result.losses}
+            "total_seconds": time.perf_counter() - t0, "losses": result.losses,
+            "probes": [{"step": step, **m} for step, m in result.eval_history]}
     return BaseModel(model, tok, info, Path()), result
 
 

@@ -13,6 +13,7 @@ from minipeft.metrics import (
     accuracy,
     exact_match,
     fact_recall,
+    fact_recall_by_kind,
     facts,
     normalize_answer,
     perplexity,
@@ -102,3 +103,22 @@ def test_fact_recall_counts_names_days_and_numbers_only():
     assert fact_recall([wrong], [ref]) == 0.5  # 8 and 12 right, Kate and Sunday wrong
     assert fact_recall(["", ref], [ref, ref]) == 0.5
     assert math.isnan(fact_recall(["x"], ["no facts here."]))
+
+
+def test_fact_recall_by_kind_pools_each_kind_over_the_pairs():
+    refs = ["Anna meets Oscar at 8 on Monday.", "Ben pays 30 dollars at Luigi's on Friday."]
+    preds = ["Anna meets Tom at 8 on Monday.", "Ben pays 40 dollars at Luigi's on Friday."]
+    kind = {"Anna": "names", "Oscar": "names", "Ben": "names", "Tom": "names", "Monday": "days", "Friday": "days",
+            "Luigi": "places", "8": "numbers", "30": "numbers", "40": "numbers"}.__getitem__
+    got = fact_recall_by_kind(preds, refs, kind)
+    assert got == {"days": 1.0, "names": 2 / 3, "numbers": 1 / 2, "places": 1.0}
+    assert fact_recall(preds, refs) == pytest.approx((3 / 4 + 3 / 4) / 2)   # the per-summary mean, for contrast
+    with pytest.raises(ValueError, match="2 predictions but 1 references"):
+        fact_recall_by_kind(preds, refs[:1], kind)
+
+
+def test_fact_kinds_of_the_dialogue_task():
+    from minipeft.data.dialogues import fact_kind
+
+    assert [fact_kind(w) for w in ("Oscar", "Monday", "8:30", "30", "Paris")] == [
+        "names", "days", "numbers", "numbers", "places"]

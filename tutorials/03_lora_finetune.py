@@ -97,7 +97,11 @@ def main(argv: list[str] | None = None) -> None:
               f"{'' if t is None else f'{t:.0f}':>9}{'' if mem is None else format_bytes(mem):>11}"
               f"{format_bytes(12 * n) if n else '-':>12}{format_bytes(stored) if stored else '-':>11}")
     print("facts: share of the reference's names, days, places and numbers that the summary states (a summary\n"
-          "can be fluent and on-template yet name the wrong person: ROUGE alone would hide that)")
+          "can be fluent and on-template yet name the wrong person: ROUGE alone would hide that); by kind:")
+    kinds = sorted({k for _, _, s, *_ in rows for k in s if k.startswith("facts_")})
+    print(f"{'method':<18}" + "".join(f"{k[6:]:>10}" for k in kinds))
+    for name, _, s, *_ in rows:
+        print(f"{name:<18}" + "".join(f"{s[k]:>10.2f}" if k in s else f"{'-':>10}" for k in kinds))
     print("peak mem: measured (tracemalloc) peak of what training allocated beyond the weights: activations,\n"
           "gradients and AdamW state; grads+Adam: 12 bytes per trainable float32 parameter (gradient, m, v),\n"
           "the part LoRA removes for frozen weights; stored: bytes written to disk per task")

@@ -18,6 +18,21 @@ MAX_SUMMARY_WORDS = 30
 P1, P2 = "#Person1#", "#Person2#"
 
 
+_NAMES = frozenset(V.FEMALE_NAMES + V.MALE_NAMES + V.SURNAMES)
+
+
+def fact_kind(word: str) -> str:
+    """The kind of one fact of a summary (see metrics.facts): "names", "days", "numbers" (times, prices,
+    counts) or "places" (restaurants, cities, firms and the other capitalized words)."""
+    if word in _NAMES:
+        return "names"
+    if word in V.DAYS:
+        return "days"
+    if word[:1].isdigit():
+        return "numbers"
+    return "places"
+
+
 def _one(rng: random.Random, *options: str) -> str:
     return rng.choice(options)
 

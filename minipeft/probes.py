@@ -1,0 +1,38 @@
+"""Probes of what a language model can read from its context, cheap enough to run during pretraining.
+
+`repeat_accuracy`: a random token sequence, then the same sequence again. Nothing in the language
+predicts random tokens, so the second copy can be predicted only by looking back at the first: the
+"induction" skill (Olsson et al., 2022) a model needs to copy a name, a place or a time from a
+dialogue into its summary. Chance is about 1 / vocab_size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minipeft import backend
+from minipeft.autograd import no_grad
+from minipeft.generate import core_model
+
+
+def repeat_accuracy(model, n_seq: int = 32, length: int = 24, low: int = 0, seed: int = 0) -> float:
+    """Share of the second copy's tokens (after its first) that the model's argmax predicts.
+
+    Each row is s, s with s drawn uniformly from token ids low..vocab_size-1 (a generator of its own,
+    `seed`); the prediction for position length + i (the copy's token i) must be s[i + 1].
+    """
+    vocab, ctx = core_model(model).config.vocab_size, core_model(model).config.context_length
+    if not 0 <= low < vocab or length < 2 or 2 * length > ctx:
+        raise ValueError(f"repeat_accuracy: need 0 <= low < vocab_size={vocab}, length >= 2 and 2 * length <= "
+                         f"context_length={ctx}; got low={low}, length={length}")
+    s = np.random.default_rng(seed).integers(low, vocab, (n_seq, length))
+    ids = np.concatenate([s, s], axis=1)                                 # (n, 2 * length)
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            logits, _ = model(backend.asarray(ids))
+    finally:
+        model.train(was_training)
+    pred = backend.to_numpy(logits.data[:, length:-1].argmax(axis=-1))   # (n, length - 1)
+    return float((pred == s[:, 1:]).mean())
