@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from minipeft.data.batching import collate_sft, encode_rows
+from minipeft.data.batching import check_positive_int, collate_sft, encode_rows
 from minipeft.data.dialogues import fact_kind
 from minipeft.data.generator import get_task
 from minipeft.generate import core_model, generate
@@ -17,6 +17,7 @@ from minipeft.train import TrainResult, train
 
 def sft_sampler(rows: Sequence[dict], task: str, tok, batch_size: int, max_len: int, seed: int = 0):
     """step -> collated batch, reshuffling the rows every epoch (encodes everything once, up front)."""
+    check_positive_int(batch_size, "batch_size", "finetune")
     encoded = encode_rows(rows, task, tok, max_len)
     if len(encoded) < batch_size:
         raise ValueError(f"sft_sampler: {len(encoded)} rows are fewer than batch_size={batch_size}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -83,6 +84,17 @@ def _nonfinite(what: str, value: float, step: int, lr: float) -> FloatingPointEr
         "(token ids in range, not every target ignored) and the weights for NaN/inf.")
 
 
+def _scheduled_lr(schedule: Callable[[int], float], step: int) -> float:
+    """schedule(step), checked: a learning rate must be a finite number >= 0."""
+    lr = schedule(step)
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
+        name = getattr(schedule, "__name__", type(schedule).__name__)
+        raise ValueError(f"step {step}: the learning-rate schedule {name}({step}) returned {lr!r}; a schedule must "
+                         "return a finite number >= 0 at every step (check its formula, e.g. a division by zero "
+                         "when warmup or max_steps is 0); the parameters were not updated at this step")
+    return float(lr)
+
+
 def _evaluate(model, eval_fn: Callable[[Any], dict]) -> dict:
     model.eval()
     try:
@@ -138,7 +150,7 @@ def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: in
             mem.__enter__()
         for step in range(steps):
             if schedule is not None:
-                optimizer.lr = schedule(step)
+                optimizer.lr = _scheduled_lr(schedule, step)
             x, y = _unpack(get_batch(step), step)
             loss = loss_fn(model, x, y)
             loss_value = float(loss.item())

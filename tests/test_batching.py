@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,6 +22,7 @@ from minipeft.data import (
     sft_batches,
     split_for_bpe,
 )
+from minipeft.finetune import sft_sampler
 
 
 class CharTokenizer:
@@ -56,6 +59,19 @@ def test_lm_batches_reach_the_last_window_and_reject_short_streams():
     assert set(starts.tolist()) == {0, 1, 2, 3}
     with pytest.raises(ValueError, match="at least seq_len\\+1=17"):
         lm_batches(np.arange(16), 1, 16, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("batch_size", [0, -2, 2.0, None])
+def test_a_batch_size_below_one_is_refused_by_every_entry_point(batch_size):
+    rows = make_splits("sentiment", 4, 0, 0, seed=0)["train"]
+    rng = np.random.default_rng(0)
+    for where, call in [("lm_batches", lambda: lm_batches(np.arange(100), batch_size, 8, rng)),
+                        ("sft_batches", lambda: sft_batches(rows, "sentiment", CHAR, batch_size, 512, rng)),
+                        ("finetune", lambda: sft_sampler(rows, "sentiment", CHAR, batch_size, 512))]:
+        with pytest.raises(ValueError, match=re.escape(f"{where}: batch_size must be an int >= 1, got {batch_size!r}")):
+            call()
+    with pytest.raises(ValueError, match="lm_batches: seq_len must be an int >= 1, got 0"):
+        lm_batches(np.arange(100), 2, 0, rng)
 
 
 def test_encode_corpus_ends_every_document_with_eos():

@@ -179,6 +179,23 @@ def test_load_jsonl_errors_name_the_file_and_line(tmp_path, bad, message):
     assert f"{p}, line 3" in str(e.value)
 
 
+def test_load_jsonl_names_the_line_that_is_not_utf8_and_accepts_a_bom(tmp_path):
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes(b'{"dialogue": "a", "summary": "b"}\n{"dialogue": "caf\xe9", "summary": "b"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{p}, line 2: not UTF-8 text (byte 0xe9 at column 18)")):
+        load_jsonl(p)
+    p.write_bytes(b'\xef\xbb\xbf{"dialogue": "a", "summary": "b"}\n')
+    assert load_jsonl(p) == [{"dialogue": "a", "summary": "b"}]
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n"])
+def test_a_jsonl_file_without_rows_is_an_error_not_an_empty_list(tmp_path, text):
+    p = tmp_path / "empty.jsonl"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(f"{p} holds no rows")):
+        load_jsonl(p)
+
+
 def test_save_jsonl_round_trips(tmp_path):
     rows = [{"dialogue": "#Person1#: Hi 日本\n#Person2#: \"yo\"", "summary": "ok"}, {"dialogue": "", "summary": ""}]
     p = save_jsonl(tmp_path / "sub" / "out.jsonl", rows)

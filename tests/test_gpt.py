@@ -289,6 +289,8 @@ def test_manual_seed_makes_weights_and_logits_bit_identical():
     (np.zeros((1, 17), np.int64), ValueError, "sequence of 17 tokens exceeds the context length 16"),
     (np.array([[1, 64, 2]]), IndexError, "token id 64 is out of range for a vocabulary of 64"),
     (np.array([[1, -1, 2]]), IndexError, "token id -1 is out of range for a vocabulary of 64"),
+    (np.zeros((0, 4), np.int64), ValueError, re.escape("token ids have shape (0, 4), an empty batch")),
+    (np.zeros((2, 0), np.int64), ValueError, re.escape("token ids have shape (2, 0), an empty batch")),
 ])
 def test_bad_ids_raise_errors_naming_the_problem(ids, exc, message):
     with pytest.raises(exc, match=message):

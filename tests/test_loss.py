@@ -44,6 +44,8 @@ def test_accepts_tensors_and_a_custom_ignore_index(float64):
 @pytest.mark.parametrize("targets, exc, message", [
     (np.zeros((8, 2), np.int64), ValueError,
      re.escape("targets have shape (8, 2) but input_ids (2, 8); they must match")),
+    (np.where(np.arange(14).reshape(2, 7) < 3, -100, 5), ValueError,   # one short, some ignored: rows misalign
+     re.escape("targets have shape (2, 7) but input_ids (2, 8); they must match")),
     (np.zeros((2, 8), np.float32), TypeError, "targets must be integer token ids, got dtype float32"),
     (np.full((2, 8), -100), ValueError, "every target is ignore_index=-100, so there is no loss to learn from; "
                                         "check the batch's loss mask"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -107,3 +109,38 @@ def test_training_is_deterministic():
 def test_too_small_vocab_is_rejected():
     with pytest.raises(ValueError, match="at least 259"):
         Tokenizer.train(TEXTS[:10], vocab_size=100)
+
+
+def test_a_truncated_tokenizer_file_names_the_file(tok, tmp_path):
+    path = tok.save(tmp_path / "tokenizer.json")
+    path.write_text(path.read_text()[:200])
+    with pytest.raises(ValueError, match=re.escape(f"{path} is not a valid tokenizer.json (")):
+        Tokenizer.from_file(path)
+
+
+@pytest.mark.parametrize("text, exc, message", [
+    (None, TypeError, "encode: text must be a str, got NoneType"),
+    (b"hi", TypeError, r"encode: text must be a str, got bytes \(decode bytes first"),
+    (7, TypeError, "encode: text must be a str, got int"),
+    ("ok \udce9", ValueError, r"encode: text holds a lone surrogate '\\udce9' at index 3"),
+])
+def test_encode_refuses_what_is_not_text_naming_it(tok, text, exc, message):
+    with pytest.raises(exc, match=message):
+        tok.encode(text)
+    with pytest.raises(exc, match=message.replace("encode: text", r"encode_batch: texts\[1\]")):
+        tok.encode_batch(["fine", text])
+    with pytest.raises(TypeError, match="got a single str"):
+        tok.encode_batch("one text")
+
+
+@pytest.mark.parametrize("ids, exc, message", [
+    ([5, 99999], IndexError, r"decode: ids\[1\] = 99999 is not a token id of this tokenizer \(ids are 0 to 511\)"),
+    ([-1], IndexError, r"decode: ids\[0\] = -1 is not a token id"),
+    ([512], IndexError, r"ids are 0 to 511"),
+    ([1.0], TypeError, r"decode: ids\[0\] = 1.0 is not an integer token id"),
+    (["7"], TypeError, "is not an integer token id"),
+])
+def test_decode_refuses_ids_outside_the_vocabulary_and_non_integers(tok, ids, exc, message):
+    with pytest.raises(exc, match=message):
+        tok.decode(ids)
+    assert tok.decode(np.array([511, 0, 3])) == tok.decode([511, 0, 3])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -109,6 +111,37 @@ def test_targets_of_another_shape_or_all_ignored_raise_before_any_step(keep_rng)
         train(model, lambda s: (x, np.zeros((8, 2), np.int64)), steps=1, optimizer=opt, **QUIET)
     with pytest.raises(ValueError, match="every target is ignore_index=-100"):
         train(model, lambda s: (x, np.full((2, 8), -100)), steps=1, optimizer=opt, **QUIET)
+
+
+def test_an_all_ignored_batch_stops_before_weight_decay_moves_anything(keep_rng):
+    # loss 0 used to train anyway, and AdamW's decay shrank every weight with nothing learned
+    model = _model()
+    before = {n: p.data.copy() for n, p in model.named_parameters()}
+    x, y = _batch(B=2)
+    batches = [(x, y), (x, np.full_like(y, -100))]
+    with pytest.raises(ValueError, match="every target is ignore_index=-100"):
+        train(model, batches, steps=2, optimizer=AdamW(model.parameters(), weight_decay=0.5), **QUIET)
+    moved = [n for n, p in model.named_parameters() if not np.array_equal(p.data, before[n])]
+    assert moved                                              # step 0 trained
+    after_one = {n: p.data.copy() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="every target is ignore_index=-100"):
+        train(model, batches[1:], steps=1, optimizer=AdamW(model.parameters(), weight_decay=0.5), **QUIET)
+    assert all(np.array_equal(p.data, after_one[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("value", [float("nan"), -1e-3, float("inf"), None, "1e-3"])
+def test_a_schedule_that_returns_no_learning_rate_is_named_with_its_step(keep_rng, value):
+    model = _model()
+    before = {n: p.data.copy() for n, p in model.named_parameters()}
+
+    def warmup_by_zero(step):
+        return 1e-3 if step < 2 else value
+
+    with pytest.raises(ValueError, match=re.escape(f"step 2: the learning-rate schedule warmup_by_zero(2) returned "
+                                                   f"{value!r}; a schedule must return a finite number >= 0")):
+        train(model, lambda s: _batch(B=2), steps=4, optimizer=SGD(model.parameters(), lr=0.1), schedule=warmup_by_zero,
+              **QUIET)
+    assert any(not np.array_equal(p.data, before[n]) for n, p in model.named_parameters())   # steps 0, 1 ran
 
 
 def test_same_seed_gives_bit_identical_weights_and_the_seed_matters(keep_rng):

@@ -26,6 +26,12 @@ class TokenizerLike(Protocol):
     def encode_batch(self, texts: Sequence[str], add_eos: bool = False) -> list[list[int]]: ...
 
 
+def check_positive_int(value, name: str, where: str) -> None:
+    """Raise a ValueError naming `where`, the argument and its value unless it is an int >= 1 (batch_size, seq_len)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{where}: {name} must be an int >= 1, got {value!r}")
+
+
 def encode_corpus(texts: Sequence[str], tok: TokenizerLike) -> np.ndarray:
     """One int64 token stream of all documents, each followed by the end-of-text id."""
     _eos(tok)
@@ -36,8 +42,10 @@ def encode_corpus(texts: Sequence[str], tok: TokenizerLike) -> np.ndarray:
 def lm_batches(token_ids: np.ndarray, batch_size: int, seq_len: int,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random contiguous windows of one token stream (docs joined by eos): x (B, T), y = x shifted by one."""
+    check_positive_int(batch_size, "batch_size", "lm_batches")
+    check_positive_int(seq_len, "seq_len", "lm_batches")
     token_ids = np.asarray(token_ids)
-    n = token_ids.shape[0]
+    n = token_ids.shape[0] if token_ids.ndim else 0
     if token_ids.ndim != 1 or n < seq_len + 1:
         raise ValueError(f"lm_batches needs a 1-D token stream of at least seq_len+1={seq_len + 1} tokens, "
                          f"got shape {token_ids.shape}; use a bigger corpus or a smaller seq_len")
@@ -123,13 +131,14 @@ def encode_rows(rows: Sequence[dict], task: str | Task, tok: TokenizerLike,
 def sft_batches(rows: Sequence[dict], task: str | Task, tok: TokenizerLike, batch_size: int, max_len: int,
                 rng: np.random.Generator | None = None, shuffle: bool = True,
                 drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
-    """One epoch of collated SFT batches (see collate_sft) over the rows of a task."""
+    """One epoch of collated SFT batches (see collate_sft) over the rows of a task; bad arguments raise here."""
+    check_positive_int(batch_size, "batch_size", "sft_batches")
+    if shuffle and rng is None:
+        raise ValueError("sft_batches(shuffle=True) needs rng=np.random.default_rng(seed)")
     encoded = encode_rows(rows, task, tok, max_len)  # encode everything first so errors come early
     order = np.arange(len(encoded))
     if shuffle:
-        if rng is None:
-            raise ValueError("sft_batches(shuffle=True) needs rng=np.random.default_rng(seed)")
         rng.shuffle(order)
     stop = len(order) - len(order) % batch_size if drop_last else len(order)
-    for i in range(0, stop, batch_size):
-        yield collate_sft([encoded[j] for j in order[i:i + batch_size]], tok.pad_id)
+    return (collate_sft([encoded[j] for j in order[i:i + batch_size]], tok.pad_id)
+            for i in range(0, stop, batch_size))

@@ -2,7 +2,7 @@
 
 `load_jsonl(path)` reads DialogSum-shaped rows `{"dialogue", "summary"}` by default; pass `required`
 for another shape, or use `load_prompt_completion(path)` for generic `{"prompt", "completion"}` rows.
-Errors name the file and the line; blank lines are skipped.
+Errors name the file and the line; blank lines are skipped; a file without rows is an error.
 """
 
 from __future__ import annotations
@@ -16,13 +16,18 @@ from minipeft.io_utils import atomic_write_text
 
 
 def load_jsonl(path: str | os.PathLike, required: Sequence[str] = ("dialogue", "summary")) -> list[dict]:
-    """Rows of a JSONL file; each must be an object whose `required` fields are strings."""
+    """Rows of a JSONL file; each must be an object whose `required` fields are strings. No rows is an error."""
     rows = []
-    with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is reported with its number
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}, line {lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # -sig: tolerate a byte-order mark
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                 "save the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path}, line {lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -37,6 +42,9 @@ def load_jsonl(path: str | os.PathLike, required: Sequence[str] = ("dialogue", "
                     raise ValueError(f"{where}: field {field!r} must be a string, got "
                                      f"{type(row[field]).__name__}")
             rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no rows (it is empty or only blank lines); expected one JSON object per "
+                         f"line with the fields {list(required)}")
     return rows
 
 

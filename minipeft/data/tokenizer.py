@@ -30,6 +30,19 @@ def _resolve(path: str | os.PathLike) -> Path:
     return path if path.suffix == ".json" else path / FILE_NAME
 
 
+def _check_text(text, what: str) -> None:
+    """Text must be a str that UTF-8 can encode (a lone surrogate, e.g. from a bad decode, cannot be)."""
+    if not isinstance(text, str):
+        hint = " (decode bytes first: data.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
+        raise TypeError(f"{what} must be a str, got {type(text).__name__}{hint}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} holds a lone surrogate {text[e.start]!r} at index {e.start}, which is not text "
+                         "UTF-8 can encode; it comes from decoding bytes with errors='surrogateescape': decode "
+                         "with errors='replace' instead") from None
+
+
 class Tokenizer:
     """Byte-level BPE tokenizer with pad, end-of-text and (optional) separator ids."""
 
@@ -80,7 +93,12 @@ class Tokenizer:
         file = _resolve(path)
         if not file.is_file():
             raise FileNotFoundError(f"no tokenizer file at {file}; train one with Tokenizer.train(texts)")
-        return cls(HFTokenizer.from_file(str(file)), source=str(file))
+        try:
+            hf = HFTokenizer.from_file(str(file))
+        except Exception as e:  # tokenizers raises a bare Exception with serde's message ("EOF while parsing ...")
+            raise ValueError(f"{file} is not a valid tokenizer.json ({e}); it is truncated or corrupted: save the "
+                             "tokenizer again (Tokenizer.save) or delete it so it is rebuilt") from None
+        return cls(hf, source=str(file))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write tokenizer.json atomically (to `path` if it ends in .json, else into folder `path`)."""
@@ -127,16 +145,31 @@ class Tokenizer:
 
     def encode(self, text: str, add_eos: bool = False) -> list[int]:
         """Token ids of text, with the end-of-text id appended if add_eos."""
+        _check_text(text, "encode: text")
         return self._with_eos(self._hf.encode(text, add_special_tokens=False).ids, add_eos)
 
     def encode_batch(self, texts: Sequence[str], add_eos: bool = False) -> list[list[int]]:
         """Token ids of many texts (encoded in parallel by `tokenizers`)."""
+        if isinstance(texts, (str, bytes)):
+            raise TypeError(f"encode_batch: texts must be a list of strings, got a single {type(texts).__name__}; "
+                            "use encode(text) for one text, or pass [text]")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            _check_text(text, f"encode_batch: texts[{i}]")
         encode = getattr(self._hf, "encode_batch_fast", self._hf.encode_batch)  # _fast skips offsets (>=0.21)
-        encs = encode(list(texts), add_special_tokens=False)
+        encs = encode(texts, add_special_tokens=False)
         return [self._with_eos(e.ids, add_eos) for e in encs]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of token ids (a list or a 1-D integer array); special tokens dropped by default."""
+        ids = list(ids)
+        n = self.vocab_size
+        for pos, i in enumerate(ids):
+            if isinstance(i, (bool, float, str, bytes)) or not hasattr(i, "__index__"):
+                raise TypeError(f"decode: ids[{pos}] = {i!r} is not an integer token id")
+            if not 0 <= int(i) < n:
+                raise IndexError(f"decode: ids[{pos}] = {int(i)} is not a token id of this tokenizer (ids are 0 to "
+                                 f"{n - 1}); was it produced by a model with a larger vocabulary?")
         return self._hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def __len__(self) -> int:

@@ -168,6 +168,9 @@ class GPT(Module):
         if ids.ndim != 2:
             raise ValueError(f"GPT: token ids must have shape (batch, time), got {ids.shape}; "
                              "use ids[None] for a single sequence")
+        if 0 in ids.shape:
+            raise ValueError(f"GPT: token ids have shape {ids.shape}, an empty batch; pass at least one sequence "
+                             "of at least one token (is batch_size 0?)")
         self._check_fits(ids.shape[1], past)
         return ids
 
@@ -192,6 +195,9 @@ class GPT(Module):
         if inputs_embeds.ndim != 3 or inputs_embeds.shape[2] != C:
             raise ValueError(f"GPT: inputs_embeds must have shape (batch, time, d_model={C}), got "
                              f"{inputs_embeds.shape}; use x[None] for a single sequence")
+        if 0 in inputs_embeds.shape:
+            raise ValueError(f"GPT: inputs_embeds has shape {inputs_embeds.shape}, an empty batch; pass at least one "
+                             "sequence of at least one position")
         if inputs_embeds.dtype != dtype:
             raise TypeError(f"GPT: inputs_embeds has dtype {inputs_embeds.dtype} but the model is {dtype}; "
                             f"convert it (or the model with .to({dtype}))")
