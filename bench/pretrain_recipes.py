@@ -17,6 +17,7 @@ import json
 import time
 
 import minipeft as mp
+from minipeft.checkpoint import save_checkpoint
 from minipeft.data.generator import make_splits
 from minipeft.finetune import evaluate, finetune
 from minipeft.pretrain import FULL, QUICK, build_base_model
@@ -43,6 +44,7 @@ def main(argv=None) -> None:
     p.add_argument("--every", type=int, default=100, help="probe every this many pretraining steps")
     p.add_argument("--ft-steps", type=int, default=300, help="full fine-tuning steps per task")
     p.add_argument("--out", default="pretrain_recipes.jsonl")
+    p.add_argument("--save", default="", help="folder to save each pretrained model (and the tokenizer) in")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     base_cfg = QUICK if args.quick else FULL
@@ -53,7 +55,11 @@ def main(argv=None) -> None:
         base, _ = build_base_model(cfg, progress=False, probe_every=args.every)
         pre_s = time.perf_counter() - t0
         for row in base.info["probes"]:
-            print(f"{name} step {row['step']:>5}: repeat_accuracy {row['repeat_accuracy']:.3f}", flush=True)
+            print(f"{name} step {row['step']:>5}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"),
+                  flush=True)
+        if args.save:
+            save_checkpoint(base.model, f"{args.save}/{name}-{args.steps}.safetensors")
+            base.tokenizer.save(f"{args.save}/tokenizer.json")
         print(f"{name}: val loss {base.info['val_loss']:.3f}, pretraining {pre_s:.0f} s", flush=True)
         state = {k: v.copy() for k, v in base.model.state_dict().items()}
         scores = {}

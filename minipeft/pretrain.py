@@ -26,7 +26,7 @@ from minipeft.data.generator import DATA_VERSION, make_corpus
 from minipeft.data.tokenizer import Tokenizer
 from minipeft.nn.gpt import GPT, GPTConfig
 from minipeft.optim import AdamW, cosine_schedule
-from minipeft.probes import repeat_accuracy
+from minipeft.probes import list_copy_accuracy, repeat_accuracy
 from minipeft.train import TrainResult, train
 
 
@@ -113,7 +113,12 @@ def build_base_model(cfg: PretrainConfig = FULL, progress: bool = True, probe_ev
     rng = np.random.default_rng(cfg.seed)
     opt = AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     init_val = lm_loss(model, val_stream, cfg.seq_len)
-    probe = probe or (lambda m: {"repeat_accuracy": repeat_accuracy(m, low=min(256, tok.vocab_size // 2))})
+    def default_probe(m) -> dict:
+        lists = list_copy_accuracy(m, tok, n_docs=16)
+        return {"repeat_accuracy": repeat_accuracy(m, low=min(256, tok.vocab_size // 2)),
+                "list_first": lists["first"], "list_second": lists["second"]}
+
+    probe = probe or default_probe
     result = train(model, lambda step: lm_batches(stream, cfg.batch_size, cfg.seq_len, rng), steps=cfg.steps,
                    optimizer=opt, schedule=lambda s: cosine_schedule(s, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr),
                    grad_clip=1.0, progress=progress, seed=cfg.seed, desc="pretrain", eval_fn=probe,
