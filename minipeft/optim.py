@@ -22,6 +22,11 @@ def _check(name: str, value, ok: bool, allowed: str) -> None:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
+def _number(v) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 class Optimizer:
     """Base class: parameter groups, a settable `lr`, `zero_grad()`, per-parameter `state`."""
 
@@ -63,9 +68,9 @@ class Optimizer:
                              "nothing to optimize. Unfreeze some or apply a PEFT method first")
 
     def _validate(self, group: dict[str, Any]) -> None:
-        _check("lr", group["lr"], isinstance(group["lr"], (int, float)) and group["lr"] > 0, "a number > 0")
+        _check("lr", group["lr"], _number(group["lr"]) and group["lr"] > 0, "a finite number > 0")
         wd = group.get("weight_decay", 0.0)
-        _check("weight_decay", wd, isinstance(wd, (int, float)) and wd >= 0, "a number >= 0")
+        _check("weight_decay", wd, _number(wd) and wd >= 0, "a finite number >= 0")
 
     @property
     def lr(self) -> float:
@@ -114,9 +119,9 @@ class AdamW(Optimizer):
     def _validate(self, group: dict[str, Any]) -> None:
         super()._validate(group)
         b = group["betas"]
-        _check("betas", b, isinstance(b, (tuple, list)) and len(b) == 2 and all(0 <= x < 1 for x in b),
+        _check("betas", b, isinstance(b, (tuple, list)) and len(b) == 2 and all(_number(x) and 0 <= x < 1 for x in b),
                "a pair (beta1, beta2) with 0 <= beta < 1")
-        _check("eps", group["eps"], group["eps"] > 0, "> 0")
+        _check("eps", group["eps"], _number(group["eps"]) and group["eps"] > 0, "a finite number > 0")
 
     def step(self) -> None:
         """Update every parameter that has a gradient; those with `.grad is None` are skipped."""
@@ -162,7 +167,7 @@ class SGD(Optimizer):
     def _validate(self, group: dict[str, Any]) -> None:
         super()._validate(group)
         mom = group["momentum"]
-        _check("momentum", mom, isinstance(mom, (int, float)) and 0 <= mom < 1, "a number in [0, 1)")
+        _check("momentum", mom, _number(mom) and 0 <= mom < 1, "a number in [0, 1)")
 
     def step(self) -> None:
         """Update every parameter that has a gradient; those with `.grad is None` are skipped."""

@@ -15,6 +15,7 @@ from typing import ClassVar
 from minipeft import backend, ops
 from minipeft.nn import Linear
 from minipeft.peft import BaseTuner, BaseTunerLayer, ConfigError, PeftConfig, register_peft_method
+from minipeft.peft.config import check_field, check_target_fields, is_number
 
 
 @dataclass
@@ -30,8 +31,10 @@ class ParallelAdapterConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.bottleneck, int) or self.bottleneck < 1:
+        if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or self.bottleneck < 1:
             raise ConfigError(f"ParallelAdapterConfig.bottleneck must be an int >= 1, got {self.bottleneck!r}")
+        check_field(self, "scale", is_number(self.scale), "a finite number")
+        check_target_fields(self)   # target_modules and layers_to_transform, as every method means them
 
 
 class ParallelAdapterLayer(BaseTunerLayer):

@@ -35,15 +35,19 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be a positive int, got {v!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"GPTConfig.d_model={self.d_model} must be divisible by n_head={self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("bias", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.position_embedding not in ("learned", "rope"):
             raise ValueError(f"GPTConfig.position_embedding must be 'learned' or 'rope', got "
                              f"{self.position_embedding!r}")
         if self.position_embedding == "rope" and (self.d_model // self.n_head) % 2:
             raise ValueError(f"GPTConfig: rope needs an even head size, got d_model / n_head = "
                              f"{self.d_model // self.n_head}")
-        if not self.rope_base > 1:
+        if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)) or not (
+                1 < self.rope_base < math.inf):
             raise ValueError(f"GPTConfig.rope_base must be > 1, got {self.rope_base!r}")
 
     def to_dict(self) -> dict:

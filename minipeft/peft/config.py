@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
@@ -33,6 +34,46 @@ def is_number(v) -> bool:
 def is_str_list(v) -> bool:
     """A list (or tuple) of strings."""
     return isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
+
+
+def is_index(v) -> bool:
+    """An int >= 0 (a block index), not a bool."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_regex(config, what: str, pattern) -> None:
+    """Raise a ConfigError naming `what` unless `pattern` is a str that compiles as a regex."""
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError) as e:
+        raise ConfigError(f"{type(config).__name__}.{what} {pattern!r} is not a valid regex: {e}") from None
+
+
+def check_target_fields(config) -> None:
+    """Check (and normalize) the targeting fields a method's config has, as every method means them.
+
+    target_modules: module names, one regex, or "all-linear"; layers_to_transform: a block index or a list
+    of them (an int becomes [int]); modules_to_save: None or module names.
+    """
+    if hasattr(config, "target_modules"):
+        t = config.target_modules
+        check_field(config, "target_modules", isinstance(t, str) or is_str_list(t),
+                    "a list of module names, one regex string, or 'all-linear'")
+        if isinstance(t, str):
+            check_regex(config, "target_modules", t)
+        else:
+            check_field(config, "target_modules", len(t) > 0, "a non-empty list of module names, e.g. ['q_proj']")
+            config.target_modules = list(t)
+    if hasattr(config, "layers_to_transform"):
+        if is_index(config.layers_to_transform):
+            config.layers_to_transform = [config.layers_to_transform]
+        layers = config.layers_to_transform
+        check_field(config, "layers_to_transform", layers is None or (
+            isinstance(layers, (list, tuple)) and all(map(is_index, layers))),
+            "None, a block index (an int >= 0) or a list of them")
+    if hasattr(config, "modules_to_save"):
+        check_field(config, "modules_to_save", config.modules_to_save is None or is_str_list(config.modules_to_save),
+                    "None or a list of module names")
 
 
 @dataclass

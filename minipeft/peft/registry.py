@@ -42,7 +42,7 @@ def config_from_dict(d: dict) -> PeftConfig:
     if not isinstance(d, dict):
         raise ConfigError(f"an adapter config must be a dict (a JSON object), got a {type(d).__name__}")
     kind = d.get("peft_type")
-    if kind not in PEFT_TYPE_TO_CONFIG:
+    if not isinstance(kind, str) or kind not in PEFT_TYPE_TO_CONFIG:
         raise ConfigError(f"unknown peft_type {kind!r} in adapter config; minipeft implements "
                           f"{sorted(PEFT_TYPE_TO_CONFIG)}")
     return PEFT_TYPE_TO_CONFIG[kind].from_dict(d)

@@ -17,6 +17,7 @@ loads unchecked, as safetensors itself has no checksum.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -180,13 +181,15 @@ def load_weights(peft_model, directory: str, name: str) -> None:
     unexpected = sorted(set(arrays) - set(expected))
     if missing or unexpected:
         raise AdapterError(f"{path} does not fit this model: missing keys {missing[:6]}, unexpected keys "
-                           f"{unexpected[:6]}; was it saved from another base model or config?")
+                           f"{unexpected[:6]}; was it saved from another base model, or was its {CONFIG_NAME} "
+                           "(target_modules, layers_to_transform, ...) edited after saving?")
     pairs = []
     for key, arr in arrays.items():
         p = params[expected[key]]
         if tuple(arr.shape) != p.shape:
             raise AdapterError(f"{path}: {key} has shape {tuple(arr.shape)} but the model expects {p.shape}; "
-                               "the adapter was made for a different base model shape")
+                               f"the adapter was made for a different base model shape, or its {CONFIG_NAME} "
+                               "(r, rank_pattern, ...) was edited after saving")
         pairs.append((p, arr))
     for p, arr in pairs:  # every shape checked first: no half-loaded adapter
         p.data = backend.asarray(arr, dtype=p.dtype).copy()
@@ -200,13 +203,25 @@ def parse_config(saved: dict, directory: str):
         raise AdapterError(f"{os.path.join(directory, CONFIG_NAME)}: {e}") from e
 
 
+@contextlib.contextmanager
+def _naming(directory: str):
+    """Re-raise a config that does not fit the model (targets match nothing, ...) as an AdapterError naming the file."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        if isinstance(e, AdapterError):
+            raise
+        raise AdapterError(f"{os.path.join(directory, CONFIG_NAME)} does not fit this model: {e}") from e
+
+
 def from_pretrained(cls, model: Module, directory: str, name: str, is_trainable: bool, check: bool):
     """Build a PeftModel around `model` from a saved adapter folder."""
     saved = read_config(directory)
     config = parse_config(saved, directory)
     _check_base(saved, fingerprint(model), directory, check)
     config.inference_mode = not is_trainable
-    peft_model = cls(model, config, name)
+    with _naming(directory):
+        peft_model = cls(model, config, name)
     try:
         load_weights(peft_model, directory, name)
     except BaseException:
@@ -224,7 +239,8 @@ def load_adapter(peft_model, directory: str, name: str, is_trainable: bool, chec
     _check_base(saved, peft_model.base_fingerprint, directory, check)
     config.inference_mode = not is_trainable
     active = peft_model.active_adapter
-    peft_model.add_adapter(name, config)
+    with _naming(directory):
+        peft_model.add_adapter(name, config)
     try:
         load_weights(peft_model, directory, name)
     except BaseException:

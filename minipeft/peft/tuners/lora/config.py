@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from minipeft.peft.config import ConfigError, PeftConfig, check_field, is_number, is_str_list
+from minipeft.peft.config import ConfigError, PeftConfig, check_field, check_regex, check_target_fields, is_number
 from minipeft.peft.tuners.targets import pattern_key
 
 
@@ -48,27 +47,13 @@ class LoraConfig(PeftConfig):
                     or self.init_lora_weights == "gaussian", "True, False or 'gaussian'")
         if self.target_modules is None:
             self.target_modules = ["q_proj", "v_proj"]   # the original paper's choice
-        check_field(self, "target_modules", isinstance(self.target_modules, str) or is_str_list(self.target_modules),
-                    "a list of module names, one regex string, or 'all-linear'")
-        if isinstance(self.target_modules, str):
-            _check_regex("target_modules", self.target_modules)
-        else:
-            self.target_modules = list(self.target_modules)
-            if not self.target_modules:
-                raise ConfigError("LoraConfig.target_modules is empty; name at least one module, e.g. ['q_proj']")
-        if _is_index(self.layers_to_transform):
-            self.layers_to_transform = [self.layers_to_transform]
-        check_field(self, "layers_to_transform", self.layers_to_transform is None or (
-            isinstance(self.layers_to_transform, (list, tuple)) and all(map(_is_index, self.layers_to_transform))),
-            "None, a block index (an int >= 0) or a list of them")
-        check_field(self, "modules_to_save", self.modules_to_save is None or is_str_list(self.modules_to_save),
-                    "None or a list of module names")
+        check_target_fields(self)
         for name, pattern, ok, allowed in (("rank_pattern", self.rank_pattern, _is_rank, "ints >= 1"),
                                            ("alpha_pattern", self.alpha_pattern, _is_alpha, "numbers > 0")):
             if not isinstance(pattern, dict):
                 raise ConfigError(f"LoraConfig.{name} must be a dict {{module regex: value}}, got {pattern!r}")
             for key, value in pattern.items():
-                _check_regex(f"{name} key", key)
+                check_regex(self, f"{name} key", key)
                 if not ok(value):
                     raise ConfigError(f"LoraConfig.{name}[{key!r}] = {value!r}; values must be {allowed}")
 
@@ -94,14 +79,3 @@ def _is_rank(v) -> bool:
 
 def _is_alpha(v) -> bool:
     return is_number(v) and v > 0
-
-
-def _is_index(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _check_regex(what: str, pattern: str) -> None:
-    try:
-        re.compile(pattern)
-    except (re.error, TypeError) as e:
-        raise ConfigError(f"LoraConfig.{what} {pattern!r} is not a valid regex: {e}") from e
