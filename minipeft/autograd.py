@@ -104,12 +104,21 @@ class Tensor:
             arr = xp.asarray(data, dtype=dtype)
         if requires_grad and arr.dtype.kind != "f":
             raise TypeError(f"only floating tensors can require grad, got dtype {arr.dtype}")
-        self.data = arr
+        self._data = arr
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._node: Node | None = None
 
     # ---- array-like properties -------------------------------------------------------------
+    @property
+    def data(self):
+        """The array, always of the active backend: assigning host data (a NumPy array) uploads it."""
+        return self._data
+
+    @data.setter
+    def data(self, value) -> None:
+        self._data = backend.asarray(value)
+
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)

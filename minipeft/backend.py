@@ -2,6 +2,7 @@
 
 Every other module asks `xp()` for the array module instead of importing numpy or cupy
 conditionally. Select the GPU with `MINIPEFT_DEVICE=cuda` or `minipeft.set_device("cuda")`.
+The test suite also runs under MINIPEFT_DEVICE=strict, a CuPy stand-in for CI (minipeft/_strict/).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 _DEVICES = ("cpu", "cuda")
+_TEST_DEVICES = ("strict",)  # the CuPy stand-in in minipeft/_strict/: for minipeft's own tests, not for users
 _state: dict[str, Any] = {"device": "cpu", "xp": np, "rng": None, "dtype": np.float32}
 
 
@@ -46,17 +48,23 @@ def _load_cupy():
     return cupy
 
 
+def _load_strict():
+    from minipeft import _strict  # noqa: PLC0415 (only for the test device)
+
+    return _strict
+
+
 def set_device(device: str) -> None:
     """Select 'cpu' (NumPy) or 'cuda' (CuPy) for every array created from now on."""
-    if device not in _DEVICES:
+    if device not in _DEVICES + _TEST_DEVICES:
         raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
-    _state["xp"] = np if device == "cpu" else _load_cupy()
+    _state["xp"] = np if device == "cpu" else _load_strict() if device == "strict" else _load_cupy()
     _state["device"] = device
     _state["rng"] = None
 
 
 def get_device() -> str:
-    """The current device name, 'cpu' or 'cuda'."""
+    """The current device name, 'cpu' or 'cuda' ('strict' in minipeft's own tests)."""
     return _state["device"]
 
 
@@ -85,7 +93,17 @@ def xp():
 
 
 def is_gpu() -> bool:
-    return _state["device"] == "cuda"
+    """True when arrays live on a device: cuda, or the strict stand-in that takes the same code path."""
+    return _state["device"] != "cpu"
+
+
+def cupyx():
+    """The cupyx module (scatter_add and friends) on the GPU path: CuPy's, or the strict stand-in's mirror."""
+    if _state["device"] == "strict":
+        return _state["xp"].cupyx
+    import cupyx as module  # noqa: PLC0415 (installed with cupy)
+
+    return module
 
 
 def to_numpy(a) -> np.ndarray:
@@ -161,5 +179,15 @@ def tune_allocator() -> bool:
         return False
 
 
-if os.environ.get("MINIPEFT_DEVICE", "cpu").lower() not in ("", "cpu"):
-    set_device(os.environ["MINIPEFT_DEVICE"].lower())
+def _device_from_environment() -> None:
+    value = os.environ.get("MINIPEFT_DEVICE", "")
+    device = value.strip().lower()
+    if device in ("", "cpu"):
+        return
+    if device not in _DEVICES + _TEST_DEVICES:
+        raise ValueError(f"MINIPEFT_DEVICE={value!r} is not a device minipeft knows; allowed values: 'cpu' (NumPy, "
+                         "the default) and 'cuda' (CuPy on an NVIDIA GPU). Unset it to run on the CPU.")
+    set_device(device)
+
+
+_device_from_environment()

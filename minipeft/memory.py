@@ -34,7 +34,7 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         self._gpu = backend.is_gpu()
         if self._gpu:
-            import cupy  # noqa: PLC0415 (only on the GPU path)
+            cupy = backend.xp()  # CuPy, or the strict stand-in that mirrors its memory pool
 
             self._pool = cupy.get_default_memory_pool()
             cupy.cuda.Device().synchronize()
@@ -60,8 +60,7 @@ class PeakMemory:
 
     def __exit__(self, *exc) -> None:
         if self._gpu:
-            import cupy  # noqa: PLC0415
-
+            cupy = backend.xp()
             cupy.cuda.Device().synchronize()
         self.sample()
         if self._started_tracing:

@@ -145,6 +145,7 @@ def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: in
     bar = tqdm(total=steps, desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
     mem = PeakMemory() if measure_memory else None
     t0 = time.perf_counter()
+    tokens = 0
     try:
         if mem is not None:
             mem.__enter__()
@@ -168,11 +169,12 @@ def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: in
             optimizer.zero_grad()
             result.losses.append(loss_value)
             result.grad_norms.append(norm)
-            result.tokens_seen += int((y != IGNORE_INDEX).sum())
+            tokens = tokens + (y != IGNORE_INDEX).sum()           # stays on the device; read when logged
             done = step + 1
             if eval_fn is not None and ((eval_every and done % eval_every == 0) or done == steps):
                 result.eval_history.append((done, _evaluate(model, eval_fn)))
             if log_every and (done % log_every == 0 or done == steps):
+                result.tokens_seen = int(tokens)
                 elapsed = time.perf_counter() - t0
                 info = {"loss": f"{loss_value:.4f}", "tok/s": f"{result.tokens_seen / max(elapsed, 1e-9):.0f}",
                         "lr": f"{optimizer.lr:.2e}"}
@@ -185,6 +187,7 @@ def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: in
         if mem is not None:
             mem.__exit__(None, None, None)
         bar.close()
+    result.tokens_seen = int(tokens)
     result.wall_time_s = time.perf_counter() - t0
     result.tokens_per_s = result.tokens_seen / max(result.wall_time_s, 1e-9)
     result.peak_memory_bytes = None if mem is None else mem.peak_bytes

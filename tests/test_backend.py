@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import types
 
@@ -51,6 +52,23 @@ def test_manual_seed_rejects_bad_seeds(seed):
 def test_set_device_bad_name_raises():
     with pytest.raises(ValueError, match="device must be one of"):
         minipeft.set_device("tpu")
+
+
+def _import_with_device(value: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MINIPEFT_DEVICE": value}
+    code = "import sys, minipeft; print(minipeft.get_device(), 'minipeft._strict' in sys.modules)"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_bad_minipeft_device_fails_at_import_naming_the_variable_its_value_and_the_choices():
+    r = _import_with_device("bogus")
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: MINIPEFT_DEVICE='bogus' is not a device"), last
+    assert "allowed values: 'cpu'" in last and "'cuda'" in last and "Unset it" in last
+    assert "strict" not in last                                  # the test-only stand-in is not advertised
+    r = _import_with_device(" CPU ")
+    assert r.returncode == 0 and r.stdout.split() == ["cpu", "False"], r.stderr   # the stand-in is not even loaded
 
 
 def test_cuda_without_cupy_raises_device_error(restore_device, monkeypatch):

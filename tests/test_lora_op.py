@@ -99,7 +99,7 @@ def test_dropout_acts_on_the_adapter_input_only():
     np.testing.assert_array_equal(y0, x @ W0.T + b)
     # inverted dropout: the kept inputs are scaled by 1/(1-p), so the mask's entries are 0 or 2 here
     with seeded(3):
-        keep = (minipeft.backend.rng().random((6, 5), dtype=np.float64) >= 0.5) * 2.0
+        keep = (to_numpy(minipeft.backend.rng().random((6, 5), dtype=np.float64)) >= 0.5) * 2.0
     np.testing.assert_allclose(y1, reference(x, W0, b, A, B, 2.0, keep), rtol=1e-12, atol=1e-12)
 
 

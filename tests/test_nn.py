@@ -241,7 +241,7 @@ def test_load_state_dict_shape_mismatch_names_key_and_both_shapes_and_loads_noth
     with pytest.raises(ValueError, match=re.escape(message)):
         model.load_state_dict(state, strict=False)
     for name, arr in model.state_dict().items():       # all-or-nothing: no half-loaded model
-        assert np.array_equal(arr, before[name]), name
+        assert np.array_equal(to_numpy(arr), to_numpy(before[name])), name
 
 
 def test_load_state_dict_non_strict_returns_missing_and_unexpected():
@@ -263,7 +263,7 @@ def test_to_float64_casts_every_parameter_and_keeps_values():
     assert model.to(np.float64) is model
     assert {p.dtype for p in model.parameters()} == {np.dtype(np.float64)}
     for name, arr in model.state_dict().items():
-        assert np.array_equal(arr, before[name].astype(np.float64)), name   # float32 -> 64 is exact
+        assert np.array_equal(to_numpy(arr), to_numpy(before[name]).astype(np.float64)), name   # float32 -> 64 is exact
     logits64 = model(ids)[0].numpy()
     assert logits64.dtype == np.float64
     np.testing.assert_allclose(logits64, logits32, rtol=1e-4, atol=1e-6)  # float32 roundoff ~1e-7 * depth
@@ -342,7 +342,7 @@ def test_dropout_zeroes_fraction_p_and_scales_the_rest(p, keep_rng):
     assert abs(zero.mean() - p) < 0.01
     np.testing.assert_array_equal(out[~zero], np.float32(1 / (1 - p)))   # inverted dropout keeps E[y] = x
     y.sum().backward()
-    np.testing.assert_array_equal(x.grad, out)          # dx = mask / (1 - p): the same mask as the forward
+    np.testing.assert_array_equal(to_numpy(x.grad), out)  # dx = mask / (1 - p): the same mask as the forward
     minipeft.manual_seed(7)
     assert np.array_equal(Dropout(p)(x).numpy(), out)   # seeded: the same mask again
 

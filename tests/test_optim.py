@@ -108,7 +108,7 @@ def test_lr_is_settable_and_scales_the_step():
     opt = SGD([p], lr=0.1)
     opt.lr = 0.5
     opt.step()
-    assert opt.lr == 0.5 and p.data[0] == pytest.approx(-0.5)
+    assert opt.lr == 0.5 and float(p.data[0]) == pytest.approx(-0.5)
 
 
 def test_sgd_plain_weight_decay_and_momentum():

@@ -72,7 +72,7 @@ def rope_gpt(seed: int = 0, dtype=np.float64) -> GPT:
         model = GPT(GPTConfig.from_preset("test", position_embedding="rope")).to(dtype)
     rng = np.random.default_rng(seed)
     for _, p in model.named_parameters():  # O(1) weights: every path carries signal (see test_gpt's randomized64)
-        p.data = p.data + rng.normal(0, 0.3, p.shape).astype(dtype)
+        p.data = p.numpy() + rng.normal(0, 0.3, p.shape).astype(dtype)
     return model
 
 

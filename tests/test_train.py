@@ -82,7 +82,7 @@ def test_infinite_gradient_norm_raises_before_the_update():
     with pytest.raises(FloatingPointError, match="step 0: the gradient norm is inf"):
         train(model, lambda s: (np.zeros((1, 1), int), np.zeros((1, 1), int)), steps=2,
               optimizer=SGD(model.parameters(), lr=0.1), loss_fn=lambda m, x, y: m(x, y)[1], **QUIET)
-    assert np.all(model.w.data == np.float32(1e-30))
+    assert np.all(minipeft.to_numpy(model.w.data) == np.float32(1e-30))
 
 
 def test_loss_fn_is_called_with_model_x_y_and_its_loss_is_trained(keep_rng):
@@ -93,11 +93,11 @@ def test_loss_fn_is_called_with_model_x_y_and_its_loss_is_trained(keep_rng):
     def loss_fn(m, xb, yb):
         calls.append((m, xb.shape, yb.shape))
         return m(xb, yb)[1] * 0.0                       # a zero loss: nothing may change
-    before = {n: p.data.copy() for n, p in model.named_parameters()}
+    before = {n: p.numpy().copy() for n, p in model.named_parameters()}
     res = train(model, lambda s: (x, y), steps=3, optimizer=SGD(model.parameters(), lr=1.0), loss_fn=loss_fn,
                 **QUIET)
     assert calls == [(model, x.shape, y.shape)] * 3 and res.losses == [0.0] * 3
-    assert all(np.array_equal(p.data, before[n]) for n, p in model.named_parameters())
+    assert all(np.array_equal(p.numpy(), before[n]) for n, p in model.named_parameters())
     with pytest.raises(TypeError, match="loss_fn must be a function"):
         train(model, lambda s: (x, y), steps=1, optimizer=SGD(model.parameters(), lr=0.1), loss_fn="ce", **QUIET)
 
@@ -116,23 +116,23 @@ def test_targets_of_another_shape_or_all_ignored_raise_before_any_step(keep_rng)
 def test_an_all_ignored_batch_stops_before_weight_decay_moves_anything(keep_rng):
     # loss 0 used to train anyway, and AdamW's decay shrank every weight with nothing learned
     model = _model()
-    before = {n: p.data.copy() for n, p in model.named_parameters()}
+    before = {n: p.numpy().copy() for n, p in model.named_parameters()}
     x, y = _batch(B=2)
     batches = [(x, y), (x, np.full_like(y, -100))]
     with pytest.raises(ValueError, match="every target is ignore_index=-100"):
         train(model, batches, steps=2, optimizer=AdamW(model.parameters(), weight_decay=0.5), **QUIET)
-    moved = [n for n, p in model.named_parameters() if not np.array_equal(p.data, before[n])]
+    moved = [n for n, p in model.named_parameters() if not np.array_equal(p.numpy(), before[n])]
     assert moved                                              # step 0 trained
-    after_one = {n: p.data.copy() for n, p in model.named_parameters()}
+    after_one = {n: p.numpy().copy() for n, p in model.named_parameters()}
     with pytest.raises(ValueError, match="every target is ignore_index=-100"):
         train(model, batches[1:], steps=1, optimizer=AdamW(model.parameters(), weight_decay=0.5), **QUIET)
-    assert all(np.array_equal(p.data, after_one[n]) for n, p in model.named_parameters())
+    assert all(np.array_equal(p.numpy(), after_one[n]) for n, p in model.named_parameters())
 
 
 @pytest.mark.parametrize("value", [float("nan"), -1e-3, float("inf"), None, "1e-3"])
 def test_a_schedule_that_returns_no_learning_rate_is_named_with_its_step(keep_rng, value):
     model = _model()
-    before = {n: p.data.copy() for n, p in model.named_parameters()}
+    before = {n: p.numpy().copy() for n, p in model.named_parameters()}
 
     def warmup_by_zero(step):
         return 1e-3 if step < 2 else value
@@ -141,7 +141,7 @@ def test_a_schedule_that_returns_no_learning_rate_is_named_with_its_step(keep_rn
                                                    f"{value!r}; a schedule must return a finite number >= 0")):
         train(model, lambda s: _batch(B=2), steps=4, optimizer=SGD(model.parameters(), lr=0.1), schedule=warmup_by_zero,
               **QUIET)
-    assert any(not np.array_equal(p.data, before[n]) for n, p in model.named_parameters())   # steps 0, 1 ran
+    assert any(not np.array_equal(p.numpy(), before[n]) for n, p in model.named_parameters())   # steps 0, 1 ran
 
 
 def test_same_seed_gives_bit_identical_weights_and_the_seed_matters(keep_rng):

@@ -61,8 +61,6 @@ def scatter_add(target, index, values) -> None:
     value. The embedding's backward needs every occurrence summed (a token seen twice gets both rows).
     """
     if backend.is_gpu():
-        import cupyx  # noqa: PLC0415
-
-        cupyx.scatter_add(target, index, values)
+        backend.cupyx().scatter_add(target, index, values)
     else:
         backend.xp().add.at(target, index, values)

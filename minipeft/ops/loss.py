@@ -14,7 +14,7 @@ from minipeft.ops.fastpath import pick
 
 
 def check_cross_entropy_args(logits, targets, ignore_index: int):
-    """Raise on bad targets; return z (N, V), the valid-row mask (N,), n = max(#valid, 1), targets (N,)."""
+    """Raise on bad targets; return z (N, V), the valid-row mask (N,), n = max(#valid, 1) (0-d), targets (N,)."""
     xp = backend.xp()
     V = logits.shape[-1]
     if targets.dtype.kind not in "iu":
@@ -25,12 +25,12 @@ def check_cross_entropy_args(logits, targets, ignore_index: int):
     z = logits.reshape(-1, V)                                     # (N, V)
     t = targets.reshape(-1)                                       # (N,)
     valid = t != ignore_index
-    tv = t[valid]
-    if tv.size and (int(tv.min()) < 0 or int(tv.max()) >= V):
+    if t.size and bool((valid & ((t < 0) | (t >= V))).any()):    # one read back (a sync on the GPU)
+        tv = t[valid]
         bad = int(tv.min()) if int(tv.min()) < 0 else int(tv.max())
         raise IndexError(f"cross_entropy: target {bad} is out of range for {V} classes "
                          f"(use ignore_index={ignore_index} for masked positions)")
-    n = max(int(valid.sum()), 1)  # all positions ignored -> loss 0 with zero gradient
+    n = xp.maximum(valid.sum(), 1)  # stays on the device; all positions ignored -> loss 0 with zero gradient
     tt = xp.where(valid, t, 0)    # ignored rows point at class 0; `valid` zeroes their terms
     return z, valid, n, tt
 
@@ -47,7 +47,7 @@ class CrossEntropyFn(Function):
         logp = z - lse                                            # (N, V) log softmax(z)
         nll = -logp[xp.arange(z.shape[0]), tt]                    # (N,) -log p[target]
         ctx.save_for_backward(xp.exp(logp), tt, valid, n, logits.shape)  # softmax(z) for the backward
-        return (nll * valid).sum().astype(logits.dtype) / logits.dtype.type(n)
+        return (nll * valid).sum().astype(logits.dtype) / n.astype(logits.dtype)
 
     @staticmethod
     def backward(ctx, dout):

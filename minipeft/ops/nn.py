@@ -16,7 +16,7 @@ class EmbeddingFn(Function):
         if ids.dtype.kind not in "iu":
             raise TypeError(f"embedding: token ids must be integers, got dtype {ids.dtype}")
         V = W.shape[0]
-        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= V):
+        if ids.size and bool(((ids < 0) | (ids >= V)).any()):  # one read back per call (a sync on the GPU)
             bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
             raise IndexError(f"embedding: token id {bad} is out of range for a vocabulary of {V} "
                              f"(valid ids are 0..{V - 1}); was the input encoded with another tokenizer?")

@@ -11,7 +11,8 @@ Same numbers as `multihead_attention.AttentionFn` (tested equal); read that one 
   on strided views, slowest on a transposed one).
 - softmax's 1/rowsum multiplies the (n, hs) output block instead of the (n, e) probabilities, and the row
   sums are a matrix-vector product (numpy's row reductions are slow on short rows).
-- The max shift is skipped when `score_bound` proves it unneeded (`_shared.SHIFT_FREE_BOUND`).
+- The max shift is skipped when `score_bound` proves it unneeded (`_shared.SHIFT_FREE_BOUND`); not on the GPU,
+  where reading the bound back would stall the device once per call.
 
 Measured speed-ups: BENCHMARKS.md, "Fast paths: what each one measured".
 """
@@ -103,7 +104,8 @@ class BlockedAttentionFn(Function):
         future = xp.triu(xp.ones((nb, nb), dtype=bool), 1) if causal else None  # strictly above the diagonal
         # softmax(s) = exp(s - c) / sum exp(s - c) for any row constant c; c = row max only guards exp's range,
         # so it is skipped when the scores provably lie within +-SHIFT_FREE_BOUND (NaN or inf fails the test)
-        shift = Tq * Tk > 0 and not score_bound(qs, kh) <= SHIFT_FREE_BOUND
+        # (on the GPU reading the bound back would be a sync per call: there the shift is always done)
+        shift = Tq * Tk > 0 and (backend.is_gpu() or not score_bound(qs, kh) <= SHIFT_FREE_BOUND)
         for i0, i1, e in blocks:
             P = mm(qs[:, :, i0:i1], kT[..., :e])                        # (B, H, n, e) scores S, n = i1 - i0
             if causal:

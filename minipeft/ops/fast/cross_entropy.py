@@ -4,7 +4,8 @@ Same numbers as `loss.CrossEntropyFn` (tested equal); read that one first. The (
 array of a training step, so every pass over them counts:
 
 - softmax(z) = exp(z - c) / sum exp(z - c) for any row constant c; the row max c only keeps exp in range.
-  When every row's max lies within +-SHIFT_FREE_BOUND, exp(z) is exponentiated unshifted: one (N, V) pass fewer.
+  When every row's max lies within +-SHIFT_FREE_BOUND, exp(z) is exponentiated unshifted: one (N, V) pass fewer
+  (on the CPU; on the GPU reading the bound back would be a device sync, so there the shift is always done).
 - the row sums are `e @ ones(V)`, a matrix-vector product, much faster than `e.sum(axis=1)` at these shapes;
 - the forward keeps the unnormalised e = exp(z - c) and its row sums s, and the backward normalises and scales
   in one pass: dz = e * (g / s).
@@ -31,7 +32,9 @@ class ShiftFreeCrossEntropyFn(Function):
         V = logits.shape[-1]
         z, valid, n, tt = check_cross_entropy_args(logits, targets, ignore_index)
         m = z.max(axis=1, keepdims=True)                              # (N, 1) row max
-        shift = not (z.shape[0] and -SHIFT_FREE_BOUND <= float(m.min()) and float(m.max()) <= SHIFT_FREE_BOUND)
+        # reading the bound back would cost a device sync on the GPU: there the shift is always done
+        shift = backend.is_gpu() or not (z.shape[0] and -SHIFT_FREE_BOUND <= float(m.min())
+                                         and float(m.max()) <= SHIFT_FREE_BOUND)
         if shift:
             e = z - m                                                 # one (N, V) buffer, updated in place
             xp.exp(e, out=e)                                          # e = exp(z - m), unnormalised softmax
@@ -42,7 +45,7 @@ class ShiftFreeCrossEntropyFn(Function):
         lse = xp.log(s[:, 0]) + m[:, 0] if shift else xp.log(s[:, 0])  # logsumexp(z)
         nll = lse - z[xp.arange(z.shape[0]), tt]                     # logsumexp - z_target
         ctx.save_for_backward(e, s, tt, valid, n, logits.shape)
-        return (nll * valid).sum().astype(logits.dtype) / logits.dtype.type(n)
+        return (nll * valid).sum().astype(logits.dtype) / n.astype(logits.dtype)
 
     @staticmethod
     def backward(ctx, dout):
