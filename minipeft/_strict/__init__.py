@@ -1,9 +1,9 @@
 """A CuPy stand-in for minipeft's own tests: NumPy underneath, CuPy's rules on top (MINIPEFT_DEVICE=strict).
 
 CI has no GPU, so without this the CuPy path would first run on a user's GPU. Under MINIPEFT_DEVICE=strict
-`backend.xp()` is this module and `backend.is_gpu()` is True, so every GPU branch of the library runs; each
+`backend.xp()` is this package and `backend.is_gpu()` is True, so every GPU branch of the library runs; each
 array is an `ndarray` that holds a NumPy array and refuses what a cupy.ndarray refuses. Nothing imports this
-module unless that device is selected; it is not meant for users.
+package unless that device is selected; it is not meant for users.
 
 As CuPy does:
 - `np.asarray(a)`, `np.array(a)` and anything else that calls `a.__array__` raise CuPy's TypeError; only
@@ -20,12 +20,13 @@ Stricter than CuPy: CuPy implements NEP 13/18, so `np.exp(a)` or `np.mean(a)` di
 implements; here every NumPy function or ufunc given a device array raises, so library code says
 `xp().exp(a)`, the one spelling that works on both backends.
 Looser (not modelled): kernels run synchronously in NumPy's numerics (draws equal NumPy's for a seed); any
-NumPy function name is available, even one CuPy lacks; lists of scalars are accepted everywhere.
+NumPy function name is available, even one CuPy lacks (but no ufunc `.at`: the GPU path uses cupyx.scatter_add);
+lists of scalars are accepted everywhere; an out-of-bounds index raises as in NumPy (CuPy wraps it around).
 
 Counted, inside `with counting() as c:` (each is a host round trip on a GPU):
 - `c.scalar_reads`: float(a), int(a), bool(a), a.item(), format(a), and the syncs CuPy makes to learn a
   data-dependent size: boolean-mask indexing, nonzero, flatnonzero, argwhere, unique;
-- `c.to_host`: arrays copied to the host (get, asnumpy, tolist, repr); `c.to_device`: host data copied in.
+- `c.to_host`: arrays copied to the host (get, asnumpy, tolist, tobytes, repr); `c.to_device`: host data in.
 `c.sites` names the caller of each, e.g. "scalar_read at minipeft/train.py:150 (train)".
 """
 
