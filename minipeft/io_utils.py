@@ -175,9 +175,11 @@ def _apply(d: Path) -> bool:
     """Rename the committed staged files into place and drop the marker; False if there was no marker."""
     marker = d / COMMIT_MARKER
     try:
-        staged = json.loads(marker.read_text())["staged"]
+        staged = dict(json.loads(marker.read_text())["staged"])
     except FileNotFoundError:
         return False  # none, or another process finished this commit between our check and our read
+    except (ValueError, KeyError, TypeError) as e:   # only a hand edit can do this: the marker is written atomically
+        raise OSError(f"{marker} is not a commit marker minipeft wrote ({e}); delete it and save again") from None
     for name, tmp in staged.items():
         try:
             os.replace(d / tmp, d / name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -147,3 +148,10 @@ def test_tensors_sha256_changes_with_any_byte_name_dtype_or_shape():
     for other in ({**a, "w": flipped}, {"v": a["w"], "b": a["b"]}, {**a, "w": a["w"].astype(np.float64)},
                   {**a, "w": a["w"].reshape(3, 2)}):
         assert tensors_sha256(other) != h
+
+
+def test_a_marker_minipeft_did_not_write_is_named(tmp_path):
+    d = _first_save(tmp_path)
+    (d / COMMIT_MARKER).write_text("[1, 2]")
+    with pytest.raises(OSError, match=re.escape(f"{d / COMMIT_MARKER} is not a commit marker minipeft wrote")):
+        recover_files(d, FILES)

@@ -10,7 +10,9 @@ A folder is replaced as a unit (`minipeft.io_utils.write_files_as_unit`): both f
 small commit marker is written, then both are renamed into place. A save killed at any moment leaves
 the folder holding one whole save (the old one, or the new one once the next read or write finishes
 the committed renames), never the config of one save beside the weights of another; the finished
-folder holds exactly Hugging Face's two files. The weights file's metadata carries a sha256 of its
+folder holds exactly Hugging Face's two files. (A reader other than minipeft, such as Hugging Face
+PEFT, opening a folder whose killed save was committed but not finished could still see the mix, until
+minipeft next reads or writes that folder.) The weights file's metadata carries a sha256 of its
 tensors, checked on load; a file without one (written by Hugging Face PEFT or an older minipeft)
 loads unchecked, as safetensors itself has no checksum.
 """
