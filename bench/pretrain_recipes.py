@@ -22,9 +22,12 @@ from minipeft.data.generator import make_splits
 from minipeft.finetune import evaluate, finetune
 from minipeft.pretrain import FULL, QUICK, build_base_model
 
-RECIPES = {  # name -> GPTConfig overrides on top of the recipe's preset
-    "learned": (),
-    "rope": (("position_embedding", "rope"),),
+ROPE = (("position_embedding", "rope"),)
+COPY_HEAVY = (("lists", 0.25), ("dialogue_notes", 0.25))
+RECIPES = {  # name -> (GPTConfig overrides on top of the recipe's preset, corpus weight overrides)
+    "learned": ((), ()),
+    "rope": (ROPE, ()),
+    "rope-copy-heavy": (ROPE, COPY_HEAVY),
 }
 
 
@@ -43,13 +46,16 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak pretraining learning rate (default: the recipe's)")
     p.add_argument("--every", type=int, default=100, help="probe every this many pretraining steps")
     p.add_argument("--ft-steps", type=int, default=300, help="full fine-tuning steps per task")
+    p.add_argument("--task", action="append", choices=["dialogsum", "qa"], help="fine-tune on (default: both)")
     p.add_argument("--out", default="pretrain_recipes.jsonl")
     p.add_argument("--save", default="", help="folder to save each pretrained model (and the tokenizer) in")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     base_cfg = QUICK if args.quick else FULL
     for name in args.recipe:
-        cfg = dataclasses.replace(base_cfg, steps=args.steps, overrides=base_cfg.overrides + RECIPES[name],
+        overrides, weights = RECIPES[name]
+        cfg = dataclasses.replace(base_cfg, steps=args.steps, overrides=base_cfg.overrides + overrides,
+                                  corpus_weights=weights,
                                   warmup=min(base_cfg.warmup, args.steps // 10), lr=args.lr or base_cfg.lr)
         t0 = time.perf_counter()
         base, _ = build_base_model(cfg, progress=False, probe_every=args.every)
@@ -63,12 +69,12 @@ def main(argv=None) -> None:
         print(f"{name}: val loss {base.info['val_loss']:.3f}, pretraining {pre_s:.0f} s", flush=True)
         state = {k: v.copy() for k, v in base.model.state_dict().items()}
         scores = {}
-        for task, lr in (("dialogsum", 1e-3), ("qa", 1e-3)):
+        for task in args.task or ["dialogsum", "qa"]:
             base.model.load_state_dict(state)
             mp.manual_seed(0)
             n_train, n_test = (64, 4) if args.quick else (2000, 60 if task == "dialogsum" else 30)
             scores[task] = finetune_score(base.model, base.tokenizer, task, n_train, n_test,
-                                          8 if args.quick else args.ft_steps, lr, args.quick)
+                                          8 if args.quick else args.ft_steps, 1e-3, args.quick)
             print(f"{name} full fine-tuning on {task}: {scores[task]}", flush=True)
         record = {"recipe": name, "steps": args.steps, "lr": cfg.lr, "pretrain_s": round(pre_s, 1),
                   "val_loss": base.info["val_loss"], "probes": base.info["probes"], "scores": scores,

@@ -52,10 +52,12 @@ class PretrainConfig:
     weight_decay: float = 0.1     # decoupled weight decay on matrices (not on biases or LayerNorm)
     seed: int = 0                 # data, initialisation and batch order
     overrides: tuple = ()         # extra GPTConfig fields as (name, value) pairs
+    corpus_weights: tuple = ()    # (document kind, weight) pairs overriding the corpus mix (data.corpus.KINDS)
     data_version: int = DATA_VERSION  # bumped when the generator changes, so the cache rebuilds
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        recipe = {k: v for k, v in asdict(self).items() if v != () or k != "corpus_weights"}  # keys as before
+        blob = json.dumps(recipe, sort_keys=True, default=list).encode()
         return f"{self.preset}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
@@ -103,7 +105,7 @@ def build_base_model(cfg: PretrainConfig = FULL, progress: bool = True, probe_ev
     copies from its context, minipeft.probes.repeat_accuracy); the default probe is repeat_accuracy.
     """
     t0 = time.perf_counter()
-    docs = make_corpus(cfg.n_docs, seed=cfg.seed)
+    docs = make_corpus(cfg.n_docs, seed=cfg.seed, weights=dict(cfg.corpus_weights) or None)
     val_docs = make_corpus(cfg.n_val_docs, seed=cfg.seed + 10_000)
     tok = Tokenizer.train(docs, vocab_size=cfg.vocab_size)
     stream, val_stream = encode_corpus(docs, tok), encode_corpus(val_docs, tok)

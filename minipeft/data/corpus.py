@@ -84,9 +84,15 @@ def make_document(rng: random.Random, kind: str) -> str:
             return doc
 
 
-def make_corpus(n_docs: int, seed: int = 0) -> list[str]:
-    """n_docs pretraining documents of 40-150 words each, deterministic given seed."""
+def make_corpus(n_docs: int, seed: int = 0, weights: dict[str, float] | None = None) -> list[str]:
+    """n_docs pretraining documents of 40-150 words each, deterministic given seed.
+
+    weights: {kind: weight} overriding KINDS' mix for the kinds it names (e.g. more copying documents).
+    """
+    unknown = sorted(set(weights or {}) - set(KINDS))
+    if unknown:
+        raise ValueError(f"make_corpus: unknown document kinds {unknown}; kinds are {sorted(KINDS)}")
     rng = random.Random(f"corpus:{seed}")
     names = list(KINDS)
-    weights = [KINDS[k][0] for k in names]
+    weights = [(weights or {}).get(k, KINDS[k][0]) for k in names]
     return [make_document(rng, rng.choices(names, weights)[0]) for _ in range(n_docs)]
