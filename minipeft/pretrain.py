@@ -24,7 +24,7 @@ from minipeft.checkpoint import load_checkpoint, save_checkpoint
 from minipeft.data.batching import encode_corpus, lm_batches
 from minipeft.data.generator import DATA_VERSION, make_corpus
 from minipeft.data.tokenizer import Tokenizer
-from minipeft.nn.gpt import GPT, GPTConfig
+from minipeft.nn.gpt import GPT, PRESETS, GPTConfig
 from minipeft.optim import AdamW, cosine_schedule
 from minipeft.probes import list_copy_accuracy, repeat_accuracy
 from minipeft.train import TrainResult, train
@@ -54,6 +54,23 @@ class PretrainConfig:
     overrides: tuple = ()         # extra GPTConfig fields as (name, value) pairs
     corpus_weights: tuple = ()    # (document kind, weight) pairs overriding the corpus mix (data.corpus.KINDS)
     data_version: int = DATA_VERSION  # bumped when the generator changes, so the cache rebuilds
+
+    def __post_init__(self):
+        for name in ("n_docs", "n_val_docs", "vocab_size", "steps", "batch_size", "seq_len"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"PretrainConfig.{name} must be an int >= 1, got {v!r}")
+        if self.warmup < 0 or self.warmup >= self.steps:
+            raise ValueError(f"PretrainConfig.warmup must be in [0, steps={self.steps}), got {self.warmup!r}")
+        if not 0 < self.min_lr <= self.lr:
+            raise ValueError(f"PretrainConfig needs 0 < min_lr <= lr, got min_lr={self.min_lr!r}, lr={self.lr!r}")
+        if not 0 <= self.weight_decay < 1:
+            raise ValueError(f"PretrainConfig.weight_decay must be in [0, 1), got {self.weight_decay!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"PretrainConfig.preset {self.preset!r} is not a GPT preset; choose from "
+                             f"{sorted(PRESETS)}")
+        GPTConfig.from_preset(self.preset, **dict(self.overrides))  # raises naming a bad override
+        make_corpus(0, weights=dict(self.corpus_weights) or None)    # raises naming an unknown document kind
 
     def key(self) -> str:
         recipe = {k: v for k, v in asdict(self).items() if v != () or k != "corpus_weights"}  # keys as before

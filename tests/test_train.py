@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
 import pytest
 
 import minipeft
+from minipeft import pretrain
 from minipeft.nn import GPT, GPTConfig, Module, Parameter
 from minipeft.optim import SGD, AdamW
 from minipeft.train import TrainResult, train
@@ -201,3 +203,14 @@ def test_measure_memory_reports_a_plausible_peak(keep_rng):
     # at least the gradients and Adam's m and v (3 x params) were allocated inside the run
     assert res.peak_memory_bytes >= 3 * n_bytes
     assert res.peak_memory_bytes < 100 * 2**20
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("batch_size", 0, "batch_size must be an int >= 1"), ("steps", 2.5, "steps must be an int"),
+    ("warmup", 50, r"warmup must be in \[0, steps=40\)"), ("min_lr", 1.0, "min_lr <= lr"),
+    ("preset", "huge", "not a GPT preset"), ("overrides", (("d_model", -1),), "d_model"),
+    ("corpus_weights", (("poems", 1.0),), "unknown document kinds"),
+])
+def test_a_bad_pretraining_recipe_is_refused_before_any_work(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(pretrain.QUICK, **{field: value})
