@@ -17,19 +17,14 @@ from __future__ import annotations
 
 from minipeft.ops._util import mm
 from minipeft.ops.fastpath import fast_path_of
-from minipeft.peft.tuners.lora.op import LoraLinearFn, check_lora_inputs, dropout_mask
+from minipeft.peft.tuners.lora.op import LoraLinearFn, lora_inputs
 
 
 @fast_path_of(LoraLinearFn)
 class FoldedLoraLinearFn(LoraLinearFn):
     @staticmethod
     def forward(ctx, x, W0, b, A, B, scale=1.0, dropout_p=0.0):
-        check_lora_inputs(x, W0, b, A, B)
-        d, k = W0.shape
-        s = x.dtype.type(scale)
-        x2 = x.reshape(-1, k)                                        # (N, k)
-        keep = dropout_mask(x2, dropout_p)
-        xd = x2 if keep is None else x2 * keep                       # (N, k) dropout(x)
+        d, s, x2, keep, xd = lora_inputs(x, W0, b, A, B, scale, dropout_p)
         W_eff = None
         hs = None  # (N, r) s * dropout(x) A^T, scaled while small: the separate low-rank path, and dB's input
         if keep is not None or ctx.needs_input_grad[4]:              # folded and B frozen (inference): not needed

@@ -36,15 +36,19 @@ def dropout_mask(x2, p: float):
     return (backend.rng().random(x2.shape, dtype=x2.dtype) >= p) * x2.dtype.type(1 / (1 - p))
 
 
+def lora_inputs(x, W0, b, A, B, scale: float, dropout_p: float):
+    """Checked inputs as the forward uses them: (d, s, x2 (N, k), keep (N, k) or None, xd = dropout(x2))."""
+    check_lora_inputs(x, W0, b, A, B)
+    x2 = x.reshape(-1, W0.shape[1])                                  # (N, k)
+    keep = dropout_mask(x2, dropout_p)                               # (N, k) or None
+    xd = x2 if keep is None else x2 * keep                           # (N, k) dropout(x), the adapter's input
+    return W0.shape[0], x.dtype.type(scale), x2, keep, xd
+
+
 class LoraLinearFn(Function):
     @staticmethod
     def forward(ctx, x, W0, b, A, B, scale=1.0, dropout_p=0.0):
-        check_lora_inputs(x, W0, b, A, B)
-        d, k = W0.shape
-        s = x.dtype.type(scale)
-        x2 = x.reshape(-1, k)                                        # (N, k)
-        keep = dropout_mask(x2, dropout_p)                           # (N, k) or None
-        xd = x2 if keep is None else x2 * keep                       # (N, k) dropout(x), the adapter's input
+        d, s, x2, keep, xd = lora_inputs(x, W0, b, A, B, scale, dropout_p)
         h = mm(xd, A.T)                                              # (N, r) down-projection
         y = mm(x2, W0.T)                                             # (N, d) the frozen path
         y += s * mm(h, B.T)                                          # (N, d) plus the low-rank path
