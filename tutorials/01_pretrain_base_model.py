@@ -10,7 +10,7 @@ what the PEFT tutorials close.
 The tokenizer (byte-level BPE, Hugging Face `tokenizers`) and the model are cached under
 $MINIPEFT_HOME (default ~/.cache/minipeft); later tutorials load them from there.
 
-    python tutorials/01_pretrain_base_model.py            # ~3 minutes on 2 cores the first time
+    python tutorials/01_pretrain_base_model.py            # 6-13 minutes on 2 cores the first time
     python tutorials/01_pretrain_base_model.py --rebuild  # train again even if cached
     python tutorials/01_pretrain_base_model.py --quick    # a tiny model, seconds
 """
@@ -51,6 +51,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  steps {i + 1:>4}-{i + len(losses[i:i + k]):<4} {mean:7.3f}  " + "#" * int(50 * mean / max(losses)))
     print(f"validation loss {info['val_loss_init']:.3f} -> {info['val_loss']:.3f}; "
           f"perplexity {info['val_perplexity_init']:.0f} -> {info['val_perplexity']:.1f}")
+
+    # reading the context: a list, then the same list again; the repeat can only be predicted by looking back
+    print("\ncopying from the context (minipeft.probes, greedy next-token accuracy during pretraining)")
+    print(f"  {'step':>6}{'first list':>12}{'its repeat':>12}{'random tokens repeated':>25}")
+    for row in info.get("probes", []):
+        print(f"  {row['step']:>6}{row['list_first']:>12.3f}{row['list_second']:>12.3f}{row['repeat_accuracy']:>25.3f}")
+    print("  the first list is only as predictable as the language makes it; its repeat, once the model has\n"
+          "  learned to look back and copy, far more (the 'phase change' of Olsson et al., 2022)")
 
     print("\nsamples (temperature 0.8, top-k 40)")
     for i, prompt in enumerate(SAMPLE_PROMPTS):

@@ -5,15 +5,17 @@ beyond a small r more rank adds parameters without a matching gain; and with a f
 budget, adapting more kinds of matrices (attention + MLP) beats a larger rank on q and v alone.
 
 What to look for in the output: where each target set's score stops rising with r, and whether
-attention+MLP at a small rank beats q,v at a large one. The fine-tunings here are short (100 steps,
-to keep the sweep at a few minutes), which favours larger ranks: a rank-1 update learns less in
-100 steps than it would with more steps, so read the curve as "score after a short budget".
+attention+MLP at a small rank beats q,v at a large one. Each fine-tuning is 200 steps of 16 (four
+ranks per target set keep the sweep under ten minutes on 2 cores); a short budget favours larger
+ranks, since a rank-1 update learns less per step, so read the curve as "score after 200 steps".
+Besides ROUGE-L, "facts" is the share of the reference's names, days, places and numbers the summary
+states: the content a template cannot supply.
 
-Printed evidence: for r in {1, 2, 4, 8, 16, 32, 64} and two target sets, the trainable
-parameters, the validation loss on held-out dialogues and ROUGE-L on test dialogues. With the
+Printed evidence: for r in {1, 4, 16, 64} and two target sets, the trainable parameters, the
+validation loss on held-out dialogues, and ROUGE-L and fact recall on test dialogues. With the
 `plots` extra (matplotlib) it also saves `rank_sweep.png`: score vs trainable parameters.
 
-    python tutorials/05_rank_sweep.py          # ~4-5 minutes on 2 cores (14 short fine-tunings)
+    python tutorials/05_rank_sweep.py          # under 10 minutes on 2 cores (8 fine-tunings)
     python tutorials/05_rank_sweep.py --quick  # seconds
 """
 
@@ -33,13 +35,13 @@ from minipeft.pretrain import load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "dialogsum"
-RANKS = [1, 2, 4, 8, 16, 32, 64]
+RANKS = [1, 4, 16, 64]
 TARGET_SETS = {"q,v": ["q_proj", "v_proj"],
                "attn+MLP": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]}
 # 60 test dialogues as in tutorial 03: over 20, the "within 90%" line below flipped between r=8 and r=64
 # from one code change to the next (ROUGE-L noise, not a change of the curve)
 N_TRAIN, N_VAL, N_TEST = 1500, 64, 60
-STEPS, BATCH, LR, SEED = 100, 16, 3e-3, 0
+STEPS, BATCH, LR, SEED = 200, 16, 3e-3, 0
 PLOT = "rank_sweep.png"
 
 
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     splits = make_splits(TASK, n_train, n_val, n_test, seed=SEED)
     load_base_model(quick=args.quick, progress=not args.quick)  # build once, up front, if missing
     results = []
-    print(f"{'targets':<10}{'r':>4}{'trainable':>11}{'val loss':>10}{'ROUGE-L':>9}{'train s':>9}")
+    print(f"{'targets':<10}{'r':>4}{'trainable':>11}{'val loss':>10}{'ROUGE-L':>9}{'facts':>7}{'train s':>9}")
     for label, targets in TARGET_SETS.items():
         for r in ranks:
             base = load_base_model(quick=args.quick, progress=False)
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
             scores, _ = evaluate(peft, base.tokenizer, splits["test"], TASK)
             n = peft.get_nb_trainable_parameters()[0]
             results.append((label, r, n, vl, scores["rougeL"]))
-            print(f"{label:<10}{r:>4}{n:>11,d}{vl:>10.3f}{scores['rougeL']:>9.3f}{res.wall_time_s:>9.0f}")
+            print(f"{label:<10}{r:>4}{n:>11,d}{vl:>10.3f}{scores['rougeL']:>9.3f}{scores['fact_recall']:>7.2f}"
+                  f"{res.wall_time_s:>9.0f}")
     best = max(results, key=lambda x: x[4])
     print(f"\nbest ROUGE-L {best[4]:.3f} ({best[0]}, r={best[1]}, {best[2]:,d} params)")
     for label in TARGET_SETS:
