@@ -1,16 +1,17 @@
 """Tutorial 01: pretrain the base model that every other tutorial fine-tunes.
 
-Claim: a ~1M-parameter GPT, trained for a few minutes on a laptop CPU on a generated corpus of
-stories, dialogues, facts and reviews, learns its language -- the loss falls from log(vocab) to a
-fraction of it, held-out perplexity drops by orders of magnitude, and samples read like the
-corpus -- yet zero-shot it cannot do the fine-tuning tasks (summarize a dialogue, answer a
+Claim: a ~1M-parameter GPT, trained for minutes on a laptop CPU on a generated corpus of stories,
+dialogues, facts and reviews, learns its language -- the loss falls from log(vocab) to a fraction
+of it, held-out perplexity drops by orders of magnitude, and samples read like the corpus -- and,
+after a plateau, learns to copy words from earlier in its context (a "phase change", Olsson et al.,
+2022) -- yet zero-shot it cannot do the fine-tuning tasks (summarize a dialogue, answer a
 question about a passage, classify a review), because it never saw their prompts. That gap is
 what the PEFT tutorials close.
 
 The tokenizer (byte-level BPE, Hugging Face `tokenizers`) and the model are cached under
 $MINIPEFT_HOME (default ~/.cache/minipeft); later tutorials load them from there.
 
-    python tutorials/01_pretrain_base_model.py            # 6-13 minutes on 2 cores the first time
+    python tutorials/01_pretrain_base_model.py            # ~13 minutes on 2 cores the first time
     python tutorials/01_pretrain_base_model.py --rebuild  # train again even if cached
     python tutorials/01_pretrain_base_model.py --quick    # a tiny model, seconds
 """
