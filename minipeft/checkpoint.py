@@ -21,12 +21,18 @@ from safetensors import safe_open
 from safetensors.numpy import save
 
 from minipeft import backend
-from minipeft.io_utils import atomic_write_bytes, remove_stale_temps, tensors_sha256
+from minipeft.io_utils import (
+    CHECKSUM_KEY,
+    ChecksumMismatch,
+    atomic_write_bytes,
+    read_checked_tensors,
+    remove_stale_temps,
+    tensors_sha256,
+)
 from minipeft.nn.gpt import GPT, GPTConfig
 from minipeft.nn.module import Module
 
 FORMAT = "minipeft"
-CHECKSUM_KEY = "tensors_sha256"
 
 
 class CheckpointError(ValueError):
@@ -74,16 +80,12 @@ def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every tensor of a checkpoint as NumPy arrays, checked against the stored checksum if there is one."""
     path = _existing(path)
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            want = (f.metadata() or {}).get(CHECKSUM_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
+        tensors, _ = read_checked_tensors(path)
+    except ChecksumMismatch as e:
+        raise CheckpointError(f"{e}: re-save it with save_checkpoint, or restore it from a copy") from None
+    except Exception as e:  # safetensors raises its own (Rust) error types for bad headers
         raise CheckpointError(f"{path} is not a valid safetensors file ({e}); it may be truncated or "
                               "corrupted: re-save it with save_checkpoint") from e
-    if want is not None and tensors_sha256(tensors) != want:
-        raise CheckpointError(f"{path}: the tensor data does not match the checksum stored with it ({CHECKSUM_KEY}); "
-                              "the file was damaged after it was written: re-save it with save_checkpoint, or "
-                              "restore it from a copy")
     return tensors
 
 

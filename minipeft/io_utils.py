@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
 
 # which machine wrote a temp file: a pid only means something on the machine that issued it
 HOST_ID = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
@@ -73,6 +74,29 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
         except FileNotFoundError:
             pass
     return removed
+
+
+CHECKSUM_KEY = "tensors_sha256"  # where a weights file keeps tensors_sha256 of its tensors, in its safetensors metadata
+
+
+class ChecksumMismatch(ValueError):
+    """A safetensors file whose tensors no longer match the checksum stored with them."""
+
+
+def read_checked_tensors(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(tensors, metadata) of a safetensors file, the tensors checked against CHECKSUM_KEY when the metadata has it.
+
+    An unreadable file raises safetensors' own error (callers name the file and the fix); a damaged one raises
+    ChecksumMismatch. A file without the key (another tool, an older minipeft) is returned unchecked.
+    """
+    with safe_open(str(path), framework="numpy") as f:
+        metadata = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    want = metadata.get(CHECKSUM_KEY)
+    if want is not None and tensors_sha256(tensors) != want:
+        raise ChecksumMismatch(f"{path}: the tensor data does not match the checksum stored with it ({CHECKSUM_KEY}); "
+                               "the file was damaged after it was written")
+    return tensors, metadata
 
 
 def tensors_sha256(tensors: dict) -> str:

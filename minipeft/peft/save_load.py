@@ -20,16 +20,22 @@ loads unchecked, as safetensors itself has no checksum.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.numpy import save
 
 from minipeft import backend
-from minipeft.io_utils import recover_files, tensors_sha256, write_files_as_unit
+from minipeft.io_utils import (
+    CHECKSUM_KEY,
+    ChecksumMismatch,
+    read_checked_tensors,
+    recover_files,
+    tensors_sha256,
+    write_files_as_unit,
+)
 from minipeft.nn.module import Module, Parameter
 from minipeft.peft.config import ConfigError
 from minipeft.peft.registry import config_from_dict
@@ -38,7 +44,6 @@ from minipeft.peft.tuners.modules_to_save import ModulesToSaveWrapper
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-CHECKSUM_KEY = "tensors_sha256"  # in the weights file's metadata
 
 
 class AdapterError(ValueError):
@@ -69,11 +74,7 @@ def base_named_parameters(module: Module, prefix: str = "", seen: set[int] | Non
 
 def fingerprint(model: Module) -> str:
     """sha256 over the names, shapes, dtypes and bytes of every base-model parameter (first 16 hex digits)."""
-    h = hashlib.sha256()
-    for name, p in sorted(base_named_parameters(model), key=lambda item: item[0]):
-        h.update(f"{name}{p.shape}{p.dtype}".encode())
-        h.update(np.ascontiguousarray(backend.to_numpy(p.data)).tobytes())
-    return h.hexdigest()[:16]
+    return tensors_sha256({name: backend.to_numpy(p.data) for name, p in base_named_parameters(model)})[:16]
 
 
 def adapter_dir(root: str, name: str) -> str:
@@ -167,16 +168,12 @@ def load_weights(peft_model, directory: str, name: str) -> None:
     if not os.path.isfile(path):
         raise AdapterError(f"no {WEIGHTS_NAME} in {directory!r}; point at a folder written by save_pretrained()")
     try:
-        with safe_open(path, framework="numpy") as f:
-            metadata = f.metadata() or {}
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
+        arrays, _ = read_checked_tensors(path)
+    except ChecksumMismatch as e:
+        raise AdapterError(f"{e}: save the adapter again") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise AdapterError(f"{path} could not be read as safetensors ({e}); it is truncated or corrupted: "
                            "save the adapter again") from e
-    want = metadata.get(CHECKSUM_KEY)
-    if want is not None and tensors_sha256(arrays) != want:
-        raise AdapterError(f"{path}: the tensor data does not match the checksum stored with it ({CHECKSUM_KEY}); "
-                           "the file was damaged after it was written: save the adapter again")
     params = dict(peft_model.named_parameters())
     expected = adapter_keys(peft_model, name)
     missing = sorted(set(expected) - set(arrays))
