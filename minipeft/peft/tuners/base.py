@@ -78,8 +78,12 @@ class BaseTuner(Module):
         paths = find_targets(self.model, config.target_modules, getattr(config, "layers_to_transform", None),
                              allowed=self.target_types + self.layer_classes, method=self.peft_type,
                              skip_inside=(BaseTunerLayer, ModulesToSaveWrapper))
+        self._check_targets(config, paths)
         for path in paths:
             self._create_and_replace(config, name, self.model.get_submodule(path), path)
+
+    def _check_targets(self, config: PeftConfig, paths: list[str]) -> None:
+        """Refuse a config that does not fit the modules at `paths` before any is wrapped; accepts all by default."""
 
     def _wrap_module_to_save(self, target: str, name: str) -> None:
         found = [p for p, m in self.model.named_modules()
