@@ -9,7 +9,7 @@ import numpy as np
 from minipeft.data.batching import check_positive_int, collate_sft, encode_rows
 from minipeft.data.dialogues import fact_kind
 from minipeft.data.generator import get_task
-from minipeft.generate import core_model, generate
+from minipeft.generate import context_left, generate
 from minipeft.metrics import accuracy, exact_match, fact_recall, fact_recall_by_kind, rouge
 from minipeft.optim import AdamW, cosine_schedule
 from minipeft.train import TrainResult, train
@@ -52,7 +52,8 @@ def finetune(model, tok, task: str, rows: Sequence[dict], *, steps: int, batch_s
 
 
 def _context(model) -> int:
-    return core_model(model).config.context_length
+    """The longest token sequence the model takes: its context less any virtual tokens (prompt tuning)."""
+    return context_left(model)
 
 
 def predict(model, tok, rows: Sequence[dict], task: str, max_new_tokens: int = 48) -> list[str]:

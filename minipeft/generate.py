@@ -37,6 +37,17 @@ def core_model(model):
     raise TypeError(f"generate: {type(model).__name__} has no .config/.new_kv_cache(); pass a GPT or a PeftModel")
 
 
+def virtual_positions(model) -> int:
+    """Context positions a PEFT method puts in front of every input (prompt tuning's virtual tokens), else 0."""
+    tuner = getattr(model, "base_model", None)
+    return int(getattr(tuner, "virtual_positions", 0))
+
+
+def context_left(model) -> int:
+    """Positions left for tokens: the context length less the virtual tokens a soft prompt takes."""
+    return core_model(model).config.context_length - virtual_positions(model)
+
+
 def _check_prompt(prompt_ids, vocab_size: int) -> list[int]:
     ids = backend.to_numpy(prompt_ids) if not isinstance(prompt_ids, (list, tuple)) else np.asarray(prompt_ids)
     if ids.ndim == 2 and ids.shape[0] == 1:
@@ -65,7 +76,7 @@ def generate(model, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
     """
     core = core_model(model)
     cfg = core.config
-    ctx = cfg.context_length
+    ctx, n_virtual = context_left(model), virtual_positions(model)
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if not temperature >= 0:
@@ -75,8 +86,10 @@ def generate(model, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
     prompt = _check_prompt(prompt_ids, cfg.vocab_size)
     if len(prompt) + max_new_tokens > ctx:
         if not truncate or max_new_tokens >= ctx:
+            room = (f"the {ctx} positions its {n_virtual} virtual tokens leave of the model's context_length "
+                    f"{cfg.context_length}" if n_virtual else f"the model's context_length {ctx}")
             raise ValueError(f"generate: prompt of {len(prompt)} tokens + max_new_tokens={max_new_tokens} = "
-                             f"{len(prompt) + max_new_tokens} exceeds the model's context_length {ctx}; shorten the "
+                             f"{len(prompt) + max_new_tokens} exceeds {room}; shorten the "
                              f"prompt, lower max_new_tokens to {max(ctx - len(prompt), 0)}, or pass truncate=True "
                              "to keep only the prompt's last tokens")
         prompt = prompt[len(prompt) + max_new_tokens - ctx:]

@@ -83,19 +83,22 @@ def adapter_dir(root: str, name: str) -> str:
 
 
 def adapter_keys(peft_model, name: str) -> dict[str, str]:
-    """{key on disk: live parameter name} for everything adapter `name` owns, as the method declares it
-    (BaseTuner.adapter_state_keys), under the PeftModel's `base_model.` prefix."""
+    """{key on disk: live parameter name of the PeftModel} for everything adapter `name` owns, as the method
+    declares it (BaseTuner.adapter_file_keys: `base_model.<path>.lora_A.weight`, or soft prompts' `prompt_embeddings`)."""
     try:
-        keys = peft_model.base_model.adapter_state_keys(name)
+        keys = peft_model.base_model.adapter_file_keys(name)
     except ValueError as e:
         raise AdapterError(str(e)) from None
-    return {f"base_model.{disk}": f"base_model.{live}" for disk, live in keys.items()}
+    return {disk: f"base_model.{live}" for disk, live in keys.items()}
 
 
 def adapter_state_dict(peft_model, name: str) -> dict[str, np.ndarray]:
-    """The arrays adapter `name` owns, keyed as on disk."""
-    params = dict(peft_model.named_parameters())
-    return {disk: backend.to_numpy(params[live].data) for disk, live in adapter_keys(peft_model, name).items()}
+    """The arrays adapter `name` owns, keyed as on disk (BaseTuner.adapter_file_arrays)."""
+    try:
+        arrays = peft_model.base_model.adapter_file_arrays(name)
+    except ValueError as e:
+        raise AdapterError(str(e)) from None
+    return {disk: backend.to_numpy(a) for disk, a in arrays.items()}
 
 
 def save_adapters(peft_model, root: str, selected: list[str] | None = None) -> None:

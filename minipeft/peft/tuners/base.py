@@ -10,6 +10,7 @@ never copied: only the targeted modules are swapped for wrappers that hold the o
 
 from __future__ import annotations
 
+import weakref
 from typing import ClassVar
 
 from minipeft.nn.module import Module, ModuleDict, Parameter
@@ -19,6 +20,10 @@ from minipeft.peft.tuners.modules_to_save import ModulesToSaveWrapper
 from minipeft.peft.tuners.targets import find_targets, matches
 
 MODULES_TO_SAVE = "modules_to_save"
+
+# The live tuner that holds each model. Wrapped layers show PeftModel that a model is taken; a method that wraps
+# none (soft prompts) leaves no trace in the model, so every tuner registers here and a second one is refused.
+_HOLDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class BaseTuner(Module):
@@ -35,6 +40,10 @@ class BaseTuner(Module):
     mergeable: ClassVar[bool] = False                         # can adapters be folded into the base weights?
 
     def __init__(self, model: Module, config: PeftConfig, adapter_name: str):
+        holder = _HOLDERS.get(model)
+        if holder is not None and holder() is not None:
+            raise ValueError("this model already holds adapter layers or soft prompts (another PeftModel wraps it); "
+                             "add adapters through that PeftModel's add_adapter(), or unload() it first")
         self.model = model
         for slot in self.tuner_slot_names:
             setattr(self, slot, ModuleDict())
@@ -42,6 +51,7 @@ class BaseTuner(Module):
         self.active_adapter: str | None = adapter_name
         self.unloaded_by: str | None = None   # "merge_and_unload()" or "unload()" once the adapters are gone
         self.inject_adapter(adapter_name, config)
+        _HOLDERS[model] = weakref.ref(self)
 
     # ---- what a method writes ----------------------------------------------------------------------
     def _create_and_replace(self, config: PeftConfig, adapter_name: str, target: Module, path: str) -> None:
@@ -136,6 +146,25 @@ class BaseTuner(Module):
                                  f"{disk!r}; rename the adapter")
             keys[disk] = live
         return keys
+
+    def adapter_file_keys(self, name: str) -> dict[str, str]:
+        """{key in adapter_model.safetensors: live parameter name (relative to this tuner)} for adapter `name`.
+
+        PEFT's layout, `base_model.` + adapter_state_keys' disk name; a method that Hugging Face saves under
+        another key overrides this (soft prompts: `prompt_embeddings`). Loading fills exactly these parameters.
+        """
+        return {f"base_model.{disk}": live for disk, live in self.adapter_state_keys(name).items()}
+
+    def adapter_file_arrays(self, name: str) -> dict:
+        """The arrays save_pretrained writes for adapter `name`, keyed as on disk: its live weights, unless the
+        method saves another form than it trains (prefix tuning folds its MLP into plain prefixes)."""
+        params = dict(self.named_parameters())
+        return {disk: params[live].data for disk, live in self.adapter_file_keys(name).items()}
+
+    @property
+    def virtual_positions(self) -> int:
+        """Context positions the active adapter puts in front of every input (prompt tuning's virtual tokens)."""
+        return 0
 
     def adapter_parameters(self, name: str) -> dict[str, Parameter]:
         """Adapter `name`'s parameters by live name (relative to this tuner)."""
@@ -264,6 +293,7 @@ class BaseTuner(Module):
         for slot in self.tuner_slot_names:
             setattr(self, slot, ModuleDict())
         self.peft_config, self.active_adapter, self.unloaded_by = {}, None, by
+        _HOLDERS.pop(self.model, None)
         return self.model
 
     # ---- running the model -------------------------------------------------------------------------
