@@ -21,6 +21,8 @@ from minipeft.peft import (
     BaseTunerLayer,
     LoraConfig,
     PeftModel,
+    PrefixTuningConfig,
+    PromptTuningConfig,
     fingerprint,
     get_peft_model,
 )
@@ -43,6 +45,10 @@ CASES = {
                                     rank_pattern={"blocks.1.mlp.fc1": 3}),
                  lambda base: sum((3 if m is base.blocks[1].mlp.fc1 else 2) * (m.in_features + m.out_features)
                                   for m in _linears(base, {"q_proj", "v_proj", "fc1"}))),
+    # prompt tuning: n virtual tokens of d_model each; prefix tuning: a key and a value of d_model per layer per token
+    "PROMPT_TUNING": Case(lambda: PromptTuningConfig(num_virtual_tokens=3), lambda base: 3 * base.config.d_model),
+    "PREFIX_TUNING": Case(lambda: PrefixTuningConfig(num_virtual_tokens=2),
+                          lambda base: 2 * 2 * base.config.n_layer * base.config.d_model),
     # the parallel adapter: m (in + out) per targeted Linear
     "EXAMPLE_PARALLEL": Case(lambda: example_method.ParallelAdapterConfig(bottleneck=3, target_modules=["fc2"]),
                              lambda base: sum(3 * (m.in_features + m.out_features) for m in _linears(base, {"fc2"}))),

@@ -5,10 +5,20 @@ from minipeft.peft.config import ConfigError, PeftConfig
 from minipeft.peft.peft_model import PeftModel, get_peft_model
 from minipeft.peft.registry import PEFT_TYPE_TO_CONFIG, PEFT_TYPE_TO_TUNER, register_peft_method
 from minipeft.peft.save_load import AdapterError, fingerprint
-from minipeft.peft.tuners import BaseTuner, BaseTunerLayer, LoraConfig, LoraLinear, LoraModel, lora_linear
+from minipeft.peft.tuners import (
+    BaseTuner,
+    BaseTunerLayer,
+    LoraConfig,
+    LoraLinear,
+    LoraModel,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    lora_linear,
+)
 
 __all__ = [
     "PEFT_TYPE_TO_CONFIG", "PEFT_TYPE_TO_TUNER", "AdapterError", "BaseTuner", "BaseTunerLayer", "ConfigError",
-    "LoraConfig", "LoraLinear", "LoraModel", "PeftConfig", "PeftModel", "fingerprint", "get_peft_model",
+    "LoraConfig", "LoraLinear", "LoraModel", "PeftConfig", "PeftModel", "PrefixTuningConfig",
+    "PromptTuningConfig", "fingerprint", "get_peft_model",
     "lora_linear", "register_peft_method",
 ]

@@ -84,7 +84,7 @@ def adapter_dir(root: str, name: str) -> str:
 
 def adapter_keys(peft_model, name: str) -> dict[str, str]:
     """{key on disk: live parameter name of the PeftModel} for everything adapter `name` owns, as the method
-    declares it (BaseTuner.adapter_file_keys: `base_model.<path>.lora_A.weight`, or soft prompts' `prompt_embeddings`)."""
+    declares it (BaseTuner.adapter_file_keys: `base_model.<path>.lora_A.weight`, soft prompts' `prompt_embeddings`)."""
     try:
         keys = peft_model.base_model.adapter_file_keys(name)
     except ValueError as e:

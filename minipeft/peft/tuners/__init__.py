@@ -7,6 +7,9 @@ from minipeft.peft.tuners.base import BaseTuner
 from minipeft.peft.tuners.base_layer import BaseTunerLayer
 from minipeft.peft.tuners.lora import LoraConfig, LoraLinear, LoraModel, lora_linear
 from minipeft.peft.tuners.modules_to_save import ModulesToSaveWrapper
+from minipeft.peft.tuners.prefix_tuning import PrefixTuningConfig, PrefixTuningModel
+from minipeft.peft.tuners.prompt_tuning import PromptTuningConfig, PromptTuningModel
 
 __all__ = ["BaseTuner", "BaseTunerLayer", "LoraConfig", "LoraLinear", "LoraModel", "ModulesToSaveWrapper",
+           "PrefixTuningConfig", "PrefixTuningModel", "PromptTuningConfig", "PromptTuningModel",
            "lora_linear"]

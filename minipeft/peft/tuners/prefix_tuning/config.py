@@ -1,0 +1,39 @@
+"""`PrefixTuningConfig`, named and meant as Hugging Face PEFT's, saved as adapter_config.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from minipeft.nn.module import Module
+from minipeft.peft.config import check_field
+from minipeft.peft.tuners.soft_prompt import PromptLearningConfig, _is_count
+
+
+@dataclass
+class PrefixTuningConfig(PromptLearningConfig):
+    """Prefix tuning (Li & Liang, 2021): n trainable keys and values in front of every attention layer's.
+
+    The prefixes are one table of shape (n, 2 * num_layers * token_dim), Hugging Face's layout: row i holds,
+    for each layer l, that layer's key (columns 2l*d .. (2l+1)*d) then its value. With prefix_projection=True
+    the table is made during training by a small MLP from n vectors of size token_dim (the paper's
+    reparameterization, which it found steadier to train): tanh(E W1^T + b1) W2^T + b2, hidden width
+    encoder_hidden_size. Saving folds the MLP into the plain table (as Hugging Face saves it), so an adapter
+    loaded for inference (inference_mode=True) holds just the table.
+    """
+
+    PEFT_TYPE: ClassVar[str] = "PREFIX_TUNING"
+
+    encoder_hidden_size: int | None = None   # the MLP's hidden width (None: token_dim, as Hugging Face fills it)
+    prefix_projection: bool = False          # make the prefixes with the MLP while training
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_field(self, "prefix_projection", isinstance(self.prefix_projection, bool), "True or False")
+        check_field(self, "encoder_hidden_size", self.encoder_hidden_size is None or _is_count(
+            self.encoder_hidden_size, 1), "None (token_dim) or an int >= 1")
+
+    def fit_to(self, model: Module) -> None:
+        super().fit_to(model)
+        if self.encoder_hidden_size is None:
+            self.encoder_hidden_size = self.token_dim
