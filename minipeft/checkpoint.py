@@ -95,6 +95,8 @@ def load_checkpoint(path: str | os.PathLike) -> GPT:
     if meta.get("model_class", "GPT") != "GPT":
         raise CheckpointError(f"{path} holds a {meta['model_class']}, not a GPT; build that model yourself and "
                               "call load_into(model, path)")
+    if "quantized_modules" in meta:
+        raise CheckpointError(f"{path} holds a 4-bit quantized GPT; load it with minipeft.quant.load_quantized(path)")
     config = _config_of(path, meta)
     tensors = read_tensors(path)
     # building draws random init weights; use a private generator so the caller's stream is unchanged

@@ -20,6 +20,7 @@ from strategies import arrays, attention_shapes, shapes, token_ids
 
 from minipeft import Function, Tensor, backend, manual_seed, to_numpy
 from minipeft.ops import fastpath
+from minipeft.quant import QuantState, quantize_absmax, quantize_nf4
 
 RTOL = 1e-12
 
@@ -88,6 +89,20 @@ def lora_linear_case(data):
     return [x, W0, b, A, B], options, {}
 
 
+def qlora_linear_case(data):
+    # LoRA's case on a 4-bit weight: W0 quantized (NF4, blocks of 2, double quantization in blocks of 2), passed
+    # as the `qweight` option (never differentiated); k even so blocks of 2 divide d * k
+    lead = data.draw(shapes(max_dims=2, max_side=3))
+    k, d, r = data.draw(st.sampled_from([2, 4])), data.draw(st.integers(1, 4)), data.draw(st.integers(1, 3))
+    x, W0, A, B = (data.draw(arrays(s)) for s in ((*lead, k), (d, k), (r, k), (d, r)))
+    b = data.draw(st.one_of(st.none(), arrays((d,))))
+    packed, absmax = quantize_nf4(backend.asarray(W0), 2)
+    qweight = QuantState(packed, *quantize_absmax(absmax, 2), (d, k), 2, 2)
+    options = {"qweight": qweight, "scale": data.draw(st.sampled_from([0.5, 2.0])),
+               "dropout_p": data.draw(st.sampled_from([0.0, 0.3]))}
+    return [x, b, A, B], options, {}
+
+
 CASES = {
     "AttentionFn": attention_case,
     "GELUFn": gelu_case,
@@ -96,6 +111,7 @@ CASES = {
     "scatter_add": scatter_add_case,
     # PEFT methods' fast paths: their ops live in minipeft/peft/, their cases here.
     "LoraLinearFn": lora_linear_case,
+    "QLoraLinearFn": qlora_linear_case,
 }
 
 

@@ -115,11 +115,16 @@ class Module:
             p.grad = None
 
     def to(self, dtype) -> Module:
-        """Cast every parameter (and its gradient) to a float dtype in place, e.g. float64 for grad checks."""
+        """Cast every float parameter (and its gradient) to a float dtype in place, e.g. float64 for grad checks.
+
+        Integer parameters (a quantized layer's 4-bit codes) keep their dtype: casting codes would corrupt them.
+        """
         if np.dtype(dtype).kind != "f":
             raise TypeError(f"{type(self).__name__}.to: parameters must stay floating, "
                             f"got dtype {np.dtype(dtype)}")
         for p in self.parameters():
+            if p.dtype.kind != "f":
+                continue
             p.data = p.data.astype(dtype)
             if p.grad is not None:
                 p.grad = p.grad.astype(dtype)

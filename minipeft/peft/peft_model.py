@@ -50,8 +50,16 @@ class PeftModel(Module):
         return self.base_model.model
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """(trainable parameters, all parameters) counted in elements."""
-        return self.num_parameters(trainable_only=True), self.num_parameters()
+        """(trainable parameters, all parameters) counted in elements.
+
+        A 4-bit quantized weight counts the values it encodes (two per byte of codes) and its block scales count
+        nothing (`counts_as`), as Hugging Face PEFT counts bitsandbytes' Params4bit: "all params" is then the
+        same whether the base model is quantized or not.
+        """
+        def count(params) -> int:
+            return sum(getattr(p, "counts_as", p.size) for p in params)
+
+        return count(self.parameters(trainable_only=True)), count(self.parameters())
 
     def print_trainable_parameters(self) -> str:
         """Print (and return) `trainable params: … || all params: … || trainable%: …` as PEFT does."""

@@ -21,11 +21,20 @@ class LoraLinear(BaseTunerLayer):
     adapter_layer_names = ("lora_A", "lora_B")
     other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout")
     mergeable = True
+    accepts_4bit = False    # a 4-bit (Linear4bit) base takes LoraLinear4bit (quantized.py)
 
     def __init__(self, base_layer: Linear):
         if not isinstance(base_layer, Linear):
             raise TypeError(f"LoraLinear wraps a Linear, got {type(base_layer).__name__}")
+        if getattr(base_layer, "weight", None) is not None and base_layer.weight.dtype.kind != "f" \
+                and not self.accepts_4bit:
+            raise TypeError(f"LoraLinear wraps a float Linear; this {type(base_layer).__name__} holds "
+                            f"{base_layer.weight.dtype} codes: wrap it with LoraLinear4bit (LoraModel does)")
         super().__init__(base_layer)
+
+    def weight_dtype(self):
+        """The float dtype of the base weight, which the adapter's A and B follow."""
+        return self.base_layer.weight.dtype
 
     @property
     def in_features(self) -> int:
@@ -39,7 +48,7 @@ class LoraLinear(BaseTunerLayer):
                      init_lora_weights: bool | str = True, use_rslora: bool = False) -> None:
         """Add adapter `name`: A (r, in) and B (out, r), initialised so B A = 0 unless init is False."""
         self._check_new(name)
-        dt = self.base_layer.weight.dtype
+        dt = self.weight_dtype()
         A = Linear(self.in_features, r, bias=False)          # kaiming-uniform, bound 1/sqrt(in), as PEFT
         B = Linear(r, self.out_features, bias=False)
         if init_lora_weights == "gaussian":

@@ -7,19 +7,21 @@ from minipeft.nn.module import Module
 from minipeft.peft.tuners.base import BaseTuner
 from minipeft.peft.tuners.lora.config import LoraConfig
 from minipeft.peft.tuners.lora.layer import LoraLinear
+from minipeft.peft.tuners.lora.quantized import LoraLinear4bit
+from minipeft.quant.linear4bit import Linear4bit
 
 
 class LoraModel(BaseTuner):
     """The user's model with LoRA adapters on the Linear layers `target_modules` names."""
 
-    layer_classes = (LoraLinear,)
-    target_types = (Linear,)
+    layer_classes = (LoraLinear,)      # LoraLinear4bit, its subclass for 4-bit bases, included
+    target_types = (Linear,)           # Linear4bit (a quantized Linear) included
     mergeable = True
 
     def _create_and_replace(self, config: LoraConfig, adapter_name: str, target: Module, path: str) -> None:
         """Wrap the Linear at `path` (or reuse its wrapper) and add the adapter, with rank_pattern/alpha_pattern."""
         if not isinstance(target, LoraLinear):
-            target = LoraLinear(target)
+            target = (LoraLinear4bit if isinstance(target, Linear4bit) else LoraLinear)(target)   # 4-bit: QLoRA
             self.model.set_submodule(path, target)
         target.update_layer(adapter_name, config.rank_for(path), config.alpha_for(path), config.lora_dropout,
                             config.init_lora_weights, config.use_rslora)
