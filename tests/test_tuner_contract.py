@@ -27,6 +27,8 @@ from minipeft.peft import (
     get_peft_model,
 )
 from minipeft.peft.save_load import base_named_parameters
+from minipeft.peft.tuners.selective import SelectiveConfig
+from minipeft.peft.tuners.sparse import SparseConfig, select_sparse_entries
 
 
 @dataclass
@@ -49,6 +51,14 @@ CASES = {
     "PROMPT_TUNING": Case(lambda: PromptTuningConfig(num_virtual_tokens=3), lambda base: 3 * base.config.d_model),
     "PREFIX_TUNING": Case(lambda: PrefixTuningConfig(num_virtual_tokens=2),
                           lambda base: 2 * 2 * base.config.n_layer * base.config.d_model),
+    # selective: a trained copy of every LayerNorm's scale and shift, of fc1 (weight and bias) and of the embedding
+    # table, which the tied head also reads: the sum of those tensors' sizes
+    "SELECTIVE": Case(lambda: SelectiveConfig(trainable_types=["norm"], target_modules=["fc1", "wte"]),
+                      lambda base: sum(p.size for n, p in base.named_parameters()
+                                       if ".ln_" in n or n.startswith(("ln_f.", "wte.")) or ".fc1." in n)),
+    # sparse: the top 10% of all the base's entries by Fisher score on one batch, round(0.1 N)
+    "SPARSE": Case(lambda: select_sparse_entries(build_gpt(0), SparseConfig(percent=10), [batch(0)]),
+                   lambda base: round(10 * base.num_parameters() / 100)),
     # the parallel adapter: m (in + out) per targeted Linear
     "EXAMPLE_PARALLEL": Case(lambda: example_method.ParallelAdapterConfig(bottleneck=3, target_modules=["fc2"]),
                              lambda base: sum(3 * (m.in_features + m.out_features) for m in _linears(base, {"fc2"}))),
@@ -184,14 +194,15 @@ def test_add_set_delete_enable_disable_adapters(method):
     second = logits(peft, ids)
     assert np.abs(second - first).max() > 1e-3
     trainable = {n for n, p in peft.named_parameters() if p.requires_grad}
-    assert trainable and all(".second." in n for n in trainable)
+    # n + ".": a ParameterDict entry (IA3's ia3_l.second) ends in the adapter name, a ModuleDict's has more after it
+    assert trainable and all(".second." in n + "." for n in trainable)
     peft.disable_adapter_layers()
     np.testing.assert_array_equal(logits(peft, ids), logits(build_gpt(0), ids))
     peft.enable_adapter_layers()
     np.testing.assert_array_equal(logits(peft, ids), second)
     peft.delete_adapter("second")
     assert peft.active_adapter == "default" and list(peft.peft_config) == ["default"]
-    assert not any(".second." in n for n, _ in peft.named_parameters())
+    assert not any(".second." in n + "." for n, _ in peft.named_parameters())
     np.testing.assert_array_equal(logits(peft, ids), first)
     base = peft.unload()
     np.testing.assert_array_equal(logits(base, ids), logits(build_gpt(0), ids))

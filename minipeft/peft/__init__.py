@@ -15,10 +15,21 @@ from minipeft.peft.tuners import (
     PromptTuningConfig,
     lora_linear,
 )
+from minipeft.peft.tuners.selective import (
+    SelectiveConfig,
+    bitfit_config,
+    embeddings_config,
+    full_finetune_config,
+    last_k_layers_config,
+    layernorm_config,
+)
+from minipeft.peft.tuners.sparse import SparseConfig, select_sparse_entries
 
 __all__ = [
     "PEFT_TYPE_TO_CONFIG", "PEFT_TYPE_TO_TUNER", "AdapterError", "BaseTuner", "BaseTunerLayer", "ConfigError",
     "LoraConfig", "LoraLinear", "LoraModel", "PeftConfig", "PeftModel", "PrefixTuningConfig",
     "PromptTuningConfig", "fingerprint", "get_peft_model",
     "lora_linear", "register_peft_method",
+    "SelectiveConfig", "SparseConfig", "bitfit_config", "embeddings_config", "full_finetune_config",
+    "last_k_layers_config", "layernorm_config", "select_sparse_entries",
 ]

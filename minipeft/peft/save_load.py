@@ -179,20 +179,31 @@ def load_weights(peft_model, directory: str, name: str) -> None:
                            "save the adapter again") from e
     params = dict(peft_model.named_parameters())
     expected = adapter_keys(peft_model, name)
-    missing = sorted(set(expected) - set(arrays))
-    unexpected = sorted(set(arrays) - set(expected))
+    extras = peft_model.base_model.adapter_file_extras(name)   # arrays that are not parameters (sparse indices)
+    missing = sorted((set(expected) | set(extras)) - set(arrays))
+    unexpected = sorted(set(arrays) - set(expected) - set(extras))
     if missing or unexpected:
         raise AdapterError(f"{path} does not fit this model: missing keys {missing[:6]}, unexpected keys "
                            f"{unexpected[:6]}; was it saved from another base model, or was its {CONFIG_NAME} "
                            "(target_modules, layers_to_transform, ...) edited after saving?")
     pairs = []
     for key, arr in arrays.items():
+        if key in extras:
+            if tuple(arr.shape) != tuple(extras[key].shape):
+                raise AdapterError(f"{path}: {key} has shape {tuple(arr.shape)} but the model expects "
+                                   f"{tuple(extras[key].shape)}; was its {CONFIG_NAME} edited after saving?")
+            continue
         p = params[expected[key]]
         if tuple(arr.shape) != p.shape:
             raise AdapterError(f"{path}: {key} has shape {tuple(arr.shape)} but the model expects {p.shape}; "
                                f"the adapter was made for a different base model shape, or its {CONFIG_NAME} "
                                "(r, rank_pattern, ...) was edited after saving")
         pairs.append((p, arr))
+    if extras:   # the method checks its own arrays' values before any parameter is set
+        try:
+            peft_model.base_model.load_file_extras(name, {k: arrays[k] for k in extras})
+        except ValueError as e:
+            raise AdapterError(f"{path}: {e}") from None
     for p, arr in pairs:  # every shape checked first: no half-loaded adapter
         p.data = backend.asarray(arr, dtype=p.dtype).copy()
 

@@ -9,7 +9,9 @@ from minipeft.peft.tuners.lora import LoraConfig, LoraLinear, LoraModel, lora_li
 from minipeft.peft.tuners.modules_to_save import ModulesToSaveWrapper
 from minipeft.peft.tuners.prefix_tuning import PrefixTuningConfig, PrefixTuningModel
 from minipeft.peft.tuners.prompt_tuning import PromptTuningConfig, PromptTuningModel
+from minipeft.peft.tuners.selective import SelectiveConfig, SelectiveModel
+from minipeft.peft.tuners.sparse import SparseConfig, SparseModel
 
 __all__ = ["BaseTuner", "BaseTunerLayer", "LoraConfig", "LoraLinear", "LoraModel", "ModulesToSaveWrapper",
            "PrefixTuningConfig", "PrefixTuningModel", "PromptTuningConfig", "PromptTuningModel",
-           "lora_linear"]
+           "lora_linear", "SelectiveConfig", "SelectiveModel", "SparseConfig", "SparseModel"]

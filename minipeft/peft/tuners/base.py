@@ -161,6 +161,17 @@ class BaseTuner(Module):
         params = dict(self.named_parameters())
         return {disk: params[live].data for disk, live in self.adapter_file_keys(name).items()}
 
+    def adapter_file_extras(self, name: str) -> dict:
+        """Arrays adapter `name` keeps in its file that are not parameters, keyed as on disk (sparse fine-tuning's
+        fixed indices); a method with any also adds them to adapter_file_arrays. None by default."""
+        return {}
+
+    def load_file_extras(self, name: str, arrays: dict) -> None:
+        """Take adapter_file_extras' arrays back from a file (keys and shapes already checked, as NumPy arrays)."""
+        if arrays:
+            raise NotImplementedError(f"{type(self).__name__} declares file arrays {sorted(arrays)[:3]} but does not "
+                                      "implement load_file_extras()")
+
     @property
     def virtual_positions(self) -> int:
         """Context positions the active adapter puts in front of every input (prompt tuning's virtual tokens)."""

@@ -1,0 +1,72 @@
+"""Which base parameters a selection names: by kind (bias, norm, all), by module pattern, by block index.
+
+Shared by selective fine-tuning (the selected tensors train) and sparse fine-tuning (the selected tensors are
+the candidates whose entries are scored). A module already wrapped by one of these methods counts as the
+module it wraps, so a second adapter selects the same way as the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from minipeft.nn.layers import Embedding, LayerNorm, Linear
+from minipeft.nn.module import Module, Parameter
+from minipeft.peft.tuners.base_layer import BaseTunerLayer
+from minipeft.peft.tuners.targets import layer_index, matches
+
+SUPPORTED = (Linear, LayerNorm, Embedding)   # the modules that hold parameters in our GPT
+
+
+def own_parameters(module: Module) -> list[str]:
+    """Names of the parameters a module holds itself (not its submodules'): Linear's "weight", "bias", ..."""
+    return [n for n, p in vars(module).items() if isinstance(p, Parameter)]
+
+
+def parameter_modules(model: Module) -> Iterator[tuple[str, Module]]:
+    """(path, module) of every module that holds parameters itself; a tuner layer stands for its base module."""
+    inside: list[str] = []
+    for path, m in model.named_modules():
+        if any(path.startswith(p + ".") for p in inside):
+            continue
+        if isinstance(m, BaseTunerLayer):
+            inside.append(path)
+            m = m.get_base_layer()
+        if own_parameters(m):
+            yield path, m
+
+
+def _kind_selected(module: Module, pname: str, types: list[str]) -> bool:
+    is_norm = isinstance(module, LayerNorm)
+    return "all" in types or ("bias" in types and pname == "bias") or ("norm" in types and is_norm)
+
+
+def _module_selected(path: str, target_modules) -> bool:
+    """target_modules matches this module or a module above it ("blocks.3" selects all of block 3)."""
+    parts = path.split(".")
+    return any(matches(".".join(parts[:i]), target_modules) for i in range(1, len(parts) + 1))
+
+
+def select_parameters(model: Module, config, method: str) -> dict[str, list[str]]:
+    """{module path: [names of its selected parameters]} in model order; a clear error when nothing is selected.
+
+    config has trainable_types, target_modules, layers_to_transform (see SelectiveConfig).
+    """
+    types, targets, layers = config.trainable_types, config.target_modules, config.layers_to_transform
+    chosen: dict[str, list[str]] = {}
+    for path, m in parameter_modules(model):
+        by_module = targets is not None and _module_selected(path, targets)
+        names = [n for n in own_parameters(m) if by_module or _kind_selected(m, n, types)]
+        if names and layers is not None and layer_index(path) not in layers:
+            continue
+        if names:
+            if not isinstance(m, SUPPORTED):
+                kinds = "/".join(c.__name__ for c in SUPPORTED)
+                raise TypeError(f"{method} can train parameters of {kinds} modules, but the selection includes "
+                                f"{path!r}, a {type(m).__name__}; narrow target_modules or trainable_types")
+            chosen[path] = names
+    if not chosen:
+        where = "" if layers is None else f" inside blocks layers_to_transform={layers!r}"
+        leaves = sorted({p.rsplit(".", 1)[-1] for p, _ in parameter_modules(model)})
+        raise ValueError(f"{method}: trainable_types={types!r}, target_modules={targets!r} selected no parameter"
+                         f"{where}. Modules with parameters: {leaves}")
+    return chosen
