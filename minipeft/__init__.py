@@ -1,6 +1,6 @@
 """minipeft: parameter-efficient fine-tuning built from scratch on NumPy (CPU) or CuPy (GPU)."""
 
-from minipeft import nn, ops, peft
+from minipeft import nn, ops, peft, quant
 from minipeft.autograd import Function, Tensor, no_grad, tensor
 from minipeft.backend import (
     fork_rng,
@@ -15,11 +15,12 @@ from minipeft.backend import (
 )
 from minipeft.ops.fastpath import fast_ops, fast_ops_enabled, set_fast_ops
 from minipeft.peft import LoraConfig, PeftModel, get_peft_model
+from minipeft.quant import BitsAndBytesConfig, quantize_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Function", "LoraConfig", "PeftModel", "Tensor", "fast_ops", "fast_ops_enabled", "fork_rng", "get_default_dtype",
-    "get_device", "get_peft_model", "manual_seed", "nn", "no_grad", "ops", "peft", "set_default_dtype", "set_device",
-    "set_fast_ops", "tensor", "to_numpy", "tune_allocator", "xp",
+    "BitsAndBytesConfig", "Function", "LoraConfig", "PeftModel", "Tensor", "fast_ops", "fast_ops_enabled", "fork_rng",
+    "get_default_dtype", "get_device", "get_peft_model", "manual_seed", "nn", "no_grad", "ops", "peft", "quant",
+    "quantize_model", "set_default_dtype", "set_device", "set_fast_ops", "tensor", "to_numpy", "tune_allocator", "xp",
 ]

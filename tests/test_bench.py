@@ -93,3 +93,11 @@ def test_bench_chunks_quick_runs_and_restores_the_chunk_size(capsys):
     for text in ("whole array", "2^13", "2^16", "ratio to whole", f"CHUNK_ELEMENTS = {before}"):
         assert text in out, text
     assert _shared.CHUNK_ELEMENTS == before
+
+
+def test_bench_qlora_quick_runs(capsys):
+    """Dequantization throughput for each shape, and QLoRA's step time as a ratio to LoRA's, fast and reference."""
+    run_quick("bench_qlora")
+    out = capsys.readouterr().out
+    for text in ("NF4 GB/s", "+DQ GB/s", "16x16", "64x64", "ratio to LoRA", "fast ops", "reference ops", "qlora"):
+        assert text in out, text

@@ -103,6 +103,14 @@ def qlora_linear_case(data):
     return [x, b, A, B], options, {}
 
 
+def dequantize_nf4_case(data):
+    # out (overwritten: its values are irrelevant), the packed codes of a random weight, and its block scales
+    blocksize = data.draw(st.sampled_from([2, 4, 8]))
+    n = blocksize * data.draw(st.integers(1, 6))
+    packed, absmax = quantize_nf4(backend.asarray(data.draw(arrays((n,)))), blocksize)
+    return [data.draw(arrays((n,))), backend.to_numpy(packed), backend.to_numpy(absmax)], {"blocksize": blocksize}, {}
+
+
 CASES = {
     "AttentionFn": attention_case,
     "GELUFn": gelu_case,
@@ -112,6 +120,7 @@ CASES = {
     # PEFT methods' fast paths: their ops live in minipeft/peft/, their cases here.
     "LoraLinearFn": lora_linear_case,
     "QLoraLinearFn": qlora_linear_case,
+    "dequantize_nf4_into": dequantize_nf4_case,
 }
 
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minipeft import backend, to_numpy
+from minipeft import backend, fast_ops, to_numpy
 from minipeft.nn import GPT, GPTConfig
 from minipeft.peft import ConfigError
 from minipeft.quant import (
@@ -94,6 +94,16 @@ def test_nf4_codes_are_used_more_evenly_than_a_uniform_4bit_code_on_normal_weigh
 
     assert entropy(counts) > 3.85 and entropy(counts) > entropy(u_counts) + 0.2
     assert counts.min() > 0.01
+
+
+def test_dequantization_fast_path_is_bit_identical_to_the_reference():
+    w = np.random.default_rng(3).standard_normal((32, 64)).astype(np.float32)
+    packed, absmax = quantize_nf4(dev(w), 64)
+    with fast_ops(False):
+        ref = to_numpy(dequantize_nf4(packed, absmax, w.shape))
+    with fast_ops(True):
+        fast = to_numpy(dequantize_nf4(packed, absmax, w.shape))
+    np.testing.assert_array_equal(fast, ref)
 
 
 # ---- packing ------------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ def test_tutorial_runs_quick(path, home, monkeypatch, capsys, keep_rng):
         "03": ["trainable params:", "LoRA r=8", "full fine-tuning", "ROUGE-L"],
         "04": ["storage for 3 tasks", "reloaded adapters reproduce every prediction exactly: True"],
         "05": ["trainable", "val loss", "best ROUGE-L"],
+        "10": ["NF4 + DQ", "max / NF4 bound", "QLoRA, NF4+DQ", "re-NF4+DQ", "LLaMA-7B", "what the numbers show"],
     }.get(path.name[:2], [])
     for text in expected:
         assert text in out, f"{path.name} --quick did not print {text!r}"
@@ -58,3 +59,16 @@ def test_autograd_by_hand_evidence(home, monkeypatch, capsys, keep_rng):
     assert 0.2 < r["saved"] < 0.45                          # about a third of the step's matmul FLOPs
     last = r["rows"]["last block + ln_f"]
     assert last["bwd_flops"] < bitfit["bwd_flops"]          # frozen lower layers also skip their dx products
+
+
+def test_qlora_evidence(home, monkeypatch, capsys, keep_rng):
+    """Tutorial 10's numbers in --quick mode: 4 bits take less, every weight is within the NF4 bound, the merge
+    into float32 is exact and re-quantizing it is not, and LLaMA-65B's double quantization saves the paper's ~3 GB."""
+    _, r = run_tutorial(next(p for p in TUTORIALS if p.name.startswith("10_")), home, monkeypatch, capsys)
+    b = r["bytes"]
+    assert b["NF4 + DQ"]["total"] < b["NF4"]["total"] < b["float32"]["total"]
+    assert b["NF4"]["linear_bits"] == 4.5 and 4.127 < b["NF4 + DQ"]["linear_bits"] < 4.2
+    assert r["error"]["NF4"]["bound_ratio"] <= 1 + 1e-6                 # float32 rounding of the division only
+    merge = r["merge"]
+    assert merge["QLoRA merged, fp32"]["logit_diff"] < 1e-4 < merge["merged, re-NF4+DQ"]["logit_diff"]
+    assert 2.9 < r["llama"]["LLaMA-65B"]["dq_saving"] < 3.1 and 6.7e9 < r["llama"]["LLaMA-7B"]["params"] < 6.8e9

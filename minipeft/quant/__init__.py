@@ -9,6 +9,7 @@
 LoRA on a quantized model (QLoRA) lives with LoRA: minipeft/peft/tuners/lora/qlora_op.py and quantized.py.
 """
 
+from minipeft.quant import nf4_fast as _nf4_fast  # noqa: F401 (registers the dequantization's fast path)
 from minipeft.quant.config import BitsAndBytesConfig, qlora_config
 from minipeft.quant.double_quant import dequantize_absmax, quantize_absmax
 from minipeft.quant.io import load_quantized, save_quantized

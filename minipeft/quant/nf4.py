@@ -40,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from minipeft import backend
+from minipeft.ops.fastpath import pick
 
 # The 16 NF4 values, ascending, exactly as QLoRA (appendix E) and bitsandbytes (csrc/kernels.cu) list them.
 NF4_CODE = np.array([
@@ -137,6 +138,14 @@ def dequantize_blockwise(indices, absmax, blocksize: int, dtype=None):
     return (values.reshape(-1, blocksize) * absmax.astype(dtype)[:, None]).reshape(-1)
 
 
+def dequantize_nf4_into(out, packed, absmax, blocksize: int = 64) -> None:
+    """out[...] = the weight (packed, absmax) stands for: unpack the two codes of each byte, look each up, scale.
+
+    The reference; nf4_fast.py looks up both values of a byte at once (set_fast_ops chooses, as for every op).
+    """
+    out[...] = dequantize_blockwise(unpack_4bit(packed), absmax, blocksize, out.dtype).reshape(out.shape)
+
+
 def quantize_nf4(w, blocksize: int = 64):
     """(packed uint8 (n/2,), absmax (n/blocksize,)): w in NF4, two codes per byte."""
     idx, absmax = quantize_blockwise(w, blocksize)
@@ -149,4 +158,6 @@ def dequantize_nf4(packed, absmax, shape: tuple[int, ...], blocksize: int = 64, 
     if packed.shape != (n // 2,) or n % 2 or absmax.shape != (n // blocksize,) or n % blocksize:
         raise ValueError(f"dequantize_nf4: packed {packed.shape} and absmax {absmax.shape} do not fit shape {shape} "
                          f"with blocksize {blocksize}; need packed ({n // 2},) and absmax ({n // blocksize},)")
-    return dequantize_blockwise(unpack_4bit(packed), absmax, blocksize, dtype).reshape(shape)
+    out = backend.xp().empty(shape, dtype=absmax.dtype if dtype is None else dtype)
+    pick(dequantize_nf4_into)(out, packed, absmax, blocksize)
+    return out
