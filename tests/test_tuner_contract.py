@@ -19,6 +19,8 @@ from minipeft.peft import (
     PEFT_TYPE_TO_TUNER,
     AdapterError,
     BaseTunerLayer,
+    BottleneckConfig,
+    IA3Config,
     LoraConfig,
     PeftModel,
     PrefixTuningConfig,
@@ -47,6 +49,14 @@ CASES = {
                                     rank_pattern={"blocks.1.mlp.fc1": 3}),
                  lambda base: sum((3 if m is base.blocks[1].mlp.fc1 else 2) * (m.in_features + m.out_features)
                                   for m in _linears(base, {"q_proj", "v_proj", "fc1"}))),
+    # bottleneck adapters, Houlsby layout: 2 d m + d + m per adapter, d the output width of the Linear it follows
+    "BOTTLENECK": Case(lambda: BottleneckConfig.houlsby(bottleneck_size=3, non_linearity="gelu"),
+                       lambda base: sum(2 * m.out_features * 3 + m.out_features + 3
+                                        for m in _linears(base, {"out_proj", "fc2"}))),
+    # (IA)^3: one number per output of k_proj and v_proj, one per input of fc2 (the MLP's inner activation)
+    "IA3": Case(lambda: IA3Config(target_modules=["k_proj", "v_proj", "fc2"], feedforward_modules=["fc2"]),
+                lambda base: sum(m.out_features for m in _linears(base, {"k_proj", "v_proj"}))
+                + sum(m.in_features for m in _linears(base, {"fc2"}))),
     # prompt tuning: n virtual tokens of d_model each; prefix tuning: a key and a value of d_model per layer per token
     "PROMPT_TUNING": Case(lambda: PromptTuningConfig(num_virtual_tokens=3), lambda base: 3 * base.config.d_model),
     "PREFIX_TUNING": Case(lambda: PrefixTuningConfig(num_virtual_tokens=2),

@@ -8,6 +8,8 @@ from minipeft.peft.save_load import AdapterError, fingerprint
 from minipeft.peft.tuners import (
     BaseTuner,
     BaseTunerLayer,
+    BottleneckConfig,
+    IA3Config,
     LoraConfig,
     LoraLinear,
     LoraModel,
@@ -26,7 +28,8 @@ from minipeft.peft.tuners.selective import (
 from minipeft.peft.tuners.sparse import SparseConfig, select_sparse_entries
 
 __all__ = [
-    "PEFT_TYPE_TO_CONFIG", "PEFT_TYPE_TO_TUNER", "AdapterError", "BaseTuner", "BaseTunerLayer", "ConfigError",
+    "PEFT_TYPE_TO_CONFIG", "PEFT_TYPE_TO_TUNER", "AdapterError", "BaseTuner", "BaseTunerLayer", "BottleneckConfig",
+    "ConfigError", "IA3Config",
     "LoraConfig", "LoraLinear", "LoraModel", "PeftConfig", "PeftModel", "PrefixTuningConfig",
     "PromptTuningConfig", "fingerprint", "get_peft_model",
     "lora_linear", "register_peft_method",

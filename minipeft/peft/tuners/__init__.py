@@ -5,6 +5,8 @@ Importing this package imports every method, and each registers itself (see mini
 
 from minipeft.peft.tuners.base import BaseTuner
 from minipeft.peft.tuners.base_layer import BaseTunerLayer
+from minipeft.peft.tuners.bottleneck import BottleneckConfig, BottleneckLayer, BottleneckModel
+from minipeft.peft.tuners.ia3 import IA3Config, IA3Linear, IA3Model
 from minipeft.peft.tuners.lora import LoraConfig, LoraLinear, LoraModel, lora_linear
 from minipeft.peft.tuners.modules_to_save import ModulesToSaveWrapper
 from minipeft.peft.tuners.prefix_tuning import PrefixTuningConfig, PrefixTuningModel
@@ -12,6 +14,7 @@ from minipeft.peft.tuners.prompt_tuning import PromptTuningConfig, PromptTuningM
 from minipeft.peft.tuners.selective import SelectiveConfig, SelectiveModel
 from minipeft.peft.tuners.sparse import SparseConfig, SparseModel
 
-__all__ = ["BaseTuner", "BaseTunerLayer", "LoraConfig", "LoraLinear", "LoraModel", "ModulesToSaveWrapper",
+__all__ = ["BaseTuner", "BaseTunerLayer", "BottleneckConfig", "BottleneckLayer", "BottleneckModel",
+           "IA3Config", "IA3Linear", "IA3Model", "LoraConfig", "LoraLinear", "LoraModel", "ModulesToSaveWrapper",
            "PrefixTuningConfig", "PrefixTuningModel", "PromptTuningConfig", "PromptTuningModel",
            "lora_linear", "SelectiveConfig", "SelectiveModel", "SparseConfig", "SparseModel"]

@@ -1,0 +1,37 @@
+"""`IA3Model`: (IA)^3 on the tuner contract: wrap each targeted Linear in an `IA3Linear`, scaling its input when
+it is a feedforward module and its output otherwise (Hugging Face PEFT's rule)."""
+
+from __future__ import annotations
+
+from minipeft.nn.layers import Linear
+from minipeft.nn.module import Module
+from minipeft.peft.config import ConfigError
+from minipeft.peft.tuners.base import BaseTuner
+from minipeft.peft.tuners.ia3.config import IA3Config
+from minipeft.peft.tuners.ia3.layer import IA3Linear
+from minipeft.peft.tuners.targets import matches
+
+
+class IA3Model(BaseTuner):
+    """The user's model with (IA)^3 vectors on the Linear layers `target_modules` names."""
+
+    layer_classes = (IA3Linear,)
+    target_types = (Linear,)
+    mergeable = True
+
+    def _check_targets(self, config: IA3Config, paths: list[str]) -> None:
+        """A feedforward_modules name must name a target (HF checks name lists; this also covers regex targets)."""
+        if isinstance(config.feedforward_modules, str):
+            return
+        unused = [f for f in config.feedforward_modules if not any(matches(p, [f]) for p in paths)]
+        if unused:
+            raise ConfigError(f"IA3Config.feedforward_modules {unused} name no module that target_modules="
+                              f"{config.target_modules!r} wraps (targets: {paths}); feedforward modules must be "
+                              "targets too")
+
+    def _create_and_replace(self, config: IA3Config, adapter_name: str, target: Module, path: str) -> None:
+        """Wrap the Linear at `path` (or reuse its wrapper) and add the vector, input-side if it is feedforward."""
+        if not isinstance(target, IA3Linear):
+            target = IA3Linear(target)
+            self.model.set_submodule(path, target)
+        target.update_layer(adapter_name, matches(path, config.feedforward_modules), config.init_ia3_weights)
