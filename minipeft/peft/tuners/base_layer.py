@@ -41,6 +41,13 @@ class BaseTunerLayer(Module):
     def get_base_layer(self) -> Module:
         return self.base_layer
 
+    @property
+    def base_dtype(self):
+        """The float dtype the base layer computes in, which an adapter's weights should follow: its weight's dtype,
+        or `compute_dtype` for a quantized base (a Linear4bit's `weight` holds uint8 codes)."""
+        base = self.base_layer
+        return getattr(base, "compute_dtype", None) or base.weight.dtype
+
     def adapter_modules(self, name: str) -> list[Module | object]:
         """Adapter `name`'s weights on this layer: the Module or Parameter held in each slot."""
         return [getattr(self, slot)[name] for slot in self.adapter_layer_names if name in getattr(self, slot)]

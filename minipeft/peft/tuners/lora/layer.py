@@ -32,10 +32,6 @@ class LoraLinear(BaseTunerLayer):
                             f"{base_layer.weight.dtype} codes: wrap it with LoraLinear4bit (LoraModel does)")
         super().__init__(base_layer)
 
-    def weight_dtype(self):
-        """The float dtype of the base weight, which the adapter's A and B follow."""
-        return self.base_layer.weight.dtype
-
     @property
     def in_features(self) -> int:
         return self.base_layer.in_features
@@ -48,7 +44,7 @@ class LoraLinear(BaseTunerLayer):
                      init_lora_weights: bool | str = True, use_rslora: bool = False) -> None:
         """Add adapter `name`: A (r, in) and B (out, r), initialised so B A = 0 unless init is False."""
         self._check_new(name)
-        dt = self.weight_dtype()
+        dt = self.base_dtype
         A = Linear(self.in_features, r, bias=False)          # kaiming-uniform, bound 1/sqrt(in), as PEFT
         B = Linear(r, self.out_features, bias=False)
         if init_lora_weights == "gaussian":

@@ -33,11 +33,6 @@ class LoraLinear4bit(LoraLinear):
         BaseTunerLayer.__init__(self, base_layer)
         self._quantized: list[Linear4bit] = []    # the 4-bit base while merged (a list: not a child module)
 
-    def weight_dtype(self):
-        """The float dtype the 4-bit base computes in (A and B follow it)."""
-        base = self._quantized[0] if self._quantized else self.base_layer
-        return base.compute_dtype
-
     def merge(self, name: str | None = None) -> None:
         """Dequantize the base into a float Linear (on the first merge) and add s * B A to it."""
         name = name or self.active_adapter
