@@ -49,6 +49,9 @@ def save_checkpoint(model: Module, path: str | os.PathLike, extra_metadata: dict
     if config is None or not hasattr(config, "to_dict"):
         raise TypeError(f"save_checkpoint: {type(model).__name__} has no .config with to_dict(); "
                         "it saves GPT models (use safetensors directly for other modules)")
+    if "quantized_modules" not in (extra_metadata or {}) and any(p.dtype.kind != "f" for p in model.parameters()):
+        raise TypeError("save_checkpoint: this model holds 4-bit quantized layers (integer codes), which "
+                        "load_checkpoint could not rebuild; save it with minipeft.quant.save_quantized(model, path)")
     tensors = {name: np.ascontiguousarray(backend.to_numpy(p.data)) for name, p in model.named_parameters()}
     meta = {"format": FORMAT, "model_class": type(model).__name__, "config": json.dumps(config.to_dict()),
             CHECKSUM_KEY: tensors_sha256(tensors)}

@@ -306,6 +306,8 @@ def test_quantized_files_are_told_apart_from_float_checkpoints(tmp_path):
         load_quantized(tmp_path / "f.safetensors")
     with pytest.raises(ValueError, match="no Linear4bit"):
         save_quantized(build_gpt(0), tmp_path / "x.safetensors")
+    with pytest.raises(TypeError, match="save_quantized"):
+        save_checkpoint(quantized_gpt(), tmp_path / "x.safetensors")
     data = bytearray((tmp_path / "q.safetensors").read_bytes())
     data[-3] ^= 0xFF                                               # a flipped byte in the last tensor
     (tmp_path / "q.safetensors").write_bytes(bytes(data))
