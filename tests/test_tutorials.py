@@ -40,6 +40,8 @@ def test_tutorial_runs_quick(path, home, monkeypatch, capsys, keep_rng):
         "03": ["trainable params:", "LoRA r=8", "full fine-tuning", "ROUGE-L"],
         "04": ["storage for 3 tasks", "reloaded adapters reproduce every prediction exactly: True"],
         "05": ["trainable", "val loss", "best ROUGE-L"],
+        "06": ["Houlsby m=", "Pfeiffer m=", "(IA)^3 (k, v, fc2)", "LoRA r=1 (k, v, fc2)", "cannot be merged",
+               "inference latency", "LoRA r=8, merged"],
         "10": ["NF4 + DQ", "max / NF4 bound", "QLoRA, NF4+DQ", "re-NF4+DQ", "LLaMA-7B", "what the numbers show"],
     }.get(path.name[:2], [])
     for text in expected:
@@ -72,3 +74,18 @@ def test_qlora_evidence(home, monkeypatch, capsys, keep_rng):
     merge = r["merge"]
     assert merge["QLoRA merged, fp32"]["logit_diff"] < 1e-4 < merge["merged, re-NF4+DQ"]["logit_diff"]
     assert 2.9 < r["llama"]["LLaMA-65B"]["dq_saving"] < 3.1 and 6.7e9 < r["llama"]["LLaMA-7B"]["params"] < 6.8e9
+
+
+def test_adapters_evidence(home, monkeypatch, capsys, keep_rng):
+    """Tutorial 06's numbers in --quick mode: every count is its closed form, Houlsby's width matches LoRA's budget,
+    merged LoRA and (IA)^3 agree with their unmerged models, and every deployed form was timed."""
+    _, r = run_tutorial(next(p for p in TUTORIALS if p.name.startswith("06_")), home, monkeypatch, capsys)
+    d, L, f = r["d_model"], r["n_layer"], r["d_ff"]
+    lora, houlsby, pfeiffer, ia3, lora1 = (row["trainable"] for row in r["rows"])
+    mh, mp = r["m"]["houlsby"], r["m"]["pfeiffer"]
+    assert lora == r["lora_budget"] == L * 8 * (4 * 2 * d + 2 * (d + f))         # r (in + out), six matrices
+    assert houlsby == 2 * L * (2 * d * mh + d + mh) and pfeiffer == L * (2 * d * mp + d + mp)
+    assert abs(houlsby - lora) <= L * (2 * d + 1)                                # the closest width: within a step
+    assert ia3 == L * (2 * d + f) and lora1 == L * (2 * 2 * d + f + d)  # IA3: d, d, d_ff; LoRA r=1: 2d, 2d, d_ff+d
+    assert max(r["merge_error"].values()) < 1e-4                                     # float32 rounding only
+    assert len(r["latency"]) == 7 and all(t["forward_s"] > 0 and t["gen_token_s"] > 0 for t in r["latency"].values())
