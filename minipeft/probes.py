@@ -23,6 +23,24 @@ from minipeft.data.corpus import copied_list
 from minipeft.generate import core_model
 
 
+def repeated_segments(rng: np.random.Generator, batch: int, seq_len: int, vocab: int, min_period: int,
+                      max_period: int) -> dict[str, np.ndarray]:
+    """A batch that pays only for induction: each row is a random segment of random length repeated.
+
+    Row i draws a period p in [min_period, max_period] and p uniform token ids, and repeats them to
+    seq_len + 1 tokens; inputs are the first seq_len, targets the last seq_len. After the first p tokens
+    every target is the token that followed the current one last time, so the loss falls below
+    log(vocab) only if attention learns to find that earlier occurrence and copy its successor.
+    """
+    if not 1 <= min_period <= max_period or vocab < 2 or seq_len < 2 * max_period:
+        raise ValueError(f"repeated_segments: need 1 <= min_period <= max_period, seq_len >= 2 * max_period and "
+                         f"vocab >= 2; got {min_period}, {max_period}, {seq_len}, {vocab}")
+    rows = [np.resize(rng.integers(0, vocab, rng.integers(min_period, max_period + 1)), seq_len + 1)
+            for _ in range(batch)]
+    ids = np.stack(rows)
+    return {"input_ids": ids[:, :-1], "targets": ids[:, 1:]}
+
+
 def repeat_accuracy(model, n_seq: int = 32, length: int = 24, low: int = 0, seed: int = 0) -> float:
     """Share of the second copy's tokens (after its first) that the model's argmax predicts.
 
