@@ -296,3 +296,18 @@ def test_prompt_nearest_tokens_of_a_sample_vocab_prompt_are_its_own_tokens(token
     assert [r[0][0] for r in near] == [tok.id_to_token(i) for i in rows]
     assert all(abs(r[0][1] - 1.0) < 1e-6 for r in near)                    # float32 norms
     assert [r[0][0] for r in prompt_nearest_tokens(peft, k=1)] == rows
+
+
+def test_modules_to_save_train_and_save_beside_the_prompt(tmp_path):
+    peft = tuned(2, modules_to_save=["ln_f"])
+    assert peft.get_nb_trainable_parameters()[0] == 2 * 16 + 2 * 16          # the prompt + ln_f's weight and bias
+    ln_f = peft.get_base_model().ln_f.modules_to_save["default"]
+    ln_f.weight.data = ln_f.weight.data * 1.5
+    ids = batch(11)[0]
+    out = logits(peft, ids)
+    peft.save_pretrained(str(tmp_path))
+    from safetensors.numpy import load_file  # noqa: PLC0415
+
+    assert sorted(load_file(str(tmp_path / "adapter_model.safetensors"))) == [
+        "base_model.model.ln_f.bias", "base_model.model.ln_f.weight", "prompt_embeddings"]
+    np.testing.assert_array_equal(logits(PeftModel.from_pretrained(build_gpt(0), str(tmp_path)), ids), out)

@@ -23,8 +23,9 @@ class PromptTuningConfig(PromptLearningConfig):
     TEXT needs the tokenizer. With no model hub here, `tokenizer_name_or_path` is the path of a
     `tokenizer.json` or of a folder holding one (`load_base_model().path` is such a folder), read with
     minipeft.data.Tokenizer; the text is encoded without special tokens. Like Hugging Face, the
-    initialisation runs only when the adapter is created for training (inference_mode=False): a loaded
-    adapter takes its weights from the file, so the tokenizer is not needed then.
+    initialisation runs only when the adapter is created for training (inference_mode=False): an adapter
+    loaded for inference takes its weights from the file without the tokenizer, while one loaded with
+    is_trainable=True is initialised first (so its tokenizer path must still exist), then overwritten.
     """
 
     PEFT_TYPE: ClassVar[str] = "PROMPT_TUNING"
