@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from minipeft import ops
 from minipeft.nn.module import Module
-from minipeft.peft.config import PeftConfig, check_field, is_str_list
+from minipeft.peft.config import ConfigError, PeftConfig, check_field, is_str_list
 from minipeft.peft.tuners.base import BaseTuner
 
 PROMPT_EMBEDDINGS = "prompt_embeddings"   # Hugging Face's key for a prompt-learning adapter's weights
@@ -67,8 +67,8 @@ class PromptLearningConfig(PeftConfig):
                                   ("num_attention_heads", cfg.n_head), ("num_transformer_submodules", 1)):
             given = getattr(self, field_name)
             if given is not None and given != value:
-                raise ValueError(f"{type(self).__name__}.{field_name}={given} does not fit the model, which has "
-                                 f"{value}; leave it None to take the model's")
+                raise ConfigError(f"{type(self).__name__}.{field_name}={given} does not fit the model, which has "
+                                  f"{value}; leave it None to take the model's")
             setattr(self, field_name, value)
 
 
