@@ -159,6 +159,7 @@ def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: in
                 optimizer.zero_grad()
                 raise _nonfinite("the loss", loss_value, step, optimizer.lr)
             loss.backward()
+            del loss  # the graph holds every op output it read: drop it now, not when the next forward replaces it
             if mem is not None:
                 mem.sample()  # activations and gradients are both alive here
             norm = clip_grad_norm_(params, grad_clip or math.inf)  # inf: measure only
