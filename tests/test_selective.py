@@ -25,6 +25,7 @@ from minipeft.peft.tuners.selective import (
     last_k_layers_config,
     layernorm_config,
 )
+from minipeft.quant import quantize_model
 
 WD = 0.1   # a large weight decay, so a parameter the optimizer touched by mistake would visibly shrink
 
@@ -215,6 +216,11 @@ def test_storage_is_the_selected_tensors_and_full_fine_tuning_stores_a_whole_cop
 def test_bad_configs_raise_naming_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=re.escape(field)):
         SelectiveConfig(**kwargs)
+
+
+def test_a_quantized_layer_is_refused_by_name():
+    with pytest.raises(TypeError, match=r"'blocks.0.attn.q_proj', a Linear4bit"):
+        get_peft_model(quantize_model(build_gpt(0)), bitfit_config())
 
 
 def test_a_selection_that_matches_nothing_in_the_model_raises_naming_it():

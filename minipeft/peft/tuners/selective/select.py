@@ -59,7 +59,7 @@ def select_parameters(model: Module, config, method: str) -> dict[str, list[str]
         if names and layers is not None and layer_index(path) not in layers:
             continue
         if names:
-            if not isinstance(m, SUPPORTED):
+            if type(m) not in SUPPORTED:   # exact types: a subclass (a 4-bit Linear) computes with another op
                 kinds = "/".join(c.__name__ for c in SUPPORTED)
                 raise TypeError(f"{method} can train parameters of {kinds} modules, but the selection includes "
                                 f"{path!r}, a {type(m).__name__}; narrow target_modules or trainable_types")
