@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from minipeft import backend
@@ -48,6 +49,12 @@ class PeakMemory:
             tracemalloc.reset_peak()
             self._base = tracemalloc.get_traced_memory()[0]
         return self
+
+    def current(self) -> int:
+        """Bytes allocated now beyond the level at entry (tracemalloc's current, or the pool's bytes in use)."""
+        if self._gpu:
+            return int(self._pool.used_bytes() - self._base)
+        return int(tracemalloc.get_traced_memory()[0] - self._base)
 
     def sample(self) -> int:
         """Poll the current usage, update and return peak_bytes (cheap; call it inside loops if you like)."""
@@ -97,3 +104,73 @@ def format_bytes(n: int) -> str:
             return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
         x /= 1024
     return f"{x:.1f} GiB"
+
+
+@dataclass
+class StepMemory:
+    """Bytes of one training step by component (measured by `measure_step`, predicted by `memory.predict`).
+
+    weights, gradients and optimizer_state are what the arrays hold; activations is what the forward pass
+    leaves alive for the backward (the tape's saved arrays and the op outputs it keeps); peak is the step's
+    high-water mark above what was allocated before it (the activations plus the backward's largest
+    temporaries: the (targets, vocab) logits gradient beside the saved softmax). total = what a device
+    must hold: weights + optimizer state (persistent) + the step's peak (gradients are made inside it).
+    """
+
+    weights: int            # every parameter's array (a 4-bit weight's codes and scales, as held)
+    gradients: int          # .grad arrays after backward (trainable parameters only)
+    optimizer_state: int    # AdamW's m and v (2 x 4 bytes per trainable float32 parameter)
+    activations: int        # alive after the forward pass, kept for the backward
+    peak: int               # the step's high-water mark beyond what existed before it
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.optimizer_state + max(self.peak, self.activations + self.gradients)
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total": self.total}
+
+
+def measure_step(model, batch, optimizer=None, loss_fn=None) -> StepMemory:
+    """Run a real training step on `batch` and read each component from the allocator (see StepMemory).
+
+    batch: {"input_ids", "targets"} or (x, y). optimizer: defaults to AdamW with lr=0 on the trainable
+    parameters, so the step allocates Adam's state and changes no weight. One untraced warm-up step first
+    creates the optimizer state and the ops' one-time buffers, so the traced step is a steady-state one, as
+    step 2, 3, ... of training are. On the CPU tracemalloc counts every NumPy buffer; on a GPU CuPy's pool.
+    """
+    from minipeft.loss import causal_lm_loss  # noqa: PLC0415 (memory sits below the loss in the layers)
+    from minipeft.optim import AdamW  # noqa: PLC0415
+
+    loss_fn = loss_fn or causal_lm_loss
+    x, y = (batch["input_ids"], batch["targets"]) if isinstance(batch, dict) else batch
+    x, y = backend.asarray(x), backend.asarray(y)
+    params = model.parameters(trainable_only=True)
+    if not params:
+        raise ValueError("measure_step: the model has no trainable parameters, so there is no training step to "
+                         "measure; wrap it with get_peft_model or unfreeze something")
+    if optimizer is None:
+        optimizer = AdamW(params)
+        optimizer.lr = 0.0                                  # Adam's state is made, no weight moves
+    opt = optimizer
+    was_training = getattr(model, "training", True)
+    model.train()
+    try:
+        def step(pm: PeakMemory | None) -> tuple[int, int]:
+            opt.zero_grad()
+            loss = loss_fn(model, x, y)
+            acts = pm.current() if pm is not None else 0
+            loss.backward()
+            grads = grad_bytes(model)
+            del loss                                        # the graph goes before the update, as in train()
+            opt.step()
+            opt.zero_grad()
+            return acts, grads
+
+        step(None)
+        with PeakMemory() as pm:
+            activations, gradients = step(pm)
+    finally:
+        model.train(was_training)
+    return StepMemory(weights=param_bytes(model), gradients=gradients, optimizer_state=optimizer_state_bytes(opt),
+                      activations=activations, peak=pm.peak_bytes)

@@ -1,0 +1,140 @@
+"""minipeft.memory: a training step's bytes predicted from shapes agree with a measured step; the large-model
+calculator reproduces the figures the LoRA and QLoRA papers publish."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minipeft as mp
+from minipeft.memory import (
+    LARGE_MODELS,
+    large_model_memory,
+    measure_step,
+    param_bytes,
+    predict_step,
+    weights_bytes,
+)
+from minipeft.memory.large import PAPER_FIGURES
+from minipeft.nn.gpt import GPT, GPTConfig
+from minipeft.peft import LoraConfig, get_peft_model
+from minipeft.quant import BitsAndBytesConfig, quantize_model
+
+ALL = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+B, T = 4, 64
+# The prediction counts array buffers; what it leaves out is the tape's Python objects (a Tensor, a node, an
+# array header: ~100 bytes each, a few hundred per step) and the ops' small scratch, under 1% of the ~20 MB
+# of arrays at these shapes. Weights, gradients and optimizer state are array sizes: equal exactly.
+ACTIVATIONS_RTOL = 0.02
+# The peak adds the backward's largest temporary; the prediction takes the logits gradient, and full
+# fine-tuning's embedding-gradient tables (2 x V x C) come close to it at this few targets.
+PEAK_RTOL = 0.05
+
+CASES = {
+    "full, rope": ("rope", "full", None),
+    "full, learned positions": ("learned", "full", None),
+    "LoRA q,v": ("rope", LoraConfig(r=8, target_modules=["q_proj", "v_proj"]), None),
+    "LoRA all, dropout": ("rope", LoraConfig(r=4, target_modules=ALL, lora_dropout=0.1), None),
+    "LoRA last block fc2": ("learned", LoraConfig(r=8, target_modules=["fc2"], layers_to_transform=[3]), None),
+    "QLoRA": ("rope", LoraConfig(r=8, target_modules=ALL), BitsAndBytesConfig(bnb_4bit_use_double_quant=True)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_predicted_step_memory_matches_measured(name, keep_rng):
+    positions, method, quant = CASES[name]
+    mp.manual_seed(0)
+    cfg = GPTConfig.from_preset("mini", position_embedding=positions)
+    model = GPT(cfg)
+    if quant is not None:
+        quantize_model(model, quant)
+    if method != "full":
+        model = get_peft_model(model, method)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, cfg.vocab_size, (B, T))
+    y = np.where(np.arange(T) < T // 2, -100, x)                       # a fine-tuning batch: targets on half
+    with mp.fast_ops(True):                                            # the prediction models the fast ops
+        measured = measure_step(model, (x, y))
+    predicted = predict_step(cfg, method, batch_size=B, seq_len=T, n_targets=int((y != -100).sum()),
+                             quantization=quant)
+    for part in ("weights", "gradients", "optimizer_state"):
+        assert getattr(predicted, part) == getattr(measured, part), part
+    assert predicted.activations == pytest.approx(measured.activations, rel=ACTIVATIONS_RTOL)
+    assert predicted.peak == pytest.approx(measured.peak, rel=PEAK_RTOL)
+
+
+def test_lora_keeps_nothing_below_its_first_adapter():
+    cfg = GPTConfig.from_preset("mini", position_embedding="rope")
+    every = predict_step(cfg, LoraConfig(target_modules=["fc2"]), batch_size=B, seq_len=T)
+    last = predict_step(cfg, LoraConfig(target_modules=["fc2"], layers_to_transform=[3]), batch_size=B, seq_len=T)
+    full = predict_step(cfg, "full", batch_size=B, seq_len=T)
+    assert last.activations < every.activations / 3 < full.activations / 3
+    double = predict_step(cfg, "full", batch_size=2 * B, seq_len=T)
+    assert double.activations == pytest.approx(2 * full.activations, rel=1e-9)   # every term scales with B
+
+
+def test_measure_step_moves_no_weight(keep_rng):
+    mp.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("test"))
+    before = [p.numpy().copy() for p in model.parameters()]
+    x = np.arange(32).reshape(2, 16) % 64
+    m = measure_step(model, (x, x))
+    assert all(np.array_equal(a, p.numpy()) for a, p in zip(before, model.parameters(), strict=True))
+    assert m.weights == param_bytes(model) and m.gradients == m.weights and m.optimizer_state == 2 * m.weights
+    assert m.peak >= m.activations > 0 and m.total > m.weights + m.optimizer_state
+    model.freeze()
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        measure_step(model, (x, x))
+
+
+def test_predict_step_names_bad_arguments():
+    cfg = GPTConfig.from_preset("test")
+    with pytest.raises(ValueError, match="'full' or a LoraConfig"):
+        predict_step(cfg, "bitfit", batch_size=1, seq_len=8)
+    with pytest.raises(ValueError, match="n_targets"):
+        predict_step(cfg, batch_size=1, seq_len=8, n_targets=9)
+    with pytest.raises(ValueError, match="context_length"):
+        predict_step(cfg, batch_size=1, seq_len=17)
+    with pytest.raises(ValueError, match="bias"):
+        predict_step(cfg, LoraConfig(target_modules=ALL, bias="all"), batch_size=1, seq_len=8)
+
+
+# ---- large models, from their dimensions ---------------------------------------------------------------------
+def test_large_model_parameter_counts():
+    # published sizes: LLaMA 6.7B / 13.0B / 65.2B, GPT-3 175B (1.3B for GPT-3 XL)
+    for name, (lo, hi) in {"LLaMA-7B": (6.7e9, 6.8e9), "LLaMA-13B": (12.9e9, 13.1e9), "LLaMA-65B": (65.0e9, 65.4e9),
+                           "GPT-3 175B": (174e9, 176e9), "GPT-3 XL 1.3B": (1.2e9, 1.4e9)}.items():
+        assert lo < LARGE_MODELS[name].n_params() < hi, name
+
+
+def test_qlora_paper_65b_figures():
+    full = large_model_memory("LLaMA-65B", "full")
+    persistent = full.weights + full.gradients + full.optimizer_state          # 12 bytes per parameter
+    assert persistent == 12 * LARGE_MODELS["LLaMA-65B"].n_params()
+    assert persistent / 1e9 == pytest.approx(PAPER_FIGURES["qlora_65b_full_gb"][0], rel=0.01)   # ">780GB"
+    qlora = large_model_memory("LLaMA-65B", "qlora", r=64)
+    assert qlora.total / 1e9 < PAPER_FIGURES["qlora_65b_qlora_gb"][0]                           # "a 48GB GPU"
+    assert large_model_memory("LLaMA-65B", "lora", r=64).total / 1e9 > 130                     # 16-bit LoRA: no
+    # double quantization saves "approximately 3 GB for a 65B model" (QLoRA section 1)
+    saved = weights_bytes(LARGE_MODELS["LLaMA-65B"], "nf4") - weights_bytes(LARGE_MODELS["LLaMA-65B"], "nf4+dq")
+    assert 2.9e9 < saved < 3.1e9
+
+
+def test_lora_paper_175b_figures():
+    gpt3 = LARGE_MODELS["GPT-3 175B"]
+    assert weights_bytes(gpt3, "bf16") / 1e9 == pytest.approx(PAPER_FIGURES["lora_175b_lora_gb"][0], rel=0.01)
+    lora = large_model_memory(gpt3, "lora", r=4, targets=("q", "v"))
+    assert lora.total / 1e9 == pytest.approx(PAPER_FIGURES["lora_175b_lora_gb"][0], rel=0.02)
+    # the checkpoint "35MB": 18.9M adapter parameters in 16 bits = 37.7 MB (36.0 MiB)
+    assert lora.adapters / 2**20 == pytest.approx(PAPER_FIGURES["lora_175b_checkpoint_mb"][0], rel=0.05)
+
+
+def test_large_model_memory_names_bad_arguments():
+    with pytest.raises(ValueError, match="unknown method"):
+        large_model_memory("LLaMA-7B", "bitfit")
+    with pytest.raises(ValueError, match="unknown large model"):
+        large_model_memory("LLaMA-8B", "full")
+    with pytest.raises(ValueError, match="not among its matrices"):
+        large_model_memory("LLaMA-7B", "lora", targets=("fc1",))
+    with pytest.raises(ValueError, match="unknown format"):
+        weights_bytes(LARGE_MODELS["LLaMA-7B"], "int8")
