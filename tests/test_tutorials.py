@@ -42,6 +42,9 @@ def test_tutorial_runs_quick(path, home, monkeypatch, capsys, keep_rng):
         "05": ["trainable", "val loss", "best ROUGE-L"],
         "06": ["Houlsby m=", "Pfeiffer m=", "(IA)^3 (k, v, fc2)", "LoRA r=1 (k, v, fc2)", "cannot be merged",
                "inference latency", "LoRA r=8, merged"],
+        "08": ["virtual tokens + ", "prompt tuning n=100", "prefix tuning n=20", "LoRA r=8", "full fine-tuning",
+               "nearest vocabulary tokens", "tokens of the task's summaries"],
+        "09": ["zero-shot", "gap PT", "prompt tuning's gap to full fine-tuning from the smallest to the largest"],
         "10": ["NF4 + DQ", "max / NF4 bound", "QLoRA, NF4+DQ", "re-NF4+DQ", "LLaMA-7B", "what the numbers show"],
     }.get(path.name[:2], [])
     for text in expected:
@@ -89,3 +92,19 @@ def test_adapters_evidence(home, monkeypatch, capsys, keep_rng):
     assert ia3 == L * (2 * d + f) and lora1 == L * (2 * 2 * d + f + d)  # IA3: d, d, d_ff; LoRA r=1: 2d, 2d, d_ff+d
     assert max(r["merge_error"].values()) < 1e-4                                     # float32 rounding only
     assert len(r["latency"]) == 7 and all(t["forward_s"] > 0 and t["gen_token_s"] > 0 for t in r["latency"].values())
+
+
+def test_soft_prompt_evidence(home, monkeypatch, capsys, keep_rng):
+    """Tutorials 08 and 09 in --quick mode: every trainable count is its closed form (prompt tuning n d, prefix
+    tuning n 2 L d), every learned prompt moved from its initialisation, and 09 reports a gap for every size."""
+    _, r = run_tutorial(next(p for p in TUTORIALS if p.name.startswith("08_")), home, monkeypatch, capsys)
+    d, L = r["d_model"], r["n_layer"]
+    counts = {run["label"]: run["trainable"] for run in r["runs"]}
+    assert [counts[f"prompt tuning n={n}"] for n in (1, 5, 20, 100)] == [n * d for n in (1, 5, 20, 100)]
+    assert counts["prefix tuning n=20"] == 20 * 2 * L * d
+    assert min(r["moved"]) > 0 and 0 <= r["task_share"] <= 1 and 0 < r["vocab_rate"] < 1
+    _, r = run_tutorial(next(p for p in TUTORIALS if p.name.startswith("09_")), home, monkeypatch, capsys)
+    assert len(r["rows"]) == len(r["gaps"]) == 2 and r["rows"][0]["params"] < r["rows"][1]["params"]
+    for row in r["rows"]:
+        assert row["trainable"]["prompt tuning n=20"] == 20 * row["d_model"]
+        assert row["trainable"]["full fine-tuning"] == row["params"]

@@ -1,0 +1,177 @@
+"""Tutorial 08: soft prompts -- prompt tuning and prefix tuning against LoRA and full fine-tuning.
+
+Claims: prompt tuning (Lester et al., 2021) trains only n virtual-token embeddings in front of the input
+(n x d parameters; the literature uses n = 20-100) with the whole model frozen; prefix tuning (Li & Liang,
+2021) trains a key and a value per virtual token in every attention layer (n x 2 x layers x d). Both store
+kilobytes per task. Lester et al. report that prompt tuning matches full fine-tuning only for models of
+billions of parameters and trails it on small ones (tutorial 09 measures that against model size), and that
+the nearest vocabulary tokens of a learned prompt form semantic groups related to the task.
+
+Printed evidence: for prompt lengths {1, 5, 20, 100}, prefix tuning, LoRA and full fine-tuning on the
+summarization task: trainable parameters, validation loss, ROUGE-L and fact recall after the same number of
+steps; then, for the learned 20-token prompt, each virtual token's nearest vocabulary tokens (cosine
+similarity of embeddings) and a count of how many of them are words of the task's summaries, against the
+share of such words in the vocabulary (the rate a prompt with no relation to the task would show).
+
+The context: virtual tokens take positions. The base model's context is 256 tokens and a dialogue prompt
+with its summary takes up to ~190, so 100 virtual tokens do not fit (the first thing printed is the error
+the library raises). The base model uses rotary position embeddings, which have no position table: its
+context length is a check, not a weight, so each prompt-tuned run gets the base with its context raised by
+n (`with_room_for`), giving the tokens the 256 positions they had. Distances between real tokens stay what
+the model was trained on; only the farthest virtual tokens sit more than 256 positions from the last
+tokens, a mild extrapolation that the trained prompt can adapt to.
+
+    python tutorials/08_prompt_tuning.py          # ~6 minutes on 2 cores (7 fine-tunings), plus the base model once
+    python tutorials/08_prompt_tuning.py --quick  # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+
+import minipeft as mp
+from minipeft.autograd import no_grad
+from minipeft.data.batching import collate_sft, encode_rows
+from minipeft.data.generator import get_task, make_splits
+from minipeft.finetune import evaluate, finetune
+from minipeft.generate import context_left
+from minipeft.peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from minipeft.peft.tuners.prompt_tuning import nearest_tokens, prompt_nearest_tokens
+from minipeft.pretrain import load_base_model
+
+# ---- config -------------------------------------------------------------------------------------
+TASK = "dialogsum"
+N_TRAIN, N_VAL, N_TEST = 2000, 64, 30
+STEPS, BATCH, SEED = 120, 16, 0
+MAX_NEW = 48                # summary tokens generated per test dialogue
+PROMPT_LENGTHS = [1, 5, 20, 100]
+PROMPT_INIT = dict(prompt_tuning_init="SAMPLE_VOCAB")   # embeddings of random vocabulary tokens (Lester et al. 5.1)
+PREFIX_TOKENS = 20
+LR = {"prompt": 0.3, "prefix": 0.03, "lora": 3e-3, "full": 1e-3}   # soft prompts take large rates (Lester: 0.3)
+LORA = dict(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+READ_PROMPT = 20            # the prompt length whose learned tokens are read back
+NEAREST = 5                 # nearest vocabulary tokens printed per virtual token
+QUICK = dict(N_TRAIN=64, N_VAL=8, N_TEST=3, STEPS=4, BATCH=8, MAX_NEW=6)
+
+
+def with_room_for(model, n: int):
+    """The model with its context raised by n positions for virtual tokens: possible because rotary position
+    embeddings have no position table (the length is only a check), so every weight stays as it was."""
+    if model.config.position_embedding != "rope":
+        raise ValueError("only a RoPE model's context can be raised without new weights (a learned position table "
+                         "has exactly context_length rows)")
+    model.config = dataclasses.replace(model.config, context_length=model.config.context_length + n)
+    return model
+
+
+@no_grad()
+def val_loss(model, tok, rows) -> float:
+    """Mean completion-token loss on held-out rows (teacher forcing, no generation)."""
+    model.eval()
+    enc = encode_rows(rows, TASK, tok, context_left(model))
+    total = count = 0
+    for i in range(0, len(enc), 16):
+        b = collate_sft(enc[i:i + 16], tok.pad_id)
+        n = int((b["targets"] != -100).sum())
+        total += model(b["input_ids"], b["targets"])[1].item() * n
+        count += n
+    model.train()
+    return total / count
+
+
+def task_token_share(ids: np.ndarray, task_tokens: set[int]) -> float:
+    """The share of the given token ids that occur in the task's summaries."""
+    return float(np.mean([int(i) in task_tokens for i in ids.reshape(-1)]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model and data, finishes in seconds")
+    args = parser.parse_args(argv)
+    names = ("N_TRAIN", "N_VAL", "N_TEST", "STEPS", "BATCH", "MAX_NEW")
+    n_train, n_val, n_test, steps, batch, max_new = (QUICK[k] if args.quick else globals()[k] for k in names)
+    splits = make_splits(TASK, n_train, n_val, n_test, seed=SEED)
+    base = load_base_model(quick=args.quick, progress=not args.quick)
+    tok, ctx = base.tokenizer, base.model.config.context_length
+
+    def fresh():
+        mp.manual_seed(SEED)
+        return load_base_model(quick=args.quick, progress=False).model
+
+    # the context: the longest prompt in front of the longest dialogue, on the plain base
+    longest = max(len(ids) - 1 for ids, _ in encode_rows(splits["train"], TASK, tok, 10 ** 6))
+    n_max = max(PROMPT_LENGTHS)
+    try:
+        with no_grad():
+            get_peft_model(fresh(), PromptTuningConfig(num_virtual_tokens=n_max))(np.zeros((1, longest), np.int64))
+        print(f"{n_max} virtual tokens + the longest training input ({longest} tokens) fit the context of {ctx}\n")
+    except ValueError as e:
+        print(f"the longest training input is {longest} tokens; on the plain base:\n  {e}\n")
+
+    runs = []
+
+    def run(label: str, model, kind: str, n_virtual: int):
+        res = finetune(model, tok, TASK, splits["train"], steps=steps, batch_size=batch, lr=LR[kind], seed=SEED,
+                       progress=not args.quick, measure_memory=False, desc=label)
+        scores, preds = evaluate(model, tok, splits["test"], TASK, max_new)
+        trainable = sum(p.size for p in model.parameters(trainable_only=True))
+        runs.append(dict(label=label, n=n_virtual, trainable=trainable, val=val_loss(model, tok, splits["val"]),
+                         scores=scores, seconds=res.wall_time_s, pred=preds[0]))
+        return model
+
+    prompts = {}
+    for n in PROMPT_LENGTHS:
+        peft = get_peft_model(with_room_for(fresh(), n), PromptTuningConfig(num_virtual_tokens=n, **PROMPT_INIT))
+        initial = peft.base_model.prompt_encoder["default"].embedding.weight.data.copy()
+        prompts[n] = (run(f"prompt tuning n={n}", peft, "prompt", n), initial)
+    prefix = PrefixTuningConfig(num_virtual_tokens=PREFIX_TOKENS)
+    run(f"prefix tuning n={PREFIX_TOKENS}", get_peft_model(fresh(), prefix), "prefix", PREFIX_TOKENS)
+    run(f"LoRA r={LORA['r']}", get_peft_model(fresh(), LoraConfig(**LORA)), "lora", 0)
+    run("full fine-tuning", fresh(), "full", 0)
+
+    n_base = base.model.num_parameters()
+    print(f"\n{TASK}: {n_train} training dialogues, {steps} steps of {batch}; validation loss on {n_val}, ROUGE-L and "
+          f"facts on {n_test} test dialogues")
+    print(f"{'method':<22}{'trainable':>11}{'%':>9}{'val loss':>10}{'ROUGE-L':>9}{'facts':>7}{'train s':>9}")
+    for r in runs:
+        s = r["scores"]
+        print(f"{r['label']:<22}{r['trainable']:>11,d}{100 * r['trainable'] / n_base:>8.3f}%{r['val']:>10.3f}"
+              f"{s['rougeL']:>9.3f}{s['fact_recall']:>7.2f}{r['seconds']:>9.0f}")
+    print(f"\nreference : {splits['test'][0]['summary']}")
+    for r in runs:
+        print(f"{r['label']:<22}: {r['pred']}")
+
+    # what the learned prompt's tokens are near: words of the task, or nothing in particular?
+    n_read = READ_PROMPT if READ_PROMPT in prompts else PROMPT_LENGTHS[-1]
+    peft, initial = prompts[n_read]
+    summary_ids = tok.encode_batch([get_task(TASK).to_prompt_completion(r)[1] for r in splits["train"]])
+    task_tokens = {i for ids in summary_ids for i in ids}
+    W = peft.get_base_model().wte.weight.data
+    learned = peft.base_model.prompt_encoder["default"].embedding.weight.data
+    near_learned, cos_learned = nearest_tokens(learned, W, NEAREST)
+    near_initial, _ = nearest_tokens(initial, W, 1)
+    moved = np.linalg.norm(mp.to_numpy(learned - initial), axis=1) / np.linalg.norm(mp.to_numpy(initial), axis=1)
+    print(f"\nthe learned {n_read}-token prompt: each virtual token's {NEAREST} nearest vocabulary tokens (cosine)")
+    for i, row in enumerate(prompt_nearest_tokens(peft, tok, NEAREST)):
+        print(f"  v{i:<3} moved {moved[i]:4.2f}x  " + "  ".join(f"{t!r} {c:.2f}" for t, c in row))
+    vocab_rate = len(task_tokens) / W.shape[0]
+    kept = float(np.mean(near_learned[:, 0] == near_initial[:, 0]))
+    share = task_token_share(near_learned, task_tokens)
+    print(f"tokens of the task's summaries: {len(task_tokens)} of the {W.shape[0]} in the vocabulary "
+          f"({vocab_rate:.2f}); among the learned prompt's nearest tokens: {share:.2f}; nearest token still the "
+          f"initial one for {kept:.0%} of the virtual tokens; mean cosine to the nearest "
+          f"{cos_learned[:, 0].mean():.2f}")
+    verdict = ("above" if share > vocab_rate + 0.1 else "near") + " the vocabulary's rate"
+    print(f"read: the share of task words among the neighbours is {verdict}; see the docstring for what the "
+          "course claims and BENCHMARKS.md for what full runs showed")
+    cfg = base.model.config
+    return dict(runs=runs, vocab_rate=vocab_rate, task_share=share, kept=kept, moved=moved.tolist(),
+                d_model=cfg.d_model, n_layer=cfg.n_layer)
+
+
+if __name__ == "__main__":
+    mp.tune_allocator()  # keep freed memory for reuse (see BENCHMARKS.md); never done at import
+    main()

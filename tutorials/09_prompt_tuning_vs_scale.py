@@ -1,0 +1,153 @@
+"""Tutorial 09: does prompt tuning catch up with full fine-tuning as the model grows?
+
+Claim (Lester et al., 2021, figure 1): prompt tuning trails model tuning (full fine-tuning) on small models and
+the gap narrows as the model grows, until at ~10B parameters prompt tuning matches it ("the power of scale").
+
+Here: GPTs of several sizes pretrained with one recipe (the base model's: same corpus, tokenizer, steps and
+learning rate; only the width and depth differ), each fine-tuned on the sentiment task with prompt tuning
+(20 virtual tokens), LoRA and full fine-tuning for the same number of steps, and scored by accuracy on held-out
+reviews. The table gives, per size, each method's accuracy and its gap to full fine-tuning; with the `plots`
+extra (matplotlib) it also saves `prompt_tuning_vs_scale.png`.
+
+What this can and cannot show: the sizes here span about 0.1M to 1M parameters, a factor of ~12, where the
+paper spans 60M to 11B (a factor of ~180) with every model thousands of times larger. A CPU cannot train the
+sizes where the paper's gap closes, so this measures only the small-model end of the curve, honestly, whatever
+it shows. The smaller models are also weaker readers: the table prints each size's validation perplexity and
+its list-copying accuracy (tutorial 01's probe: how well it copies from its context), so a gap can be read
+against what the base model can do at all.
+
+Cost: each size is pretrained once and cached like the base model (the largest is the tutorials' base model,
+built by tutorial 01); later runs only fine-tune.
+
+    python tutorials/09_prompt_tuning_vs_scale.py          # see the timing line below; cached sizes: a few minutes
+    python tutorials/09_prompt_tuning_vs_scale.py --quick  # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import minipeft as mp
+from minipeft.data.generator import make_splits
+from minipeft.finetune import evaluate, finetune
+from minipeft.peft import LoraConfig, PromptTuningConfig, get_peft_model
+from minipeft.pretrain import FULL, QUICK, load_base_model
+
+# ---- config -------------------------------------------------------------------------------------
+TASK = "sentiment"
+# GPT overrides on the base model's recipe (pretrain.FULL: "mini" preset, RoPE, 2400 steps); {} is the base itself
+SIZES = {
+    "d32 x 2": dict(d_model=32, n_head=2, d_ff=128, n_layer=2),
+    "d64 x 4": dict(d_model=64, n_head=4, d_ff=256, n_layer=4),
+    "d128 x 4": {},
+}
+QUICK_SIZES = {"d16 x 2": dict(d_model=16, d_ff=32), "d32 x 2": {}}   # on pretrain.QUICK
+N_TRAIN, N_TEST = 2000, 200
+STEPS, BATCH, SEED = 200, 16, 0
+METHODS = {   # name: (config maker or None for full fine-tuning, learning rate)
+    "prompt tuning n=20": (lambda: PromptTuningConfig(num_virtual_tokens=20, prompt_tuning_init="SAMPLE_VOCAB"), 0.3),
+    "LoRA r=8": (lambda: LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "out_proj",
+                                                                       "fc1", "fc2"]), 3e-3),
+    "full fine-tuning": (None, 1e-3),
+}
+MAX_NEW = 4
+PLOT = "prompt_tuning_vs_scale.png"
+
+
+def recipe(base_recipe, overrides: dict):
+    """The base recipe with the GPT's size changed (the cache key changes with it, so each size is cached)."""
+    if not overrides:
+        return base_recipe
+    merged = {**dict(base_recipe.overrides), **overrides}
+    return dataclasses.replace(base_recipe, overrides=tuple(sorted(merged.items())))
+
+
+def plot(rows, methods, path: str) -> bool:
+    """Accuracy against parameters (log scale) for each method, saved to path; False when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: PLC0415 (optional extra)
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        print(f"(matplotlib is not installed: pip install -e '.[plots]' to save {path})")
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in methods:
+        ax.plot([r["params"] for r in rows], [r["acc"][m] for r in rows], marker="o", label=m)
+    ax.plot([r["params"] for r in rows], [r["zero_shot"] for r in rows], ls=":", color="grey", label="zero-shot")
+    ax.set_xscale("log")
+    ax.set_xlabel("model parameters")
+    ax.set_ylabel(f"{TASK} accuracy")
+    ax.set_title("prompt tuning vs model size (cf. Lester et al. 2021, fig. 1)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"saved {path}")
+    return True
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models and data, finishes in seconds")
+    parser.add_argument("--plot", default=PLOT, help="where to save the PNG (needs matplotlib)")
+    args = parser.parse_args(argv)
+    n_train, n_test, steps, batch = (64, 6, 4, 8) if args.quick else (N_TRAIN, N_TEST, STEPS, BATCH)
+    base_recipe, sizes = (QUICK, QUICK_SIZES) if args.quick else (FULL, SIZES)
+    splits = make_splits(TASK, n_train, 4, n_test, seed=SEED)
+    t_start = time.perf_counter()
+    rows = []
+    for size, overrides in sizes.items():
+        t0 = time.perf_counter()
+        cfg = recipe(base_recipe, overrides)
+        base = load_base_model(cfg=cfg, progress=not args.quick)   # built and cached on the first run
+        built = time.perf_counter() - t0
+        tok = base.tokenizer
+        zero, _ = evaluate(base.model, tok, splits["test"], TASK, MAX_NEW)
+        probes = base.info.get("probes") or [{}]
+        row = dict(size=size, params=base.model.num_parameters(), ppl=base.info["val_perplexity"],
+                   d_model=base.model.config.d_model, n_layer=base.model.config.n_layer,
+                   copy=probes[-1].get("list_second", float("nan")), zero_shot=zero["accuracy"], acc={},
+                   trainable={}, seconds={}, load_s=built)
+        for method, (make_config, lr) in METHODS.items():
+            mp.manual_seed(SEED)
+            model = load_base_model(cfg=cfg, progress=False).model
+            if make_config is not None:
+                model = get_peft_model(model, make_config())
+            res = finetune(model, tok, TASK, splits["train"], steps=steps, batch_size=batch, lr=lr, seed=SEED,
+                           progress=not args.quick, measure_memory=False, desc=f"{size} {method}")
+            scores, _ = evaluate(model, tok, splits["test"], TASK, MAX_NEW)
+            row["acc"][method] = scores["accuracy"]
+            row["trainable"][method] = sum(p.size for p in model.parameters(trainable_only=True))
+            row["seconds"][method] = res.wall_time_s
+        rows.append(row)
+        print(f"{size}: {row['params']:,d} parameters, pretrained or loaded in {built:.0f} s, fine-tuned in "
+              f"{sum(row['seconds'].values()):.0f} s")
+
+    methods = list(METHODS)
+    print(f"\n{TASK}: {n_train} training reviews, {steps} steps of {batch} per method; accuracy on {n_test} test "
+          "reviews (chance 0.50)")
+    print(f"{'size':<10}{'params':>10}{'val ppl':>9}{'copy':>6}{'zero-shot':>10}"
+          + "".join(f"{m:>20}" for m in methods) + f"{'gap PT':>8}{'gap LoRA':>9}")
+    for r in rows:
+        full = r["acc"]["full fine-tuning"]
+        print(f"{r['size']:<10}{r['params']:>10,d}{r['ppl']:>9.2f}{r['copy']:>6.2f}{r['zero_shot']:>10.3f}"
+              + "".join(f"{r['acc'][m]:>20.3f}" for m in methods)
+              + f"{full - r['acc']['prompt tuning n=20']:>+8.3f}{full - r['acc']['LoRA r=8']:>+9.3f}")
+    print("gap: full fine-tuning's accuracy minus the method's (positive: the method trails); copy: list-copying "
+          "accuracy of the base model (tutorial 01); trainable parameters per method and size:")
+    for r in rows:
+        print(f"  {r['size']:<10}" + "  ".join(f"{m} {r['trainable'][m]:,d}" for m in methods))
+    gaps = [r["acc"]["full fine-tuning"] - r["acc"]["prompt tuning n=20"] for r in rows]
+    trend = "narrows" if gaps[-1] < gaps[0] - 0.02 else "widens" if gaps[-1] > gaps[0] + 0.02 else "stays within 0.02"
+    print(f"prompt tuning's gap to full fine-tuning from the smallest to the largest size: {gaps[0]:+.3f} -> "
+          f"{gaps[-1]:+.3f} ({trend}); {time.perf_counter() - t_start:.0f} s in all")
+    plotted = not args.quick and plot(rows, methods, args.plot)
+    return dict(rows=rows, gaps=gaps, plotted=plotted)
+
+
+if __name__ == "__main__":
+    mp.tune_allocator()  # keep freed memory for reuse (see BENCHMARKS.md); never done at import
+    main()
