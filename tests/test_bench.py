@@ -101,3 +101,23 @@ def test_bench_qlora_quick_runs(capsys):
     out = capsys.readouterr().out
     for text in ("NF4 GB/s", "+DQ GB/s", "16x16", "64x64", "ratio to LoRA", "fast ops", "reference ops", "qlora"):
         assert text in out, text
+
+
+def test_pretrain_recipes_checkpoints_and_finetune_checkpoint_quick_run(tmp_path, capsys, keep_rng):
+    """Issue 12's curve in miniature: a checkpoint every 20 of 40 steps, each fine-tuned and scored (one JSON
+    line per checkpoint, with its step and tokens), then tutorial 03's LoRA and full run on one of them."""
+    import json
+
+    out = tmp_path / "curve.jsonl"
+    load("pretrain_recipes").main(["--recipe", "rope-copy-heavy", "--steps", "40", "--checkpoint-every", "20",
+                                   "--save", str(tmp_path), "--out", str(out), "--quick"])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["at_step"] for r in records] == [20, 40]
+    assert [r["tokens"] for r in records] == [20 * 8 * 64, 40 * 8 * 64]       # QUICK: batch 8 x 64 tokens
+    for r in records:
+        assert set(r["scores"]) == {"dialogsum", "qa"} and set(r["lists"]) == {"first", "second"}
+    capsys.readouterr()
+    load("finetune_checkpoint").main([str(tmp_path / "rope-copy-heavy-40-at-20.safetensors"),
+                                      str(tmp_path / "tokenizer.json"), "--quick"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines if "fact_recall" in line] == ["LoRA", "full"]
