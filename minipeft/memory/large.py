@@ -147,9 +147,9 @@ def large_model_memory(model: LargeModel | str, method: str, *, r: int = 64, tar
 
 # What the papers state, with where; the tutorial prints each beside this module's figure for the same set-up.
 PAPER_FIGURES = {
-    "qlora_65b_full_gb": (780, "QLoRA abstract: finetuning a 65B model in 16 bits needs '>780GB of GPU memory'"),
-    "qlora_65b_qlora_gb": (48, "QLoRA abstract: QLoRA finetunes it on 'a single 48GB GPU'"),
-    "lora_175b_full_tb": (1.2, "LoRA section 4.2: GPT-3 175B training 'VRAM consumption ... 1.2TB'"),
-    "lora_175b_lora_gb": (350, "LoRA section 4.2: '... to 350GB' with r=4 on the query and value projections"),
-    "lora_175b_checkpoint_mb": (35, "LoRA section 4.2: the checkpoint '350GB to 35MB' (r=4, q and v)"),
+    "qlora_65b_full_gb": (780, "QLoRA, abstract: 65B in 16 bits needs '>780GB' (GB)"),
+    "qlora_65b_qlora_gb": (48, "QLoRA, abstract: QLoRA fits it on 'a single 48GB GPU' (GB)"),
+    "lora_175b_full_tb": (1.2, "LoRA, 4.2: GPT-3 175B full fine-tuning VRAM '1.2TB' (TB)"),
+    "lora_175b_lora_gb": (350, "LoRA, 4.2: with LoRA r=4 on q and v, '350GB' (GB)"),
+    "lora_175b_checkpoint_mb": (35, "LoRA, 4.2: its checkpoint, '350GB to 35MB' (MB)"),
 }

@@ -1,0 +1,287 @@
+"""`python -m minipeft`: pretrain, finetune, compare, generate, merge.
+
+Exit codes scripts can rely on: 0 done; 2 bad arguments (argparse's usage message, or a value checked before
+any work starts: a missing file, a step count of 0, an unknown method); 1 the run itself failed, with one line
+on stderr naming what went wrong (pass --debug for the traceback); 130 interrupted.
+
+    python -m minipeft pretrain                          # build (or find) the cached base model
+    python -m minipeft finetune --method lora-all --task dialogsum --out my_adapter
+    python -m minipeft finetune --method ia3 --data my_rows.jsonl --out my_adapter   # your own JSONL
+    python -m minipeft generate --adapter my_adapter --task dialogsum --prompt "#Person1#: ..."
+    python -m minipeft merge --adapter my_adapter --out merged_model
+    python -m minipeft compare --quick                   # every method, one table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from minipeft.data.generator import TASKS, Task, get_task, make_splits
+from minipeft.data.jsonl import load_jsonl
+
+RUN_FILE = "minipeft_run.json"      # beside an adapter: the method, task and base it was trained with
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return v
+
+
+def existing_file(text: str) -> Path:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return Path(text)
+
+
+def existing_dir(text: str) -> Path:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"no such folder: {text}")
+    return Path(text)
+
+
+def method_list(text: str) -> tuple[str, ...]:
+    from minipeft.compare import METHOD_RECIPES  # noqa: PLC0415 (imports every method: only when needed)
+
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in names if m not in METHOD_RECIPES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown or text!r}; choose from {list(METHOD_RECIPES)}")
+    return names
+
+
+# ---- the commands ----------------------------------------------------------------------------------------------
+def cmd_pretrain(args) -> None:
+    from minipeft.pretrain import load_base_model  # noqa: PLC0415
+
+    base = load_base_model(quick=args.quick, rebuild=args.rebuild, progress=True)
+    info = base.info
+    print(f"base model: {base.model.num_parameters():,d} parameters at {base.path}")
+    print(f"validation perplexity {info['val_perplexity']:.3f} (from {info['val_perplexity_init']:.1f} at "
+          f"initialization), {info['tokens_trained']:,d} tokens in {info['train_seconds']:.0f} s")
+
+
+def jsonl_task(path: Path, task_name: str | None) -> tuple[Task, list[dict]]:
+    """The rows of a user's JSONL file and the Task that formats them: a named task's fields, or any
+    {"prompt", "completion"} rows (the prompt used as it is, scored with ROUGE)."""
+    if task_name is not None:
+        t = get_task(task_name)
+        return t, load_jsonl(path, required=(*t.input_fields, t.completion_field))
+    first = load_jsonl(path, required=())[0]
+    if {"prompt", "completion"} <= set(first):
+        task = Task("prompt_completion", "{prompt}", ("prompt",), "completion", "rouge", make=None, draw=None)
+        return task, load_jsonl(path, required=("prompt", "completion"))
+    for t in TASKS.values():
+        if {*t.input_fields, t.completion_field} <= set(first):
+            return t, load_jsonl(path, required=(*t.input_fields, t.completion_field))
+    shapes = [sorted({*t.input_fields, t.completion_field}) for t in TASKS.values()]
+    raise ValueError(f"{path}: rows with fields {sorted(first)} fit no task; use {{'prompt', 'completion'}} or one "
+                     f"of {shapes}")
+
+
+def cmd_finetune(args) -> None:
+    import minipeft as mp  # noqa: PLC0415
+    from minipeft.compare import METHOD_RECIPES, BuildContext  # noqa: PLC0415
+    from minipeft.finetune import evaluate, finetune, sft_sampler  # noqa: PLC0415
+    from minipeft.generate import context_left  # noqa: PLC0415
+    from minipeft.io_utils import atomic_write_text  # noqa: PLC0415
+    from minipeft.pretrain import load_base_model  # noqa: PLC0415
+
+    if args.data is not None:
+        task, rows = jsonl_task(args.data, args.task)
+        n_test = min(args.n_test, len(rows) // 5)               # hold out up to a fifth of the user's rows
+        train, test = rows[: len(rows) - n_test], rows[len(rows) - n_test:]
+    else:
+        task = get_task(args.task or "dialogsum")
+        splits = make_splits(task.name, args.n_train, 0, args.n_test, seed=args.seed)
+        train, test = splits["train"], splits["test"]
+    if len(train) < args.batch_size:
+        raise ValueError(f"{len(train)} training rows are fewer than --batch-size {args.batch_size}")
+    recipe = METHOD_RECIPES[args.method]
+    base = load_base_model(quick=args.quick, progress=True)
+    tok = base.tokenizer
+    mp.manual_seed(args.seed)
+    sampler = sft_sampler(train, task, tok, args.batch_size, context_left(base.model), args.seed)
+    model = recipe.make(load_base_model(quick=args.quick, progress=False).model,
+                        BuildContext(batches=lambda n: [sampler(i) for i in range(n)], full_model_adapter=True))
+    model.print_trainable_parameters()
+    lr = args.lr or recipe.lr
+    res = finetune(model, tok, task, train, steps=args.steps, batch_size=args.batch_size, lr=lr, seed=args.seed,
+                   progress=True, measure_memory=False, desc=args.method)
+    scores = evaluate(model, tok, test, task, args.max_new_tokens)[0] if test else {}
+    model.save_pretrained(str(args.out))
+    run = {"method": args.method, "task": task.name, "quick": args.quick, "base": str(base.path), "lr": lr,
+           "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "n_train": len(train),
+           "n_test": len(test), "final_loss": res.final_loss, "train_s": res.wall_time_s, "scores": scores,
+           "data": None if args.data is None else str(args.data)}
+    atomic_write_text(Path(args.out) / RUN_FILE, json.dumps(run, indent=1) + "\n")
+    print(f"trained {args.steps} steps in {res.wall_time_s:.1f} s, final loss {res.final_loss:.4f}")
+    if scores:
+        print(f"on {len(test)} held-out rows: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    print(f"adapter written to {args.out}")
+
+
+def load_adapted(adapter: Path, quick: bool):
+    """(model, tokenizer, run info) of an adapter folder on the base it was trained on (4-bit for QLoRA)."""
+    from minipeft.compare.recipes import NF4_DQ  # noqa: PLC0415
+    from minipeft.peft import PeftModel  # noqa: PLC0415
+    from minipeft.pretrain import load_base_model  # noqa: PLC0415
+    from minipeft.quant import quantize_model  # noqa: PLC0415
+
+    run_file = adapter / RUN_FILE
+    run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    base = load_base_model(quick=run.get("quick", quick), progress=True)
+    model = quantize_model(base.model, NF4_DQ) if run.get("method") == "qlora" else base.model
+    return PeftModel.from_pretrained(model, str(adapter)), base.tokenizer, run
+
+
+def cmd_generate(args) -> None:
+    from minipeft.checkpoint import load_checkpoint  # noqa: PLC0415
+    from minipeft.data.tokenizer import Tokenizer  # noqa: PLC0415
+    from minipeft.generate import generate_text  # noqa: PLC0415
+    from minipeft.pretrain import load_base_model  # noqa: PLC0415
+
+    if args.adapter is not None:
+        model, tok, _ = load_adapted(args.adapter, args.quick)
+    elif args.model is not None:
+        model = load_checkpoint(args.model / "model.safetensors")
+        tok = Tokenizer.from_file(args.model / "tokenizer.json")
+    else:
+        base = load_base_model(quick=args.quick, progress=True)
+        model, tok = base.model, base.tokenizer
+    prompt = args.prompt
+    if args.task is not None:
+        t = get_task(args.task)
+        if len(t.input_fields) != 1:
+            raise ValueError(f"--task {t.name} builds its prompt from {list(t.input_fields)}; pass the whole prompt "
+                             "text without --task instead")
+        prompt = t.prompt_template.format(**{t.input_fields[0]: prompt}).rstrip(" ")
+    model.eval()
+    print(generate_text(model, tok, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                        seed=args.seed).strip())
+
+
+def cmd_merge(args) -> None:
+    from minipeft.checkpoint import save_checkpoint  # noqa: PLC0415
+
+    model, tok, _ = load_adapted(args.adapter, args.quick)
+    merged = model.merge_and_unload()
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(merged, args.out / "model.safetensors")
+    tok.save(args.out / "tokenizer.json")
+    print(f"merged model ({merged.num_parameters():,d} parameters) written to {args.out}")
+
+
+def cmd_compare(args) -> None:
+    from minipeft.compare import CompareConfig, format_table, quick_config, run_compare, write_outputs  # noqa: PLC0415
+
+    given = {k: v for k, v in dict(task=args.task, methods=args.methods, steps=args.steps, seed=args.seed,
+                                   batch_size=args.batch_size, n_test=args.n_test).items() if v is not None}
+    cfg = quick_config(**given) if args.quick else CompareConfig(**given)
+    result = run_compare(cfg)
+    print(format_table(result))
+    for kind, path in write_outputs(result, args.out, plot=not args.no_plot).items():
+        print(f"{kind}: {path}")
+    print(f"{result.meta['wall_s']:.0f} s")
+
+
+# ---- the parser ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from minipeft import __version__  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(prog="minipeft", description="Parameter-efficient fine-tuning built from scratch.",
+                                epilog="Exit codes: 0 done, 1 the run failed, 2 bad arguments.")
+    p.add_argument("--version", action="version", version=f"minipeft {__version__}")
+    p.add_argument("--debug", action="store_true", help="print the full traceback when a command fails")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    methods = _method_names()                         # in the table's order
+
+    def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--quick", action="store_true", help="the tiny base model (seconds; for trying things out)")
+        return sp
+
+    sp = add("pretrain", cmd_pretrain, "build the base model (or report the cached one)")
+    sp.add_argument("--rebuild", action="store_true", help="retrain even if a cached model exists")
+    sp = add("finetune", cmd_finetune, "fine-tune the base with one method and write an adapter folder")
+    sp.add_argument("--method", required=True, choices=methods, help="the PEFT method")
+    sp.add_argument("--task", choices=sorted(TASKS), help="a generated task (default dialogsum), or the shape of "
+                    "--data's rows")
+    sp.add_argument("--data", type=existing_file, help="your own JSONL: the task's fields, or prompt/completion")
+    sp.add_argument("--out", type=Path, required=True, help="the adapter folder to write")
+    sp.add_argument("--steps", type=positive_int, default=150)
+    sp.add_argument("--batch-size", type=positive_int, default=16)
+    sp.add_argument("--lr", type=positive_float, help="peak learning rate (default: the method's recipe)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--n-train", type=positive_int, default=2000, help="generated training rows")
+    sp.add_argument("--n-test", type=non_negative_int, default=20, help="rows scored after training (0: none)")
+    sp.add_argument("--max-new-tokens", type=positive_int, default=48)
+    sp = add("compare", cmd_compare, "fine-tune with every method and print one table (writes CSV, JSON, PNG)")
+    sp.add_argument("--task", choices=sorted(TASKS))
+    sp.add_argument("--methods", type=method_list, help=f"comma-separated, from {','.join(methods)} (default all)")
+    sp.add_argument("--steps", type=positive_int)
+    sp.add_argument("--batch-size", type=positive_int)
+    sp.add_argument("--n-test", type=positive_int)
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--out", type=Path, default=Path("compare_out"), help="folder for compare.csv/.json/.png")
+    sp.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    sp = add("generate", cmd_generate, "continue a prompt with the base, an adapter, or a merged model")
+    sp.add_argument("--prompt", required=True)
+    src = sp.add_mutually_exclusive_group()
+    src.add_argument("--adapter", type=existing_dir, help="an adapter folder written by finetune")
+    src.add_argument("--model", type=existing_dir, help="a model folder written by merge")
+    sp.add_argument("--task", choices=sorted(TASKS), help="wrap --prompt in the task's template")
+    sp.add_argument("--max-new-tokens", type=positive_int, default=64)
+    sp.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    sp.add_argument("--top-k", type=positive_int)
+    sp.add_argument("--seed", type=int)
+    sp = add("merge", cmd_merge, "fold an adapter into the base weights and write a plain model folder")
+    sp.add_argument("--adapter", type=existing_dir, required=True)
+    sp.add_argument("--out", type=Path, required=True)
+    return p
+
+
+def _method_names() -> list[str]:
+    from minipeft.compare import METHOD_RECIPES  # noqa: PLC0415
+
+    return list(METHOD_RECIPES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (argparse exits with 2 itself on bad arguments)."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except KeyboardInterrupt:
+        print(f"minipeft {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 (every failure becomes one line and exit code 1)
+        if args.debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"minipeft {args.command}: error: {type(e).__name__}: {message}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,126 @@
+"""`python -m minipeft`: every command runs end to end on the tiny model; bad arguments exit 2 with a message,
+a failed run exits 1 with one line on stderr."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from minipeft.cli import RUN_FILE, main
+
+COMMANDS = ("pretrain", "finetune", "compare", "generate", "merge")
+TINY = ["--quick", "--steps", "2", "--batch-size", "4", "--n-train", "8", "--n-test", "1"]
+PROMPT = "#Person1#: Shall we meet at the library on Friday? #Person2#: Yes, at 3 pm."
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MINIPEFT_HOME", str(tmp_path_factory.mktemp("minipeft_home")))
+    yield
+    mp.undo()
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of one command, argparse's own exits included."""
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_module_help_lists_every_command():
+    done = subprocess.run([sys.executable, "-m", "minipeft", "--help"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0
+    assert all(c in done.stdout for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    code, out, _ = run([command, "--help"], capsys)
+    assert code == 0 and "usage: minipeft " + command in out
+
+
+def test_pretrain(home, capsys):
+    code, out, _ = run(["pretrain", "--quick"], capsys)
+    assert code == 0 and "base model:" in out and "validation perplexity" in out
+
+
+def test_finetune_generate_merge(home, tmp_path, capsys):
+    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+    code, out, err = run(["finetune", "--method", "lora-all", "--out", str(adapter), *TINY], capsys)
+    assert code == 0, err
+    assert {"adapter_config.json", "adapter_model.safetensors", RUN_FILE} <= {p.name for p in adapter.iterdir()}
+    assert json.loads((adapter / RUN_FILE).read_text())["method"] == "lora-all"
+    ask = ["generate", "--prompt", PROMPT, "--task", "dialogsum", "--max-new-tokens", "6"]
+    code, from_adapter, err = run([*ask, "--adapter", str(adapter)], capsys)
+    assert code == 0 and from_adapter.strip(), err
+    code, out, err = run(["merge", "--adapter", str(adapter), "--out", str(merged)], capsys)
+    assert code == 0 and (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file(), err
+    code, from_merged, err = run([*ask, "--model", str(merged)], capsys)
+    assert code == 0 and from_merged == from_adapter, err        # the merged model is the adapted one's function
+
+
+def test_finetune_reads_your_own_jsonl(home, tmp_path, capsys):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Repeat {i}: ", "completion": f"{i} {i}."}) + "\n"
+                            for i in range(12)))
+    code, out, err = run(["finetune", "--method", "bitfit", "--data", str(data), "--out", str(tmp_path / "a"),
+                          "--quick", "--steps", "2", "--batch-size", "4", "--n-test", "2"], capsys)
+    assert code == 0, err
+    run_info = json.loads((tmp_path / "a" / RUN_FILE).read_text())
+    assert run_info["task"] == "prompt_completion" and (run_info["n_train"], run_info["n_test"]) == (10, 2)
+
+
+def test_qlora_adapter_loads_on_its_4bit_base(home, tmp_path, capsys):
+    code, _, err = run(["finetune", "--method", "qlora", "--out", str(tmp_path / "q"), *TINY], capsys)
+    assert code == 0, err
+    code, out, err = run(["generate", "--adapter", str(tmp_path / "q"), "--prompt", "Hello", "--max-new-tokens", "3"],
+                         capsys)
+    assert code == 0, err
+
+
+def test_compare_quick(home, tmp_path, capsys):
+    code, out, err = run(["compare", "--quick", "--methods", "lora-qv,bitfit", "--steps", "1", "--out",
+                          str(tmp_path), "--no-plot"], capsys)
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "compare.csv").open()))
+    assert [r["method"] for r in rows] == ["base", "lora-qv", "bitfit"]
+    assert "LoRA r=8 q,v" in out and "BitFit" in out
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["bogus"],
+    ["finetune", "--method", "lora", "--out", "o"],
+    ["finetune", "--method", "lora-all"],
+    ["finetune", "--method", "bitfit", "--data", "no_such_file.jsonl", "--out", "o"],
+    ["finetune", "--method", "lora-all", "--out", "o", "--lr", "-1"],
+    ["finetune", "--method", "lora-all", "--out", "o", "--steps", "two"],
+    ["compare", "--steps", "0"],
+    ["compare", "--methods", "lora-qv,lora"],
+    ["generate"],
+    ["generate", "--prompt", "hi", "--adapter", "no_such_folder"],
+    ["merge", "--adapter", "no_such_folder", "--out", "o"],
+], ids=lambda a: " ".join(a) or "nothing")
+def test_bad_arguments_exit_2_with_a_message(argv, capsys):
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "error:" in err
+
+
+def test_a_failed_run_exits_1_with_one_line(home, tmp_path, capsys):
+    code, _, err = run(["finetune", "--method", "houlsby", "--out", str(tmp_path / "h"), *TINY], capsys)
+    assert code == 0, err
+    code, _, err = run(["merge", "--adapter", str(tmp_path / "h"), "--out", str(tmp_path / "m")], capsys)
+    assert code == 1 and "cannot be merged" in err and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no label here"}\n')
+    code, _, err = run(["finetune", "--method", "bitfit", "--data", str(bad), "--out", str(tmp_path / "b"),
+                        "--quick"], capsys)
+    assert code == 1 and "fit no task" in err and len(err.strip().splitlines()) == 1
