@@ -15,6 +15,7 @@ from typing import Any
 
 from minipeft import backend
 from minipeft.nn.module import Parameter
+from minipeft.ops.fastpath import pick
 
 
 def _check(name: str, value, ok: bool, allowed: str) -> None:
@@ -126,6 +127,7 @@ class AdamW(Optimizer):
     def step(self) -> None:
         """Update every parameter that has a gradient; those with `.grad is None` are skipped."""
         xp = backend.xp()
+        update = pick(adamw_update)  # the reference below, or its chunked fast path (same numbers, bit for bit)
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
@@ -136,23 +138,32 @@ class AdamW(Optimizer):
                 if st is None:
                     st = self.state[p] = {"step": 0, "m": xp.zeros_like(p.data), "v": xp.zeros_like(p.data)}
                 st["step"] += 1
-                t, m, v, tmp = st["step"], st["m"], st["v"], self._tmp(p)
-                m *= b1                                     # m = b1 m + (1 - b1) g
-                xp.multiply(g, 1 - b1, out=tmp)
-                m += tmp
-                v *= b2                                     # v = b2 v + (1 - b2) g^2
-                xp.multiply(g, g, out=tmp)
-                tmp *= 1 - b2
-                v += tmp
-                if wd:
-                    p.data *= 1 - lr * wd                   # decoupled: decay the weight, not the gradient
-                bc1, bc2 = 1 - b1**t, 1 - b2**t
-                xp.sqrt(v, out=tmp)                         # sqrt(v_hat) + eps = sqrt(v) / sqrt(bc2) + eps
-                tmp /= math.sqrt(bc2)
-                tmp += eps
-                xp.divide(m, tmp, out=tmp)                  # m / (...)
-                tmp *= lr / bc1                             # m_hat = m / bc1
-                p.data -= tmp
+                update(p.data, g, st["m"], st["v"], self._tmp(p), st["step"], lr, b1, b2, eps, wd)
+
+
+def adamw_update(p, g, m, v, tmp, t: int, lr: float, b1: float, b2: float, eps: float, wd: float) -> None:
+    """One AdamW update of the array p from its gradient g, in place; m, v (Adam's moments) updated in place.
+
+    tmp is scratch of p's shape. The reference: whole-array passes, each written `out=` or in place so
+    nothing is allocated (minipeft.ops.fast.adamw runs the same passes over cache-sized chunks).
+    """
+    xp = backend.xp()
+    m *= b1                                     # m = b1 m + (1 - b1) g
+    xp.multiply(g, 1 - b1, out=tmp)
+    m += tmp
+    v *= b2                                     # v = b2 v + (1 - b2) g^2
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1 - b2
+    v += tmp
+    if wd:
+        p *= 1 - lr * wd                        # decoupled: decay the weight, not the gradient
+    bc1, bc2 = 1 - b1**t, 1 - b2**t
+    xp.sqrt(v, out=tmp)                         # sqrt(v_hat) + eps = sqrt(v) / sqrt(bc2) + eps
+    tmp /= math.sqrt(bc2)
+    tmp += eps
+    xp.divide(m, tmp, out=tmp)                  # m / (...)
+    tmp *= lr / bc1                             # m_hat = m / bc1
+    p -= tmp
 
 
 class SGD(Optimizer):

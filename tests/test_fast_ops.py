@@ -111,7 +111,19 @@ def dequantize_nf4_case(data):
     return [data.draw(arrays((n,))), backend.to_numpy(packed), backend.to_numpy(absmax)], {"blocksize": blocksize}, {}
 
 
+def adamw_update_case(data):
+    # p, g, m, v (>= 0: a running mean of squares), tmp (overwritten); the step number and hyperparameters as
+    # options; a chunk size that cuts even these small arrays into several chunks, ragged last one included
+    shape = data.draw(shapes())
+    p, g, m, tmp = (data.draw(arrays(shape)) for _ in range(4))
+    v = data.draw(arrays(shape)) ** 2
+    options = {"t": data.draw(st.integers(1, 50)), "lr": data.draw(st.sampled_from([1e-3, 0.1])), "b1": 0.9,
+               "b2": 0.999, "eps": 1e-8, "wd": data.draw(st.sampled_from([0.0, 0.01]))}
+    return [p, g, m, v, tmp], options, {"chunk_elements": data.draw(st.integers(1, 5))}
+
+
 CASES = {
+    "adamw_update": adamw_update_case,
     "AttentionFn": attention_case,
     "GELUFn": gelu_case,
     "CrossEntropyFn": cross_entropy_case,
@@ -156,12 +168,15 @@ def test_fast_path_equals_reference(name, data):
     assert name in registered(), f"{name} has a case but no registered fast path"
     ref, fast = registered()[name]
     args, options, fast_options = CASES[name](data)
-    if not (isinstance(ref, type) and issubclass(ref, Function)):  # a plain function: it updates args[0]
-        rest = [backend.asarray(a) for a in args[1:]]       # on the device the op runs on (cupy on a GPU)
-        want, got = backend.asarray(np.array(args[0])), backend.asarray(np.array(args[0]))
-        ref(want, *rest, **options)
-        fast(got, *rest, **options, **fast_options)
-        assert_close(got, want, f"{name}: result")
+    if not (isinstance(ref, type) and issubclass(ref, Function)):  # a plain function: it updates its arrays
+        # each path gets its own copies (on the device the op runs on), since either may update any of them in
+        # place (args[0] always; AdamW's moments too); every array must end the same
+        want = [backend.asarray(np.array(a)) for a in args]
+        got = [backend.asarray(np.array(a)) for a in args]
+        ref(*want, **options)
+        fast(*got, **options, **fast_options)
+        for i, (g_, w_) in enumerate(zip(got, want, strict=True)):
+            assert_close(g_, w_, f"{name}: result" if i == 0 else f"{name}: argument {i} after the call")
         return
     floats = [i for i, a in enumerate(args) if a is not None and a.dtype.kind == "f"]
     needs = data.draw(st.sets(st.sampled_from(floats), min_size=1), label="inputs requiring grad")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 from minipeft import backend
 
 # softmax(z) = exp(z - c) / sum exp(z - c) for any constant c per row; the usual c = row max only keeps exp
@@ -18,7 +21,31 @@ SHIFT_FREE_BOUND = 40.0
 CHUNK_ELEMENTS = 1 << 16
 
 
-def chunks(n: int) -> list[slice]:
-    """Slices covering range(n) in runs of CHUNK_ELEMENTS (one slice on the GPU, where a chunk costs a launch)."""
-    size = n if backend.is_gpu() else CHUNK_ELEMENTS
+def chunks(n: int, size: int | None = None) -> list[slice]:
+    """Slices covering range(n) in runs of `size` (default CHUNK_ELEMENTS; one slice on the GPU, where a chunk
+    costs a launch)."""
+    size = n if backend.is_gpu() else (size or CHUNK_ELEMENTS)
     return [slice(i, i + size) for i in range(0, n, max(size, 1))]
+
+
+_pool: list = []
+
+
+def num_threads() -> int:
+    """Threads a fast path may use on the CPU: MINIPEFT_NUM_THREADS, else OPENBLAS_NUM_THREADS (so elementwise work
+    uses what the matrix products use), else every core."""
+    for name in ("MINIPEFT_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) >= 1:
+            return int(value)
+    return os.cpu_count() or 1
+
+
+def workers() -> ThreadPoolExecutor | None:
+    """A persistent pool of num_threads() - 1 worker threads (the caller is the last one); None on the GPU or with
+    one thread. NumPy's ufuncs release the GIL, so a pass over one slice runs beside a pass over another."""
+    if backend.is_gpu() or num_threads() < 2:
+        return None
+    if not _pool:
+        _pool.append(ThreadPoolExecutor(num_threads() - 1, thread_name_prefix="minipeft-fast"))
+    return _pool[0]
