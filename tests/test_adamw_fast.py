@@ -80,3 +80,13 @@ def test_num_threads_reads_the_environment(monkeypatch):
     monkeypatch.delenv("MINIPEFT_NUM_THREADS")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     assert _shared.num_threads() == 1
+
+
+def test_worker_pool_is_remade_after_a_fork(monkeypatch):
+    """A pool made before os.fork() has no threads in the child; work submitted to it would wait forever."""
+    monkeypatch.setenv("MINIPEFT_NUM_THREADS", "2")
+    pool = _shared.workers()
+    assert pool is not None and _shared.workers() is pool
+    monkeypatch.setattr(_shared.os, "getpid", lambda: -1)   # as seen from a forked child
+    child_pool = _shared.workers()
+    assert child_pool is not pool and child_pool.submit(lambda: 7).result(timeout=10) == 7

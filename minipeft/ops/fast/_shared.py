@@ -46,6 +46,6 @@ def workers() -> ThreadPoolExecutor | None:
     one thread. NumPy's ufuncs release the GIL, so a pass over one slice runs beside a pass over another."""
     if backend.is_gpu() or num_threads() < 2:
         return None
-    if not _pool:
-        _pool.append(ThreadPoolExecutor(num_threads() - 1, thread_name_prefix="minipeft-fast"))
-    return _pool[0]
+    if not _pool or _pool[0] != os.getpid():   # none yet, or made before a fork: its threads are not in this process
+        _pool[:] = [os.getpid(), ThreadPoolExecutor(num_threads() - 1, thread_name_prefix="minipeft-fast")]
+    return _pool[1]
