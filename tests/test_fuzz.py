@@ -33,6 +33,9 @@ EXAMPLES = int(os.environ.get("MINIPEFT_FUZZ_EXAMPLES", "0"))
 more = settings(max_examples=EXAMPLES, derandomize=False) if EXAMPLES else (lambda test: test)
 CLEAR = (ValueError, TypeError, KeyError, IndexError)
 INPUT_NAMES = ("token id", "target", "input_ids", "GPT:")
+# fields a config cannot be made without (as in Hugging Face PEFT, a soft prompt needs its length): set to a
+# valid value whenever another field is the one under test
+REQUIRED = {"num_virtual_tokens": 2}
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 70), st.integers(-2**63, 2**63),
                     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["", "4", "q_proj", "all-linear",
@@ -66,8 +69,9 @@ def test_any_value_in_any_peft_config_field_works_or_is_named(peft_type, data):
     cls = PEFT_TYPE_TO_CONFIG[peft_type]
     field = data.draw(st.sampled_from(init_fields(cls)), label="field")
     value = data.draw(junk, label="value")
+    required = {k: v for k, v in REQUIRED.items() if k in init_fields(cls) and k != field}
     try:
-        config = cls(**{field: value})
+        config = cls(**required, **{field: value})
     except BaseException as e:
         assert_clear(e, field)
         return
