@@ -73,7 +73,8 @@ def test_profile_train_step_quick_runs_and_restores_the_ops(capsys, keep_rng):
     out = capsys.readouterr().out
     # the op names are the classes that ran (e.g. BlockedAttentionFn on the fast path): each ends in these
     for text in ("ratio to full", "AttentionFn.fwd", "AttentionFn.bwd", "LoraLinearFn.bwd", "LinearFn.bwd",
-                 "outside the ops", "matrix products", "the rest", "ratio, rest at 2x", "ratio, rest free"):
+                 "outside the ops", "matrix products", "the rest", "ratio, rest at 2x", "ratio, rest free",
+                 "the step by phase", "forward python", "backward python", "optimizer"):
         assert text in out, text
     assert Function.__dict__["apply"] is apply_before and attn.__dict__["backward"] is backward_before
     # the matmul timer is gone too, from every module that calls `mm`
@@ -121,3 +122,51 @@ def test_pretrain_recipes_checkpoints_and_finetune_checkpoint_quick_run(tmp_path
                                       str(tmp_path / "tokenizer.json"), "--quick"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines if "fact_recall" in line] == ["LoRA", "full"]
+
+
+def test_vs_pytorch_without_torch_prints_how_to_install_and_exits_0(capsys, monkeypatch):
+    """PyTorch and PEFT are an optional extra: without them the script says how to get them and succeeds."""
+    bench = load("vs_pytorch")
+    monkeypatch.setattr(bench, "import_torch", lambda: None)
+    assert bench.main(["--quick"]) == 0
+    assert "pip install -e '.[bench]'" in capsys.readouterr().out
+
+
+def test_bench_adamw_quick_runs(capsys, keep_rng):
+    run_quick("bench_adamw")
+    out = capsys.readouterr().out
+    for text in ("AdamW step over", "reference", "chunks of", "ratio to reference"):
+        assert text in out, text
+
+
+def test_vs_pytorch_quick_runs(capsys, keep_rng):
+    """With the extra installed: the same weights give the same first-step loss on both sides (the script raises
+    otherwise), and every figure the issue asks for is printed."""
+    import pytest
+
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    bench = load("vs_pytorch")
+    assert bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    for text in ("threads: ", "first-step loss", "minipeft / PyTorch", "LoRA / full", "tokens/s", "inference",
+                 "base", "merged", "unmerged", "summary"):
+        assert text in out, text
+
+
+def test_vs_pytorch_check_catches_a_weight_that_differs(keep_rng):
+    """The equality check before timing can fail: one PyTorch weight off by 1% and the logits disagree."""
+    import numpy as np
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    bench = load("vs_pytorch")
+    x = np.random.default_rng(0).integers(0, 128, (2, 32))
+    tx = torch.from_numpy(x)
+    pair = bench.build(torch, peft, "quick", lora=False)
+    bench.check_losses(torch, bench.build(torch, peft, "quick", lora=False), x, x, tx, tx, "same weights")
+    with torch.no_grad():
+        pair[2].blocks[0].mlp.fc1.weight.mul_(1.01)
+    with pytest.raises(RuntimeError, match="logits differ"):
+        bench.check_losses(torch, pair, x, x, tx, tx, "one weight off")
