@@ -99,7 +99,8 @@ def machine() -> dict:
     """Where the numbers were measured."""
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "device": mp.get_device(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+            "device": mp.get_device(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")}
 
 
 def _stored_bytes(model) -> int:

@@ -121,7 +121,7 @@ def save_plot(result, path: str | os.PathLike) -> Path | None:
     ax.set_xlabel("trainable parameters (% of the base model, log scale)")
     ax.set_ylabel(f"{METRIC_NAMES[metric]} ({result.meta['config']['task']})")
     ax.set_title("quality vs trainable parameters")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
     labels = [r["label"] for r in trained]
     left = [0.0] * len(trained)
     for comp in COMPONENTS:
@@ -132,7 +132,7 @@ def save_plot(result, path: str | os.PathLike) -> Path | None:
     bx.set_xlabel("MiB, measured in one training step")
     bx.set_title("training memory by component")
     bx.tick_params(axis="y", labelsize=7)
-    bx.legend(fontsize=7)
+    bx.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
