@@ -8,10 +8,10 @@ Reports, all measured in this one run:
   "mini" GPT, on the float32 base and on its NF4 + DQ quantization (QLoRA), with the fast ops (default) and
   with the reference ops: the variants alternated A B A B in one process, ratio = median of per-pair ratios
   (the machine's speed drifts); the step's dequantizations (two per 4-bit layer: forward and backward) are
-  the difference;
+  the difference, and are also timed alone (2 per 4-bit layer) as a share of the LoRA step;
 - peak memory of a first step (tracemalloc, beyond the weights) and the bytes the weights hold.
 
-    python bench/bench_qlora.py            # ~1 minute on 2 cores
+    python bench/bench_qlora.py            # ~1-2 minutes on 2 cores
     python bench/bench_qlora.py --quick    # seconds, small shapes (smoke test)
 """
 
@@ -29,7 +29,7 @@ from minipeft.memory import PeakMemory, format_bytes
 from minipeft.nn import GPT, GPTConfig, Linear
 from minipeft.optim import AdamW
 from minipeft.peft import LoraConfig, get_peft_model
-from minipeft.quant import Linear4bit, model_bytes, quantize_model
+from minipeft.quant import Linear4bit, model_bytes, quantize_model, quantized_layers
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 VARIANTS = ("lora", "qlora")
@@ -106,12 +106,19 @@ def compare_steps(cfg: GPTConfig, x, y, pairs: int, fast: bool) -> None:
         held = model_bytes(variants[v][0])["total"]
         print(f"{v:<10}{1000 * np.median(times[v]):>10.1f}{ratio:>15.3f}{format_bytes(peaks[v]):>14}"
               f"{format_bytes(held):>14}")
+    # what QLoRA adds to the step, timed alone: every 4-bit layer dequantized twice (forward and backward)
+    layers = list(quantized_layers(variants["qlora"][0]).values())
+    with mp.fast_ops(fast):
+        deq = float(np.median([timed(lambda: [m.dequantize() for m in layers for _ in range(2)])
+                               for _ in range(3 * pairs)]))
+    print(f"the step's {2 * len(layers)} dequantizations timed alone: {1000 * deq:.1f} ms, "
+          f"{100 * deq / float(np.median(times['lora'])):.1f}% of the median LoRA step")
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--pairs", type=int, default=10, help="A/B pairs per comparison")
+    p.add_argument("--pairs", type=int, default=20, help="A/B pairs per comparison")
     args = p.parse_args(argv)
     cfg = GPTConfig.from_preset("test", context_length=64) if args.quick else \
         GPTConfig.from_preset("mini", position_embedding="rope")

@@ -45,7 +45,7 @@ def test_tutorial_runs_quick(path, home, monkeypatch, capsys, keep_rng):
         "08": ["virtual tokens + ", "prompt tuning n=100", "prefix tuning n=20", "LoRA r=8", "full fine-tuning",
                "nearest vocabulary tokens", "tokens of the task's summaries"],
         "09": ["zero-shot", "gap PT", "prompt tuning's gap to full fine-tuning from the smallest to the largest"],
-        "10": ["NF4 + DQ", "max / NF4 bound", "QLoRA, NF4+DQ", "re-NF4+DQ", "LLaMA-7B", "what the numbers show"],
+        "10": ["NF4 + DQ", "max |e| / bound", "QLoRA, NF4+DQ", "re-NF4+DQ", "LLaMA-7B", "what the numbers show"],
     }.get(path.name[:2], [])
     for text in expected:
         assert text in out, f"{path.name} --quick did not print {text!r}"
@@ -73,7 +73,7 @@ def test_qlora_evidence(home, monkeypatch, capsys, keep_rng):
     b = r["bytes"]
     assert b["NF4 + DQ"]["total"] < b["NF4"]["total"] < b["float32"]["total"]
     assert b["NF4"]["linear_bits"] == 4.5 and 4.127 < b["NF4 + DQ"]["linear_bits"] < 4.2
-    assert r["error"]["NF4"]["bound_ratio"] <= 1 + 1e-6                 # float32 rounding of the division only
+    assert max(e["bound_ratio"] for e in r["error"].values()) <= 1 + 1e-5   # float32 rounding aside
     merge = r["merge"]
     assert merge["QLoRA merged, fp32"]["logit_diff"] < 1e-4 < merge["merged, re-NF4+DQ"]["logit_diff"]
     assert 2.9 < r["llama"]["LLaMA-65B"]["dq_saving"] < 3.1 and 6.7e9 < r["llama"]["LLaMA-7B"]["params"] < 6.8e9

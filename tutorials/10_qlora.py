@@ -49,6 +49,7 @@ from minipeft.quant import (
     quantize_model,
     quantized_layers,
 )
+from minipeft.quant.double_quant import absmax_error_bound
 from minipeft.quant.storage import bytes_from_shapes, llama_matrices
 
 # ---- config -------------------------------------------------------------------------------------
@@ -78,13 +79,18 @@ def base_copy(quick: bool, config: BitsAndBytesConfig | None = None):
 
 
 def worst_bound_ratio(quantized, reference) -> float:
-    """max over weights of |w - w_hat| / (max_half_gap * block absmax): <= 1 (+ DQ's scale error) by construction."""
+    """max over weights of |w - w_hat| / its bound: max_half_gap * block absmax, plus s_j / 254 (the int8 scale's
+    own error) with double quantization. At most 1 by construction (float32 rounding aside)."""
     worst = 0.0
     for path, layer in quantized_layers(quantized).items():
         w = to_numpy(reference.get_submodule(path).weight.data).reshape(-1, layer.blocksize).astype(np.float64)
         err = np.abs(w - to_numpy(layer.dequantize()).reshape(w.shape))
-        a = np.abs(w).max(axis=1, keepdims=True)
-        worst = max(worst, float((err / np.where(a > 0, max_half_gap() * a, 1)).max()))
+        bound = max_half_gap() * np.abs(w).max(axis=1, keepdims=True)
+        if layer.double_quant:
+            nblocks = w.shape[0]
+            bound = bound + to_numpy(absmax_error_bound(layer.nested_absmax.data, nblocks,
+                                                        layer.nested_blocksize))[:, None]
+        worst = max(worst, float((err / np.where(bound > 0, bound, 1)).max()))
     return worst
 
 
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"bytes": print_storage(models, q)}
 
     print("\n2. quantization error of the linears' weights (float32 weights minus dequantized)")
-    print(f"{'format':<16}{'mean |e|':>11}{'RMS e':>11}{'max |e|':>11}{'RMS e / RMS w':>15}{'max / NF4 bound':>17}")
+    print(f"{'format':<16}{'mean |e|':>11}{'RMS e':>11}{'max |e|':>11}{'RMS e / RMS w':>15}{'max |e| / bound':>17}")
     result["error"] = {}
     for name in ("NF4", "NF4 + DQ"):
         e = quantization_error(models[name], ref)
@@ -156,8 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["error"][name] = e
         print(f"{name:<16}{e['mean_abs']:>11.2e}{e['rms']:>11.2e}{e['max_abs']:>11.2e}{e['relative_rms']:>15.3f}"
               f"{e['bound_ratio']:>17.3f}")
-    print(f"NF4 bound: half the widest gap between codes ({max_half_gap():.4f}) times the block's absmax; with DQ the"
-          " scale's own int8 error adds to it")
+    print(f"bound: half the widest gap between codes ({max_half_gap():.4f}) times the block's absmax, plus with DQ the "
+          "int8 scale's own\nerror bound s_j / 254 (s_j: its block of 256 scales' largest distance from their mean)")
 
     cfg = QUICK if q else FULL
     val = encode_corpus(make_corpus(cfg.n_val_docs, seed=cfg.seed + 10_000), tok)
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"linears take {dq['linear_bits']:.4f} bits per weight: the formula's "
         f"{float(bits_per_parameter(64, double_quant=True)):.4f} plus, per tensor, one 32-bit mean (and a partly "
         "filled last block of 256 scales, where a tensor has one).")
-    say(f"the weights move by {100 * err['relative_rms']:.1f}% (RMS), every one within the NF4 bound (worst "
+    say(f"the weights move by {100 * err['relative_rms']:.1f}% (RMS), every one within its bound (worst "
         f"{err['bound_ratio']:.2f} of it); the base's validation loss goes {vl['float32']:.4f} -> "
         f"{vl['NF4 + DQ']:.4f} (perplexity x{np.exp(vl['NF4 + DQ'] - vl['float32']):.3f}).")
     say(f"QLoRA's ROUGE-L is {qlora['scores']['rougeL']:.3f} against LoRA's {lora['scores']['rougeL']:.3f} on the "
