@@ -78,8 +78,10 @@ def test_num_threads_reads_the_environment(monkeypatch):
     monkeypatch.setenv("MINIPEFT_NUM_THREADS", "3")
     assert _shared.num_threads() == 3
     monkeypatch.delenv("MINIPEFT_NUM_THREADS")
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    assert _shared.num_threads() == 1
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    assert _shared.num_threads() == 1       # the default, whatever OpenBLAS uses (measured: see num_threads)
+    monkeypatch.setenv("MINIPEFT_NUM_THREADS", "zero")
+    assert _shared.num_threads() == 1       # not a positive integer: the default
 
 
 def test_worker_pool_is_remade_after_a_fork(monkeypatch):

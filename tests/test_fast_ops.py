@@ -12,6 +12,9 @@ two orders of margin over that, while any wrong formula is off by O(1).
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -20,6 +23,7 @@ from strategies import arrays, attention_shapes, shapes, token_ids
 
 from minipeft import Function, Tensor, backend, manual_seed, to_numpy
 from minipeft.ops import fastpath
+from minipeft.ops.fast import _shared
 from minipeft.quant import QuantState, quantize_absmax, quantize_nf4
 
 RTOL = 1e-12
@@ -161,10 +165,37 @@ def run_function(fn, args, options, needs, dout):
     return out.data, [ts[i].grad for i in sorted(needs)]
 
 
+@contextlib.contextmanager
+def threading(mode: str):
+    """"whole": the fast paths as configured; "two_threads": chunks of 3 elements and MINIPEFT_NUM_THREADS=2, so
+    even these small arrays are cut into many chunks (ragged ones included), shared between two threads where a
+    fast path uses the worker pool."""
+    if mode == "whole":
+        yield
+        return
+    saved_env, saved_chunk = os.environ.get("MINIPEFT_NUM_THREADS"), _shared.CHUNK_ELEMENTS
+    os.environ["MINIPEFT_NUM_THREADS"], _shared.CHUNK_ELEMENTS = "2", 3
+    try:
+        yield
+    finally:
+        _shared.CHUNK_ELEMENTS = saved_chunk
+        if saved_env is None:
+            del os.environ["MINIPEFT_NUM_THREADS"]
+        else:
+            os.environ["MINIPEFT_NUM_THREADS"] = saved_env
+
+
+@pytest.mark.parametrize("mode", ["whole", "two_threads"])
 @pytest.mark.parametrize("name", sorted(CASES))
 @given(data=st.data())
-def test_fast_path_equals_reference(name, data):
-    """Forward and every input's gradient (for a random subset of inputs requiring grad) agree."""
+def test_fast_path_equals_reference(name, mode, data):
+    """Forward and every input's gradient (for a random subset of inputs requiring grad) agree, also with the
+    work cut into many chunks on two threads."""
+    with threading(mode):
+        check_pair(name, data)
+
+
+def check_pair(name, data):
     assert name in registered(), f"{name} has a case but no registered fast path"
     ref, fast = registered()[name]
     args, options, fast_options = CASES[name](data)

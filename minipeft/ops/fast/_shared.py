@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from minipeft import backend
@@ -32,13 +33,14 @@ _pool: list = []
 
 
 def num_threads() -> int:
-    """Threads a fast path may use on the CPU: MINIPEFT_NUM_THREADS, else OPENBLAS_NUM_THREADS (so elementwise work
-    uses what the matrix products use), else every core."""
-    for name in ("MINIPEFT_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        value = os.environ.get(name, "").strip()
-        if value.isdigit() and int(value) >= 1:
-            return int(value)
-    return os.cpu_count() or 1
+    """Threads a fast path may use on the CPU: MINIPEFT_NUM_THREADS, default 1.
+
+    Not every core by default: measured inside a training step (BENCHMARKS.md, session 8), a second thread for
+    AdamW's passes made the step's optimizer phase ~9% slower on 2 cores, because OpenBLAS's own worker thread
+    keeps spinning on the other core for a while after each matrix product, and the two share it. Set it where
+    cores are idle between products (more cores than OpenBLAS uses)."""
+    value = os.environ.get("MINIPEFT_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) >= 1 else 1
 
 
 def workers() -> ThreadPoolExecutor | None:
@@ -49,3 +51,23 @@ def workers() -> ThreadPoolExecutor | None:
     if not _pool or _pool[0] != os.getpid():   # none yet, or made before a fork: its threads are not in this process
         _pool[:] = [os.getpid(), ThreadPoolExecutor(num_threads() - 1, thread_name_prefix="minipeft-fast")]
     return _pool[1]
+
+
+def parallel_for(work: Callable[[Sequence[slice]], None], parts: Sequence[slice]) -> None:
+    """work(run) for the parts cut into one contiguous run per thread (the workers of workers() and the caller).
+
+    The parts must be disjoint slices of whatever work writes, so no two threads write the same element, and work
+    must give each part the same numbers whichever run it lands in: then the result does not depend on the
+    threads. With one thread, or fewer than two parts, work(parts) runs here. A worker's exception is re-raised."""
+    pool = workers()
+    if pool is None or len(parts) < 2:
+        work(parts)
+        return
+    n = min(pool._max_workers + 1, len(parts))
+    runs = [parts[i * len(parts) // n:(i + 1) * len(parts) // n] for i in range(n)]
+    pending = [pool.submit(work, r) for r in runs[1:]]
+    try:
+        work(runs[0])
+    finally:
+        for f in pending:
+            f.result()

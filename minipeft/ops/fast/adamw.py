@@ -1,4 +1,4 @@
-"""Fast path of the AdamW update: the reference's passes, run over cache-sized chunks on every core.
+"""Fast path of the AdamW update: the reference's passes, run over cache-sized chunks, optionally on several threads.
 
 Same numbers as `minipeft.optim.adamw_update`, bit for bit (tested); read that one first. The reference makes
 about a dozen in-place passes over each parameter, its gradient, both moments and a scratch array. For full
@@ -7,7 +7,8 @@ each pass on one core. Here:
 
 - the flat arrays are cut into chunks (`_shared.chunks`) and the reference runs on one chunk at a time, so a
   chunk's five slices stay in the CPU's cache across the passes;
-- a large parameter's chunks are split between the calling thread and the workers of `_shared.workers()`
+- with MINIPEFT_NUM_THREADS > 1 (default 1: see `_shared.num_threads`), a large parameter's chunks are split
+  between the calling thread and the workers of `_shared.workers()`
   (NumPy releases the GIL inside each pass, so the halves run on two cores at once). The chunks are disjoint
   slices of p, m, v and tmp, so the threads never write the same element.
 
@@ -17,7 +18,7 @@ chunking nor on the threads. Measured: BENCHMARKS.md (bench/bench_adamw.py).
 
 from __future__ import annotations
 
-from minipeft.ops.fast._shared import chunks, workers
+from minipeft.ops.fast._shared import chunks, parallel_for
 from minipeft.ops.fastpath import fast_path_of
 from minipeft.optim import adamw_update
 
@@ -33,19 +34,9 @@ def chunked_adamw_update(p, g, m, v, tmp, t: int, lr: float, b1: float, b2: floa
         return
     pf, mf, vf, tf = p.reshape(-1), m.reshape(-1), v.reshape(-1), tmp.reshape(-1)
     gf = g.reshape(-1)                                  # read only: a copy is fine if g is not contiguous
-    parts = chunks(pf.size, chunk_elements)
 
     def run(part: list[slice]) -> None:
         for s in part:
             adamw_update(pf[s], gf[s], mf[s], vf[s], tf[s], t, lr, b1, b2, eps, wd)
 
-    pool = workers()
-    if pool is None or len(parts) < 2:
-        run(parts)
-        return
-    n = pool._max_workers + 1                           # the workers and this thread, one contiguous run each
-    runs = [parts[i * len(parts) // n:(i + 1) * len(parts) // n] for i in range(n)]
-    pending = [pool.submit(run, r) for r in runs[1:] if r]
-    run(runs[0])
-    for f in pending:
-        f.result()                                      # re-raises a worker's exception here
+    parallel_for(run, chunks(pf.size, chunk_elements))
