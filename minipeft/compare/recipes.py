@@ -103,6 +103,7 @@ def _peft(make_config: Callable[[Module], object]) -> Callable[[Module, BuildCon
 
 T06 = "tutorial 06 (60-step validation-loss grid)"
 T07 = "tutorial 07"
+T07_LR = " (best of 4 in bench/selective_lr.py, 60 steps of 8)"
 METHOD_RECIPES: dict[str, Recipe] = {
     "full": Recipe("full fine-tuning", 1e-3, "tutorial 03 (also 07-09)", _full, "full"),
     "lora-qv": Recipe("LoRA r=8 q,v", 1e-2, T06 + " (module docstring)", _peft(
@@ -115,13 +116,13 @@ METHOD_RECIPES: dict[str, Recipe] = {
     "pfeiffer": Recipe("Pfeiffer adapters", 1e-2, T06, _bottleneck("pfeiffer"), "additive"),
     "ia3": Recipe("(IA)^3", 3e-1, T06 + " (loss fell at every step up to 3e-1)", _peft(
         lambda b: IA3Config(target_modules=IA3_TARGETS, feedforward_modules=["fc2"])), "additive"),
-    "bitfit": Recipe("BitFit", 3e-2, T07 + " (measured: bench/selective_lr.py)", _peft(lambda b: bitfit_config()),
+    "bitfit": Recipe("BitFit", 1e-1, T07 + T07_LR, _peft(lambda b: bitfit_config()),
                      "selective"),
-    "layernorm": Recipe("LayerNorm only", 3e-2, T07 + " (set like BitFit's)", _peft(lambda b: layernorm_config()),
+    "layernorm": Recipe("LayerNorm only", 3e-1, T07 + T07_LR, _peft(lambda b: layernorm_config()),
                         "selective"),
-    "last-layer": Recipe("last block", 3e-3, T07 + " (not probed)", _peft(
+    "last-layer": Recipe("last block", 1e-2, T07 + T07_LR, _peft(
         lambda b: last_k_layers_config(1, b.config.n_layer)), "selective"),
-    "sparse": Recipe("sparse 1% (Fisher)", 1e-2, T07 + " (not probed)", _sparse, "selective"),
+    "sparse": Recipe("sparse 1% (Fisher)", 3e-2, T07 + T07_LR, _sparse, "selective"),
     "prompt-tuning": Recipe(f"prompt tuning n={VIRTUAL_TOKENS}", 0.3, "tutorials 08, 09 (Lester et al.: 0.3)", _peft(
         lambda b: PromptTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS, prompt_tuning_init="SAMPLE_VOCAB")),
         "soft prompt"),
