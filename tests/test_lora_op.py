@@ -230,3 +230,29 @@ def test_inference_forward_is_one_full_size_product():
     with minipeft.fast_ops(True), record_matmuls() as log:
         lora_linear(Tensor(x), Tensor(W0), None, Tensor(A), Tensor(B, requires_grad=True), 2.0)
     assert ((N, k), (k, r)) in log and len(log) == 3, log
+
+
+def test_few_rows_run_the_two_paths_instead_of_folding():
+    """Decoding passes one row per layer: folding would cost d r k multiply-adds against N r (d + k) for the low-rank
+    path, so below N (d + k) < d k the fast path does not fold, forward or backward, and still equals the reference."""
+    d, k, r = 16, 12, 2                                     # d k / (d + k) = 6.9: N <= 6 runs two paths, 7 folds
+    rng = np.random.default_rng(6)
+    W0, A, B = (rng.standard_normal(s) for s in [(d, k), (r, k), (d, r)])
+    fold_product = ((d, r), (r, k))
+    for N, folds in [(1, False), (6, False), (7, True)]:
+        x = rng.standard_normal((N, k))
+        with minipeft.no_grad(), minipeft.fast_ops(True), record_matmuls() as log:
+            y = lora_linear(Tensor(x), Tensor(W0), None, Tensor(A), Tensor(B), 2.0)
+        assert (fold_product in log) == folds, (N, log)
+        np.testing.assert_allclose(to_numpy(y.data), reference(x, W0, None, A, B, 2.0), rtol=1e-12, atol=1e-12)
+        grads = {}
+        for fast in (True, False):                          # training: x, A and B require grad
+            ts = [Tensor(a, requires_grad=True) for a in (x, A, B)]
+            with minipeft.fast_ops(fast), record_matmuls() as log:
+                out = lora_linear(ts[0], Tensor(W0), None, ts[1], ts[2], 2.0)
+                out.backward(np.ones(out.shape))
+            grads[fast] = [to_numpy(t.grad) for t in ts]
+            if fast:
+                assert (fold_product in log) == folds, (N, log)
+        for g_fast, g_ref in zip(grads[True], grads[False], strict=True):
+            np.testing.assert_allclose(g_fast, g_ref, rtol=1e-12, atol=1e-12)
