@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -171,3 +172,16 @@ def test_vs_pytorch_check_catches_a_weight_that_differs(keep_rng):
         pair[2].blocks[0].mlp.fc1.weight.mul_(1.01)
     with pytest.raises(RuntimeError, match="logits differ"):
         bench.check_losses(torch, pair, x, x, tx, tx, "one weight off")
+
+
+def test_lr_probe_quick_picks_the_lowest_held_out_loss_per_method(capsys, keep_rng):
+    """Each method at each rate gives a finite held-out loss, soft prompts included (their virtual tokens take
+    context), and the best rate reported is the one with the lowest loss."""
+    methods = ("prompt tuning n=20", "prefix tuning n=20", "BitFit")
+    out = load("lr_probe").main(["--quick", "--task", "sentiment", "--methods", *methods, "--lrs", "0.01", "0.1"])
+    results, best = out["results"], out["best"]
+    assert set(results) == {(m, lr) for m in methods for lr in (0.01, 0.1)}
+    assert all(math.isfinite(v) and v > 0 for v in results.values())
+    for m, lr in best.items():
+        assert results[(m, lr)] == min(v for (mm, _), v in results.items() if mm == m)
+    assert "best lr:" in capsys.readouterr().out

@@ -20,7 +20,7 @@ mean squared gradient (an empirical Fisher estimate) over a few batches, over th
 and stores them as a sparse diff (int32 indices + float32 values: 8 bytes per trained entry).
 
 Learning rates: selective methods train few values, each of which must move further, and want a larger
-rate than full fine-tuning's 1e-3; each method's is the best of 3-4 rates measured by bench/selective_lr.py
+rate than full fine-tuning's 1e-3; each method's is the best of 3-4 rates measured by bench/lr_probe.py
 (LRS below; the table is in BENCHMARKS.md).
 
 Measured in the full run (BENCHMARKS.md, session 8: 5 min 58 s on 2 cores, one seed, 60 test dialogues):
@@ -72,7 +72,7 @@ STEPS, BATCH = 150, 16                 # half tutorial 03's 300 steps: six metho
 LAST_K = 1                             # the last block of the base's 4
 SPARSE_PERCENT, SCORE_BATCHES = 1.0, 8 # the top 1% of all entries, Fisher scores from 8 batches
 LORA = dict(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
-# learning rates: per method the best of 3-4 rates in bench/selective_lr.py (60 steps of 8, held-out loss;
+# learning rates: per method the best of 3-4 rates in bench/lr_probe.py (60 steps of 8, held-out loss;
 # BENCHMARKS.md has the table). Every method wants 10x or more full fine-tuning's 1e-3 at this budget, and
 # the fewer the values, the more: BitFit's biases 100x, the LayerNorm gains 300x
 LRS = {"BitFit": 1e-1, "LayerNorm": 3e-1, f"last {LAST_K} block": 1e-2, "embeddings": 1e-2,

@@ -103,7 +103,7 @@ def _peft(make_config: Callable[[Module], object]) -> Callable[[Module, BuildCon
 
 T06 = "tutorial 06 (60-step validation-loss grid)"
 T07 = "tutorial 07"
-T07_LR = " (best of 4 in bench/selective_lr.py, 60 steps of 8)"
+T07_LR = " (best of 4 in bench/lr_probe.py, 60 steps of 8)"
 METHOD_RECIPES: dict[str, Recipe] = {
     "full": Recipe("full fine-tuning", 1e-3, "tutorial 03 (also 07-09)", _full, "full"),
     "lora-qv": Recipe("LoRA r=8 q,v", 1e-2, T06 + " (module docstring)", _peft(

@@ -1,0 +1,116 @@
+"""Learning-rate probe: which lr each method wants at a short budget, by held-out loss.
+
+Methods that train few values want larger learning rates than full fine-tuning, and a rate published for
+another optimizer does not carry over: BitFit trains biases deep in the network (1e-4..1e-3 against 2e-5 for
+BERT in its paper), and Lester et al.'s 0.3 for prompt tuning is Adafactor's, whose step is relative to the
+parameter's scale, where AdamW's is absolute (~lr per coordinate per step). This probe fine-tunes each method at
+a few learning rates with finetune()'s schedule (AdamW, cosine, 20 warmup steps, clip 1.0) and reports the
+teacher-forced loss on held-out rows, so the tutorials use the best rate measured rather than a guess.
+
+    python bench/lr_probe.py                      # tutorial 07's selective methods and LoRA on dialogsum
+    python bench/lr_probe.py --methods "prompt tuning n=20" "prefix tuning n=20" --task sentiment
+    python bench/lr_probe.py --methods BitFit --lrs 0.1      # one method, chosen rates
+    python bench/lr_probe.py --quick              # the tiny base, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import minipeft as mp
+from minipeft import no_grad
+from minipeft.data.batching import collate_sft, encode_rows
+from minipeft.data.generator import make_splits
+from minipeft.finetune import finetune, sft_sampler
+from minipeft.generate import context_left
+from minipeft.loss import causal_lm_loss
+from minipeft.peft import (
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    SparseConfig,
+    bitfit_config,
+    embeddings_config,
+    get_peft_model,
+    last_k_layers_config,
+    layernorm_config,
+    select_sparse_entries,
+)
+from minipeft.pretrain import load_base_model
+
+LRS = {   # each grid wide enough that its best rate is not at an edge (session 8's run: BENCHMARKS.md)
+    "BitFit": [1e-2, 3e-2, 1e-1, 3e-1],
+    "LayerNorm": [3e-2, 1e-1, 3e-1, 1.0],
+    "embeddings": [3e-3, 1e-2, 3e-2],
+    "last 1 block": [1e-3, 3e-3, 1e-2, 3e-2],
+    "sparse 1%": [3e-3, 1e-2, 3e-2, 1e-1],
+    "LoRA r=8": [3e-3, 1e-2, 3e-2],
+    "prompt tuning n=20": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
+    "prefix tuning n=20": [3e-3, 1e-2, 3e-2, 1e-1],
+}
+SELECTIVE = ["BitFit", "LayerNorm", "embeddings", "last 1 block", "sparse 1%", "LoRA r=8"]   # tutorial 07's
+
+
+def config(method: str, base, sampler, n_layer: int):
+    if method == "sparse 1%":
+        return select_sparse_entries(base, SparseConfig(percent=1.0), [sampler(i) for i in range(4)])
+    return {"BitFit": bitfit_config, "LayerNorm": layernorm_config, "embeddings": embeddings_config,
+            "last 1 block": lambda: last_k_layers_config(1, n_layer),
+            "LoRA r=8": lambda: LoraConfig(r=8, lora_alpha=16, target_modules=[
+                "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]),
+            "prompt tuning n=20": lambda: PromptTuningConfig(num_virtual_tokens=20, prompt_tuning_init="SAMPLE_VOCAB"),
+            "prefix tuning n=20": lambda: PrefixTuningConfig(num_virtual_tokens=20)}[method]()
+
+
+def held_out_loss(model, tok, rows, max_len: int, task: str) -> float:
+    """Mean completion-token loss on rows, in batches of 8, teacher-forced (no generation)."""
+    enc = encode_rows(rows, task, tok, max_len)
+    losses = []
+    with no_grad():
+        for i in range(0, len(enc), 8):
+            b = collate_sft(enc[i:i + 8], tok.pad_id)
+            losses.append(causal_lm_loss(model, b["input_ids"], b["targets"]).item())
+    return sum(losses) / len(losses)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--task", default="dialogsum", choices=["dialogsum", "qa", "sentiment"])
+    parser.add_argument("--methods", nargs="+", choices=sorted(LRS), default=SELECTIVE,
+                        help="the methods to probe (default: tutorial 07's)")
+    parser.add_argument("--lrs", type=float, nargs="+", help="these learning rates for every method probed")
+    args = parser.parse_args(argv)
+    lrs_of = {m: args.lrs or LRS[m] for m in args.methods}
+    steps, batch, n_val = (4, 4, 8) if args.quick else (args.steps, args.batch, 64)
+    task = args.task
+    splits = make_splits(task, 64 if args.quick else 2000, n_val, 4, seed=0)
+    tok = load_base_model(quick=args.quick, progress=False).tokenizer
+    results = {}
+    print(f"{task}: {steps} steps of {batch}; held-out loss on {n_val} rows (lower is better)")
+    for method, lrs in lrs_of.items():
+        for lr in lrs:
+            mp.manual_seed(0)
+            base = load_base_model(quick=args.quick, progress=False).model
+            cfg = config(method, base, sft_sampler(splits["train"], task, tok, batch, base.config.context_length,
+                                                   seed=1), base.config.n_layer)
+            peft = get_peft_model(base, cfg)
+            ctx = context_left(peft)                     # the context less any virtual tokens
+            t0 = time.perf_counter()
+            res = finetune(peft, tok, task, splits["train"], steps=steps, batch_size=batch, lr=lr, seed=0,
+                           progress=False, measure_memory=False, log_every=0)
+            val = held_out_loss(peft, tok, splits["val"], ctx, task)
+            results[(method, lr)] = val
+            print(f"{method:<19} lr {lr:<7g} train loss {res.final_loss:.3f}  held-out loss {val:.3f}  "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    best = {m: min(lrs, key=lambda lr: results[(m, lr)]) for m, lrs in lrs_of.items()}
+    print("best lr: " + ", ".join(f"{m} {lr:g}" for m, lr in best.items()))
+    return {"results": results, "best": best}
+
+
+if __name__ == "__main__":
+    mp.tune_allocator()
+    main()
