@@ -46,8 +46,8 @@ LRS = {   # each grid wide enough that its best rate is not at an edge (session 
     "last 1 block": [1e-3, 3e-3, 1e-2, 3e-2],
     "sparse 1%": [3e-3, 1e-2, 3e-2, 1e-1],
     "LoRA r=8": [3e-3, 1e-2, 3e-2],
-    "prompt tuning n=20": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
-    "prefix tuning n=20": [3e-3, 1e-2, 3e-2, 1e-1],
+    "prompt tuning n=20": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 30.0, 100.0],
+    "prefix tuning n=20": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
 }
 SELECTIVE = ["BitFit", "LayerNorm", "embeddings", "last 1 block", "sparse 1%", "LoRA r=8"]   # tutorial 07's
 

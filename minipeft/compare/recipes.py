@@ -104,6 +104,7 @@ def _peft(make_config: Callable[[Module], object]) -> Callable[[Module, BuildCon
 T06 = "tutorial 06 (60-step validation-loss grid)"
 T07 = "tutorial 07"
 T07_LR = " (best of 4 in bench/lr_probe.py, 60 steps of 8)"
+T08, PROBE = "tutorial 08", " in bench/lr_probe.py; AdamW, not Lester et al.'s Adafactor)"
 METHOD_RECIPES: dict[str, Recipe] = {
     "full": Recipe("full fine-tuning", 1e-3, "tutorial 03 (also 07-09)", _full, "full"),
     "lora-qv": Recipe("LoRA r=8 q,v", 1e-2, T06 + " (module docstring)", _peft(
@@ -123,9 +124,9 @@ METHOD_RECIPES: dict[str, Recipe] = {
     "last-layer": Recipe("last block", 1e-2, T07 + T07_LR, _peft(
         lambda b: last_k_layers_config(1, b.config.n_layer)), "selective"),
     "sparse": Recipe("sparse 1% (Fisher)", 3e-2, T07 + T07_LR, _sparse, "selective"),
-    "prompt-tuning": Recipe(f"prompt tuning n={VIRTUAL_TOKENS}", 0.3, "tutorials 08, 09 (Lester et al.: 0.3)", _peft(
+    "prompt-tuning": Recipe(f"prompt tuning n={VIRTUAL_TOKENS}", 30.0, T08 + " (best of 10" + PROBE, _peft(
         lambda b: PromptTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS, prompt_tuning_init="SAMPLE_VOCAB")),
         "soft prompt"),
-    "prefix-tuning": Recipe(f"prefix tuning n={VIRTUAL_TOKENS}", 3e-2, "tutorial 08", _peft(
+    "prefix-tuning": Recipe(f"prefix tuning n={VIRTUAL_TOKENS}", 3e-1, T08 + " (best of 6" + PROBE, _peft(
         lambda b: PrefixTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS)), "soft prompt"),
 }
