@@ -19,12 +19,8 @@ import argparse
 import time
 
 import minipeft as mp
-from minipeft import no_grad
-from minipeft.data.batching import collate_sft, encode_rows
 from minipeft.data.generator import make_splits
-from minipeft.finetune import finetune, sft_sampler
-from minipeft.generate import context_left
-from minipeft.loss import causal_lm_loss
+from minipeft.finetune import finetune, sft_sampler, validation_loss
 from minipeft.peft import (
     LoraConfig,
     PrefixTuningConfig,
@@ -63,17 +59,6 @@ def config(method: str, base, sampler, n_layer: int):
             "prefix tuning n=20": lambda: PrefixTuningConfig(num_virtual_tokens=20)}[method]()
 
 
-def held_out_loss(model, tok, rows, max_len: int, task: str) -> float:
-    """Mean completion-token loss on rows, in batches of 8, teacher-forced (no generation)."""
-    enc = encode_rows(rows, task, tok, max_len)
-    losses = []
-    with no_grad():
-        for i in range(0, len(enc), 8):
-            b = collate_sft(enc[i:i + 8], tok.pad_id)
-            losses.append(causal_lm_loss(model, b["input_ids"], b["targets"]).item())
-    return sum(losses) / len(losses)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -98,11 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
             cfg = config(method, base, sft_sampler(splits["train"], task, tok, batch, base.config.context_length,
                                                    seed=1), base.config.n_layer)
             peft = get_peft_model(base, cfg)
-            ctx = context_left(peft)                     # the context less any virtual tokens
             t0 = time.perf_counter()
             res = finetune(peft, tok, task, splits["train"], steps=steps, batch_size=batch, lr=lr, seed=0,
                            progress=False, measure_memory=False, log_every=0)
-            val = held_out_loss(peft, tok, splits["val"], ctx, task)
+            val = validation_loss(peft, tok, splits["val"], task)
             results[(method, lr)] = val
             print(f"{method:<19} lr {lr:<7g} train loss {res.final_loss:.3f}  held-out loss {val:.3f}  "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -6,10 +6,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from minipeft.autograd import no_grad
 from minipeft.data.batching import check_positive_int, collate_sft, encode_rows
 from minipeft.data.dialogues import fact_kind
 from minipeft.data.generator import get_task
 from minipeft.generate import context_left, generate
+from minipeft.loss import causal_lm_loss
 from minipeft.metrics import accuracy, exact_match, fact_recall, fact_recall_by_kind, rouge
 from minipeft.optim import AdamW, cosine_schedule
 from minipeft.train import TrainResult, train
@@ -49,6 +51,30 @@ def finetune(model, tok, task: str, rows: Sequence[dict], *, steps: int, batch_s
                  schedule=lambda s: cosine_schedule(s, steps, min(warmup, steps // 2), lr, lr / 10),
                  grad_clip=1.0, progress=progress, seed=seed, measure_memory=measure_memory, desc=desc,
                  log_every=log_every)
+
+
+def validation_loss(model, tok, rows: Sequence[dict], task: str, max_len: int | None = None,
+                    batch_size: int = 16) -> float:
+    """Mean loss per completion token on held-out rows, teacher-forced (no generation), in eval mode.
+
+    Every completion token weighs the same, whatever its batch: sum of the batches' token losses over the
+    number of tokens. max_len: as finetune()'s, default the context left after any virtual tokens."""
+    enc = encode_rows(rows, task, tok, max_len or _context(model))
+    was_training = getattr(model, "training", True)
+    model.eval()
+    total = count = 0.0
+    try:
+        with no_grad():
+            for i in range(0, len(enc), batch_size):
+                b = collate_sft(enc[i:i + batch_size], tok.pad_id)
+                n = int((b["targets"] != -100).sum())
+                total += causal_lm_loss(model, b["input_ids"], b["targets"]).item() * n
+                count += n
+    finally:
+        model.train(was_training)
+    if not count:
+        raise ValueError(f"validation_loss: the {len(enc)} rows hold no completion token to score")
+    return total / count
 
 
 def _context(model) -> int:

@@ -84,6 +84,20 @@ def test_num_threads_reads_the_environment(monkeypatch):
     assert _shared.num_threads() == 1       # not a positive integer: the default
 
 
+def test_worker_pool_follows_the_thread_count(monkeypatch):
+    """A pool is made for num_threads() - 1 workers and remade when MINIPEFT_NUM_THREADS changes."""
+    if backend.is_gpu():
+        pytest.skip("the worker pool is a CPU thing: on a GPU (or the strict stand-in) workers() is None")
+    monkeypatch.setenv("MINIPEFT_NUM_THREADS", "2")
+    two = _shared.workers()
+    assert two is not None and two._max_workers == 1
+    monkeypatch.setenv("MINIPEFT_NUM_THREADS", "3")
+    three = _shared.workers()
+    assert three is not two and three._max_workers == 2 and _shared.workers() is three
+    monkeypatch.setenv("MINIPEFT_NUM_THREADS", "1")
+    assert _shared.workers() is None
+
+
 def test_worker_pool_is_remade_after_a_fork(monkeypatch):
     """A pool made before os.fork() has no threads in the child; work submitted to it would wait forever."""
     if backend.is_gpu():

@@ -161,3 +161,27 @@ def test_split_for_bpe_moves_the_prompts_trailing_space_to_the_completion():
     tok = Tokenizer.train(make_corpus(200, seed=0), vocab_size=400)
     p, c = split_for_bpe("Sentiment: ", "positive")
     assert len(tok.encode(c)) <= len(tok.encode("positive"))  # " positive" is the common spelling
+
+
+def test_validation_loss_weighs_every_completion_token_alike_and_restores_the_mode():
+    """The mean over completion tokens, whatever the batching: batches of 1 and one batch of all rows agree (to
+    float32 rounding of a few summed losses), and equal the token-weighted mean of causal_lm_loss per row; the
+    model's training mode is put back."""
+    from minipeft import manual_seed
+    from minipeft.finetune import validation_loss
+    from minipeft.loss import causal_lm_loss
+    from minipeft.nn import GPT, GPTConfig
+
+    tok = Tokenizer.train(make_corpus(100, seed=0), vocab_size=400)
+    rows = make_splits("qa", 6, 0, 0, seed=0)["train"]
+    manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=400, context_length=1024, d_model=16, n_layer=1, n_head=2, d_ff=32))
+    model.train()
+    one_each = validation_loss(model, tok, rows, "qa", batch_size=1)
+    assert model.training
+    all_at_once = validation_loss(model, tok, rows, "qa", batch_size=len(rows))
+    per_row = [(causal_lm_loss(model, b["input_ids"], b["targets"]).item(), int((b["targets"] != IGNORE_INDEX).sum()))
+               for b in sft_batches(rows, "qa", tok, batch_size=1, max_len=1024, shuffle=False)]
+    weighted = sum(loss * n for loss, n in per_row) / sum(n for _, n in per_row)
+    assert len({n for _, n in per_row}) > 1          # rows of different lengths, so weighting matters
+    np.testing.assert_allclose([one_each, all_at_once], weighted, rtol=1e-5)   # float32 sums of ~10 terms

@@ -31,10 +31,8 @@ import argparse
 import numpy as np
 
 import minipeft as mp
-from minipeft.autograd import no_grad
-from minipeft.data.batching import collate_sft, encode_rows
 from minipeft.data.generator import make_splits
-from minipeft.finetune import evaluate, finetune
+from minipeft.finetune import evaluate, finetune, validation_loss
 from minipeft.peft import LoraConfig, get_peft_model
 from minipeft.pretrain import load_base_model
 
@@ -48,20 +46,6 @@ TARGET_SETS = {"q,v": ["q_proj", "v_proj"],
 N_TRAIN, N_VAL, N_TEST = 1500, 64, 60
 STEPS, BATCH, LR, SEED = 200, 16, 3e-3, 0
 PLOT = "rank_sweep.png"
-
-
-@no_grad()
-def val_loss(model, tok, rows, max_len: int) -> float:
-    """Mean completion-token loss over the validation rows (teacher forcing, no generation)."""
-    model.eval()
-    enc = encode_rows(rows, TASK, tok, max_len)
-    total, count = 0.0, 0
-    for i in range(0, len(enc), 16):
-        b = collate_sft(enc[i:i + 16], tok.pad_id)
-        n = int((b["targets"] != -100).sum())
-        total += model(b["input_ids"], b["targets"])[1].item() * n
-        count += n
-    return total / count
 
 
 def plot(results: list[tuple], path: str) -> bool:
@@ -106,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             res = finetune(peft, base.tokenizer, TASK, splits["train"], steps=steps,
                            batch_size=8 if args.quick else BATCH, lr=LR, seed=SEED, progress=False,
                            measure_memory=False, log_every=0, desc=f"r={r}")
-            vl = val_loss(peft, base.tokenizer, splits["val"], base.model.config.context_length)
+            vl = validation_loss(peft, base.tokenizer, splits["val"], TASK)
             scores, _ = evaluate(peft, base.tokenizer, splits["test"], TASK)
             n = peft.get_nb_trainable_parameters()[0]
             results.append((label, r, n, vl, scores["rougeL"]))

@@ -46,10 +46,9 @@ import numpy as np
 
 import minipeft as mp
 from minipeft.autograd import no_grad
-from minipeft.data.batching import collate_sft, encode_rows
+from minipeft.data.batching import encode_rows
 from minipeft.data.generator import get_task, make_splits
-from minipeft.finetune import evaluate, finetune
-from minipeft.generate import context_left
+from minipeft.finetune import evaluate, finetune, validation_loss
 from minipeft.peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from minipeft.peft.tuners.prompt_tuning import nearest_tokens, prompt_nearest_tokens
 from minipeft.pretrain import load_base_model
@@ -81,21 +80,6 @@ def with_room_for(model, n: int):
                          "has exactly context_length rows)")
     model.config = dataclasses.replace(model.config, context_length=model.config.context_length + n)
     return model
-
-
-@no_grad()
-def val_loss(model, tok, rows) -> float:
-    """Mean completion-token loss on held-out rows (teacher forcing, no generation)."""
-    model.eval()
-    enc = encode_rows(rows, TASK, tok, context_left(model))
-    total = count = 0
-    for i in range(0, len(enc), 16):
-        b = collate_sft(enc[i:i + 16], tok.pad_id)
-        n = int((b["targets"] != -100).sum())
-        total += model(b["input_ids"], b["targets"])[1].item() * n
-        count += n
-    model.train()
-    return total / count
 
 
 def task_token_share(ids: np.ndarray, task_tokens: set[int]) -> float:
@@ -134,8 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
                        progress=not args.quick, measure_memory=False, desc=label)
         scores, preds = evaluate(model, tok, splits["test"], TASK, max_new)
         trainable = sum(p.size for p in model.parameters(trainable_only=True))
-        runs.append(dict(label=label, n=n_virtual, trainable=trainable, val=val_loss(model, tok, splits["val"]),
-                         scores=scores, seconds=res.wall_time_s, pred=preds[0]))
+        val = validation_loss(model, tok, splits["val"], TASK)
+        runs.append(dict(label=label, n=n_virtual, trainable=trainable, val=val, scores=scores,
+                         seconds=res.wall_time_s, pred=preds[0]))
         return model
 
     prompts = {}

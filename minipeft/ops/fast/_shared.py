@@ -46,11 +46,15 @@ def num_threads() -> int:
 def workers() -> ThreadPoolExecutor | None:
     """A persistent pool of num_threads() - 1 worker threads (the caller is the last one); None on the GPU or with
     one thread. NumPy's ufuncs release the GIL, so a pass over one slice runs beside a pass over another."""
-    if backend.is_gpu() or num_threads() < 2:
+    n = num_threads()
+    if backend.is_gpu() or n < 2:
         return None
-    if not _pool or _pool[0] != os.getpid():   # none yet, or made before a fork: its threads are not in this process
-        _pool[:] = [os.getpid(), ThreadPoolExecutor(num_threads() - 1, thread_name_prefix="minipeft-fast")]
-    return _pool[1]
+    # none yet, made before a fork (its threads are not in this process), or for another thread count: a new one
+    if _pool[:2] != [os.getpid(), n]:
+        if _pool:
+            _pool[2].shutdown(wait=False)
+        _pool[:] = [os.getpid(), n, ThreadPoolExecutor(n - 1, thread_name_prefix="minipeft-fast")]
+    return _pool[2]
 
 
 def parallel_for(work: Callable[[Sequence[slice]], None], parts: Sequence[slice]) -> None:
@@ -63,7 +67,7 @@ def parallel_for(work: Callable[[Sequence[slice]], None], parts: Sequence[slice]
     if pool is None or len(parts) < 2:
         work(parts)
         return
-    n = min(pool._max_workers + 1, len(parts))
+    n = min(num_threads(), len(parts))          # the pool's workers and this thread
     runs = [parts[i * len(parts) // n:(i + 1) * len(parts) // n] for i in range(n)]
     pending = [pool.submit(work, r) for r in runs[1:]]
     try:
