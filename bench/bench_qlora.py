@@ -11,7 +11,7 @@ Reports, all measured in this one run:
   the difference, and are also timed alone (2 per 4-bit layer) as a share of the LoRA step;
 - peak memory of a first step (tracemalloc, beyond the weights) and the bytes the weights hold.
 
-    python bench/bench_qlora.py            # ~1-2 minutes on 2 cores
+    python bench/bench_qlora.py            # ~40 s on 2 cores
     python bench/bench_qlora.py --quick    # seconds, small shapes (smoke test)
 """
 
@@ -35,16 +35,11 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 VARIANTS = ("lora", "qlora")
 
 
-def sync() -> None:
-    if backend.is_gpu():
-        backend.xp().cuda.Device().synchronize()
-
-
 def timed(fn) -> float:
-    sync()
+    backend.synchronize()
     t = time.perf_counter()
     fn()
-    sync()
+    backend.synchronize()
     return time.perf_counter() - t
 
 

@@ -16,12 +16,17 @@ backward and optimizer (step + zero_grad). Then inference: the base model, LoRA 
 Threads: both sides use the same count, OPENBLAS_NUM_THREADS / OMP_NUM_THREADS for NumPy (set here before
 NumPy loads, default: every core) and `torch.set_num_threads` for PyTorch; the script prints it.
 
+On a GPU (`MINIPEFT_DEVICE=cuda`: minipeft on CuPy) the PyTorch model runs on the same GPU, and both sides
+wait for the device (`backend.synchronize`, `torch.cuda.synchronize`) at each phase's edges, since kernels run
+asynchronously and a timer read straight after a call would measure only the launch.
+
 PyTorch and PEFT are an optional extra, never a run-time dependency of minipeft:
 
     pip install -e '.[bench]'                          # torch==2.13.0 (CPU build) and peft
     python bench/vs_pytorch.py                         # the three shapes, 5 rounds each (minutes on 2 cores)
     python bench/vs_pytorch.py --shapes large --rounds 9
     python bench/vs_pytorch.py --quick                 # seconds, a tiny model (smoke test)
+    MINIPEFT_DEVICE=cuda python bench/vs_pytorch.py    # both on the GPU (PyTorch built with CUDA)
 """
 
 from __future__ import annotations
@@ -117,7 +122,7 @@ def torch_gpt_class(torch):
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
         def forward(self, ids):
-            x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
+            x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1], device=ids.device))
             for block in self.blocks:
                 x = block(x)
             return self.lm_head(self.ln_f(x))
@@ -137,14 +142,33 @@ def copy_weights(torch, src, dst) -> None:
             p.copy_(torch.from_numpy(np.ascontiguousarray(backend.to_numpy(ours[name].data))))
 
 
+def torch_device(torch) -> str:
+    """Where the PyTorch side runs: the GPU when minipeft is on one (so both share it), else the CPU.
+
+    minipeft's strict stand-in for CuPy (its tests' device) runs on the CPU, so PyTorch stays there with it."""
+    if mp.get_device() in ("cpu", "strict"):
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise SystemExit(f"minipeft is on {mp.get_device()} but this PyTorch ({torch.__version__}) sees no CUDA GPU: "
+                         "install a CUDA build of torch, or unset MINIPEFT_DEVICE to compare on the CPU")
+    return "cuda"
+
+
+def sync(torch) -> None:
+    """Wait for both frameworks' queued GPU work (nothing to wait for on the CPU)."""
+    backend.synchronize()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def build(torch, peft, shape: str, lora: bool):
-    """(minipeft model, its AdamW, PyTorch model, its AdamW) with the same weights."""
+    """(minipeft model, its AdamW, PyTorch model, its AdamW) with the same weights, on the same device."""
     d, L, H, V, _, T = SHAPES[shape]
     cfg = GPTConfig(vocab_size=V, context_length=T, d_model=d, n_layer=L, n_head=H, d_ff=4 * d,
                     tie_embeddings=False)
     mp.manual_seed(0)
     ours = GPT(cfg)
-    theirs = torch_gpt_class(torch)(cfg)
+    theirs = torch_gpt_class(torch)(cfg).to(torch_device(torch))
     if lora:
         ours = get_peft_model(ours, LoraConfig(**LORA))
         theirs = peft.get_peft_model(theirs, peft.LoraConfig(**LORA, lora_dropout=0.0))
@@ -156,27 +180,35 @@ def build(torch, peft, shape: str, lora: bool):
 
 def ours_step(model, opt, x, y) -> tuple[float, float, float, float]:
     """One minipeft step; (loss, forward s, backward s, optimizer s)."""
+    backend.synchronize()
     t0 = time.perf_counter()
     loss = causal_lm_loss(model, x, y)
+    backend.synchronize()
     t1 = time.perf_counter()
     loss.backward()
+    backend.synchronize()
     t2 = time.perf_counter()
     opt.step()
     opt.zero_grad()
+    backend.synchronize()
     t3 = time.perf_counter()
     return float(loss.item()), t1 - t0, t2 - t1, t3 - t2
 
 
 def torch_step(torch, model, opt, x, y) -> tuple[float, float, float, float]:
     """One PyTorch step; (loss, forward s, backward s, optimizer s)."""
+    sync(torch)
     t0 = time.perf_counter()
     logits = model(x)
     loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+    sync(torch)
     t1 = time.perf_counter()
     loss.backward()
+    sync(torch)
     t2 = time.perf_counter()
     opt.step()
     opt.zero_grad(set_to_none=True)
+    sync(torch)
     t3 = time.perf_counter()
     return float(loss.item()), t1 - t0, t2 - t1, t3 - t2
 
@@ -193,7 +225,7 @@ def check_losses(torch, pair, x, y, tx, ty, label: str) -> tuple[float, float]:
     """
     ours, opt, theirs, topt = pair
     with mp.no_grad(), torch.no_grad():           # the logits first: a weight not copied shows here at once
-        a, b = backend.to_numpy(ours.head(ours.hidden_states(x)).data), theirs(tx).numpy()
+        a, b = backend.to_numpy(ours.head(ours.hidden_states(x)).data), theirs(tx).cpu().numpy()
     if np.abs(a - b).max() > 1e-4 * np.abs(b).max():
         raise RuntimeError(f"{label}: logits differ by {np.abs(a - b).max():.2e} (largest {np.abs(b).max():.2e})")
     l1, l2 = ours_step(ours, opt, x, y)[0], torch_step(torch, theirs, topt, tx, ty)[0]
@@ -213,15 +245,19 @@ def infer_times(torch, pairs, x, tx, rounds: int) -> dict:
         m.eval()
 
     def ours(m):
+        sync(torch)
         t = time.perf_counter()
         with mp.no_grad():
             m(x)
+        sync(torch)
         return time.perf_counter() - t
 
     def theirs(m):
+        sync(torch)
         t = time.perf_counter()
         with torch.inference_mode():
             m(tx)
+        sync(torch)
         return time.perf_counter() - t
 
     out = {k: [] for k in ("base", "unmerged", "merged")}
@@ -246,7 +282,7 @@ def run_shape(torch, peft, shape: str, rounds: int) -> dict:
     rng = np.random.default_rng(0)
     xn, yn = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
     x, y = backend.xp().asarray(xn), backend.xp().asarray(yn)
-    tx, ty = torch.from_numpy(xn), torch.from_numpy(yn)
+    tx, ty = torch.from_numpy(xn).to(torch_device(torch)), torch.from_numpy(yn).to(torch_device(torch))
     pairs = {v: build(torch, peft, shape, v == "lora") for v in ("full", "lora")}
     n_params = sum(p.size for p in pairs["full"][0].parameters())
     n_lora = sum(p.size for p in pairs["lora"][0].parameters(trainable_only=True))
@@ -311,9 +347,11 @@ def torch_profile(torch, peft, shape: str, rows: int = 14) -> None:
     _, _, model, opt = build(torch, peft, shape, lora=False)
     d, L, H, V, B, T = SHAPES[shape]
     rng = np.random.default_rng(0)
-    x, y = torch.from_numpy(rng.integers(0, V, (B, T))), torch.from_numpy(rng.integers(0, V, (B, T)))
+    dev = torch_device(torch)
+    x, y = (torch.from_numpy(rng.integers(0, V, (B, T))).to(dev) for _ in range(2))
     torch_step(torch, model, opt, x, y)                     # warm-up: AdamW state
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev == "cuda" else [])
+    with profile(activities=acts) as prof:
         torch_step(torch, model, opt, x, y)
     print(f"\nPyTorch's profile of one full step, {shape} shape (self CPU time per op kind):")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
@@ -336,9 +374,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(threads)
     print(f"machine: {backend.device_name()}; load average {os.getloadavg()[0]:.1f}; numpy {np.__version__}, "
           f"torch {torch.__version__}, peft {peft.__version__}; device {mp.get_device()}")
-    print(f"threads: {threads} for both (NumPy: OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; "
-          f"PyTorch: torch.get_num_threads() = {torch.get_num_threads()}); float32; fast ops "
-          f"{'on' if mp.fast_ops_enabled() else 'off'}")
+    if backend.is_gpu():
+        torch.backends.cuda.matmul.allow_tf32 = False          # float32 products on both sides: CuPy uses TF32
+        torch.backends.cudnn.allow_tf32 = False                # only when CUPY_TF32=1 is set
+        tf32 = os.environ.get("CUPY_TF32", "0")
+        dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+        print(f"both on the GPU (minipeft: {mp.get_device()}, PyTorch: {torch_device(torch)}, {dev}); float32 "
+              f"(TF32 off in PyTorch, "
+              f"CUPY_TF32={tf32}); "
+              f"fast ops {'on' if mp.fast_ops_enabled() else 'off'}")
+    else:
+        print(f"threads: {threads} for both (NumPy: OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; "
+              f"PyTorch: torch.get_num_threads() = {torch.get_num_threads()}); float32; fast ops "
+              f"{'on' if mp.fast_ops_enabled() else 'off'}")
     shapes, rounds = (["quick"], 2) if args.quick else (args.shapes, args.rounds)
     results = {s: run_shape(torch, peft, s, rounds) for s in shapes}
     print("\nsummary (median of per-round ratios): shape, minipeft/PyTorch full, LoRA; LoRA/full PyTorch, minipeft")

@@ -97,6 +97,16 @@ def is_gpu() -> bool:
     return _state["device"] != "cpu"
 
 
+def synchronize() -> None:
+    """Wait until the GPU has finished every kernel queued so far; a no-op on the CPU (torch.cuda.synchronize).
+
+    GPU work is asynchronous: a call returns once its kernels are queued, so a timer read straight after it
+    measures the launch, not the work. Benchmarks call this on both sides of what they time.
+    """
+    if is_gpu():
+        _state["xp"].cuda.Device().synchronize()
+
+
 def cupyx():
     """The cupyx module (scatter_add and friends) on the GPU path: CuPy's, or the strict stand-in's mirror."""
     if _state["device"] == "strict":

@@ -163,3 +163,17 @@ def test_device_name_names_the_cpu_model_and_cores(monkeypatch):
     monkeypatch.setattr(builtins, "open", no_cpuinfo)
     monkeypatch.setattr(platform, "processor", lambda: "")
     assert backend.device_name() == f"CPU {platform.machine() or 'unknown CPU'}, {os.cpu_count()} cores"
+
+
+def test_synchronize_waits_on_the_device_and_is_a_no_op_on_the_cpu(monkeypatch):
+    calls = []
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        Device=lambda device=None: types.SimpleNamespace(synchronize=lambda: calls.append("sync"))))
+    monkeypatch.setitem(backend._state, "device", "cuda")
+    monkeypatch.setitem(backend._state, "xp", fake)
+    backend.synchronize()
+    assert calls == ["sync"]                 # on a GPU: the device's queue is drained
+    monkeypatch.setitem(backend._state, "device", "cpu")
+    monkeypatch.setitem(backend._state, "xp", np)
+    backend.synchronize()
+    assert calls == ["sync"]                 # on the CPU there is nothing to wait for

@@ -156,6 +156,42 @@ def test_vs_pytorch_quick_runs(capsys, keep_rng):
         assert text in out, text
 
 
+def test_vs_pytorch_quick_runs_on_the_gpu_path(capsys, keep_rng, monkeypatch):
+    """The GPU code path (minipeft's arrays on a device, timers fenced by backend.synchronize), run on the strict
+    CuPy stand-in so it is exercised without a GPU: the same figures, and each timed phase of a step waits for
+    the device on both edges (a timer read without that measures only the kernels' launch)."""
+    import numpy as np
+    import pytest
+
+    import minipeft
+    from minipeft import backend
+
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    bench = load("vs_pytorch")
+    prev = minipeft.get_device()
+    with backend.fork_rng():
+        minipeft.set_device("strict")
+        try:
+            assert bench.main(["--quick"]) == 0
+            out = capsys.readouterr().out
+            ours, opt, theirs, topt = bench.build(torch, peft, "quick", lora=False)
+            xn = np.random.default_rng(0).integers(0, 128, (2, 32))
+            x, tx = backend.asarray(xn), torch.from_numpy(xn)
+            calls = []
+            real = backend.synchronize
+            monkeypatch.setattr(backend, "synchronize", lambda: (calls.append(1), real())[1])
+            bench.ours_step(ours, opt, x, x)
+            assert len(calls) == 4          # before the forward, after it, after the backward, after the update
+            bench.torch_step(torch, theirs, topt, tx, tx)
+            assert len(calls) == 8          # the PyTorch side's fences wait for minipeft's queue too
+        finally:
+            minipeft.set_device(prev)
+    assert "both on the GPU (minipeft: strict" in out
+    for text in ("first-step loss", "minipeft / PyTorch", "tokens/s", "inference", "summary"):
+        assert text in out, text
+
+
 def test_vs_pytorch_check_catches_a_weight_that_differs(keep_rng):
     """The equality check before timing can fail: one PyTorch weight off by 1% and the logits disagree."""
     import numpy as np

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU check (issue 18), prepared to run in one call on a lent GPU machine, where CuPy and a CUDA build of
+# PyTorch are installed but minipeft is not (nothing can be downloaded there, so it runs from this tree):
+#
+#     bash bench/gpu_check.sh            # ~6-9 minutes; logs under $OUT (or ./gpu_check_out)
+#
+# 1. minipeft against PyTorch on the same GPU (bench/vs_pytorch.py: ms/step, tokens/s, inference), the
+#    tutorials' model and the largest shape;
+# 2. bench/bench_train_step.py on the GPU (LoRA / full step time, the GPU's float32 matmul rate);
+# 3. the test suite with MINIPEFT_DEVICE=cuda, stopping at the first failure. tests/test_metrics.py is left
+#    out: it checks ROUGE against the rouge-score package, a dev extra that such a machine may lack (host
+#    code; it runs on every CPU run).
+# Each step has its own time limit, so a slow one cannot eat the next one's; each prints its exit status.
+# A dry run without a GPU: MINIPEFT_DEVICE=strict bash bench/gpu_check.sh (the CuPy stand-in; PyTorch on the CPU).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu_check_out}
+mkdir -p "$out"
+export MINIPEFT_DEVICE=${MINIPEFT_DEVICE:-cuda} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+py=$(command -v python3 || command -v python)
+
+step() {  # step NAME SECONDS COMMAND...: run it with a time limit, its output to the screen and $out/NAME.txt
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit} s): $*"
+    local t0=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee "$out/$name.txt"
+    local rc=${PIPESTATUS[0]}
+    echo "=== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
+}
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    "$py" -c "import numpy, sys; print('python', sys.version.split()[0], 'numpy', numpy.__version__)"
+    "$py" -c "import cupy; print('cupy', cupy.__version__)" 2>/dev/null || echo "no cupy"
+    "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" 2>/dev/null \
+        || echo "no torch"
+    echo "MINIPEFT_DEVICE=$MINIPEFT_DEVICE"
+} | tee "$out/summary.txt"
+
+step vs_pytorch 180 "$py" bench/vs_pytorch.py --shapes mini large --rounds 5
+step bench_train_step 90 "$py" bench/bench_train_step.py
+step pytest 330 "$py" -m pytest -x -q -p no:cacheprovider --ignore=tests/test_metrics.py
+cat "$out/summary.txt"
