@@ -50,6 +50,23 @@ def positive_float(text: str) -> float:
     return v
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return v
+
+
+def out_dir(text: str) -> Path:
+    """A folder to write: new, or an existing folder (refused before any work if a file has the name)."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; --out names a folder to write")
+    return Path(text)
+
+
 def existing_file(text: str) -> Path:
     if not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"no such file: {text}")
@@ -231,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--task", choices=sorted(TASKS), help="a generated task (default dialogsum), or the shape of "
                     "--data's rows")
     sp.add_argument("--data", type=existing_file, help="your own JSONL: the task's fields, or prompt/completion")
-    sp.add_argument("--out", type=Path, required=True, help="the adapter folder to write")
+    sp.add_argument("--out", type=out_dir, required=True, help="the adapter folder to write")
     sp.add_argument("--steps", type=positive_int, default=150)
     sp.add_argument("--batch-size", type=positive_int, default=16)
     sp.add_argument("--lr", type=positive_float, help="peak learning rate (default: the method's recipe)")
@@ -255,12 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", type=existing_dir, help="a model folder written by merge")
     sp.add_argument("--task", choices=sorted(TASKS), help="wrap --prompt in the task's template")
     sp.add_argument("--max-new-tokens", type=positive_int, default=64)
-    sp.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    sp.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy")
     sp.add_argument("--top-k", type=positive_int)
     sp.add_argument("--seed", type=int)
     sp = add("merge", cmd_merge, "fold an adapter into the base weights and write a plain model folder")
     sp.add_argument("--adapter", type=existing_dir, required=True)
-    sp.add_argument("--out", type=Path, required=True)
+    sp.add_argument("--out", type=out_dir, required=True)
     return p
 
 

@@ -45,7 +45,7 @@ def finetune(model, tok, task: str, rows: Sequence[dict], *, steps: int, batch_s
     params = model.parameters(trainable_only=True)
     if not params:
         raise ValueError("finetune: the model has no trainable parameters (did you freeze everything?)")
-    max_len = max_len or _context(model)
+    max_len = _max_len(model, max_len, "finetune")
     opt = AdamW(params, lr=lr, weight_decay=weight_decay)
     return train(model, sft_sampler(rows, task, tok, batch_size, max_len, seed), steps=steps, optimizer=opt,
                  schedule=lambda s: cosine_schedule(s, steps, min(warmup, steps // 2), lr, lr / 10),
@@ -59,7 +59,8 @@ def validation_loss(model, tok, rows: Sequence[dict], task: str, max_len: int | 
 
     Every completion token weighs the same, whatever its batch: sum of the batches' token losses over the
     number of tokens. max_len: as finetune()'s, default the context left after any virtual tokens."""
-    enc = encode_rows(rows, task, tok, max_len or _context(model))
+    check_positive_int(batch_size, "batch_size", "validation_loss")
+    enc = encode_rows(rows, task, tok, _max_len(model, max_len, "validation_loss"))
     was_training = getattr(model, "training", True)
     model.eval()
     total = count = 0.0
@@ -82,8 +83,21 @@ def _context(model) -> int:
     return context_left(model)
 
 
+def _max_len(model, max_len: int | None, where: str) -> int:
+    """max_len checked against what the model takes; None: all of it."""
+    ctx = _context(model)
+    if max_len is None:
+        return ctx
+    check_positive_int(max_len, "max_len", where)
+    if max_len > ctx:
+        raise ValueError(f"{where}: max_len={max_len} is longer than the model takes ({ctx} positions: its context "
+                         f"less any virtual tokens); pass max_len <= {ctx}, or None for all of it")
+    return max_len
+
+
 def predict(model, tok, rows: Sequence[dict], task: str, max_new_tokens: int = 48) -> list[str]:
     """Greedy completions (KV-cached) of each row's prompt, decoded and stripped."""
+    check_positive_int(max_new_tokens, "max_new_tokens", "predict")
     t = get_task(task)
     prompts = tok.encode_batch([t.to_prompt_completion(r)[0].rstrip(" ") for r in rows])  # see split_for_bpe
     ctx = _context(model)

@@ -7,6 +7,7 @@ re-run each step; both give the same tokens, which the tests check.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -77,13 +78,21 @@ def generate(model, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
     core = core_model(model)
     cfg = core.config
     ctx, n_virtual = context_left(model), virtual_positions(model)
-    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not temperature >= 0:
-        raise ValueError(f"generate: temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if not 0 <= temperature < math.inf:   # inf would sample uniformly, whatever the model says
+        raise ValueError(f"generate: temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise ValueError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
+    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer))
+                               or not 0 <= eos_id < cfg.vocab_size):
+        raise ValueError(f"generate: eos_id must be None or a token id in [0, {cfg.vocab_size}), got {eos_id!r}; "
+                         "pass tokenizer.eos_id (an id that never comes up would never stop generation)")
     prompt = _check_prompt(prompt_ids, cfg.vocab_size)
+    if ctx < 1:
+        raise ValueError(f"generate: the model's {n_virtual} virtual tokens fill its context_length "
+                         f"{cfg.context_length}, leaving no position for a token; use at most "
+                         f"{cfg.context_length - 1} virtual tokens")
     if len(prompt) + max_new_tokens > ctx:
         if not truncate or max_new_tokens >= ctx:
             room = (f"the {ctx} positions its {n_virtual} virtual tokens leave of the model's context_length "

@@ -38,6 +38,9 @@ class Optimizer:
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[Parameter, dict[str, Any]] = {}  # Tensor hashes by identity
         self._scratch: dict[Any, Any] = {}
+        if hasattr(params, "named_parameters"):   # a Module where its parameters belong (torch raises here too)
+            raise TypeError(f"{type(self).__name__} got a {type(params).__name__} module; pass its parameters: "
+                            "model.parameters(trainable_only=True)")
         items = list(params) if not isinstance(params, Parameter) else [params]
         if not items:
             raise ValueError(f"{type(self).__name__} got an empty parameter list; pass model.parameters()")

@@ -84,10 +84,15 @@ def _nonfinite(what: str, value: float, step: int, lr: float) -> FloatingPointEr
         "(token ids in range, not every target ignored) and the weights for NaN/inf.")
 
 
+def _real(v) -> bool:
+    """A real number (not a bool, not a string)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def _scheduled_lr(schedule: Callable[[int], float], step: int) -> float:
     """schedule(step), checked: a learning rate must be a finite number >= 0."""
     lr = schedule(step)
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
+    if not _real(lr) or not math.isfinite(lr) or lr < 0:
         name = getattr(schedule, "__name__", type(schedule).__name__)
         raise ValueError(f"step {step}: the learning-rate schedule {name}({step}) returned {lr!r}; a schedule must "
                          "return a finite number >= 0 at every step (check its formula, e.g. a division by zero "
@@ -127,14 +132,19 @@ def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: in
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be > 0 or None (no clipping), got {grad_clip!r}")
-    if eval_every < 0 or log_every < 0:
-        raise ValueError(f"eval_every and log_every must be >= 0, got {eval_every}, {log_every}")
+    if grad_clip is not None and not (_real(grad_clip) and grad_clip > 0):
+        raise ValueError(f"grad_clip must be a number > 0 or None (no clipping), got {grad_clip!r}")
+    for name, every in (("eval_every", eval_every), ("log_every", log_every)):
+        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 0:
+            raise ValueError(f"{name} must be an int >= 0 (0: never), got {every!r}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be a function (model, x, y) -> loss, got {type(loss_fn).__name__}")
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a minipeft.optim optimizer, got {type(optimizer).__name__}")
+    own = {id(p) for p in model.parameters()}
+    if not any(id(p) in own for p in optimizer.params()):
+        raise ValueError(f"the optimizer holds none of this {type(model).__name__}'s parameters, so training would "
+                         "change nothing; build it from this model: AdamW(model.parameters(trainable_only=True))")
     if seed is not None:
         backend.manual_seed(seed)
     get_batch = _batch_source(batches, steps)

@@ -116,7 +116,12 @@ def encode_rows(rows: Sequence[dict], task: str | Task, tok: TokenizerLike,
                 max_len: int) -> list[tuple[list[int], list[bool]]]:
     """encode_sft for every row of a task, batched through the tokenizer; errors name the row."""
     t = get_task(task)
-    pairs = [split_for_bpe(*t.to_prompt_completion(r)) for r in rows]
+    pairs = []
+    for i, r in enumerate(rows):
+        try:
+            pairs.append(split_for_bpe(*t.to_prompt_completion(r)))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"row {i}: {e}") from None
     prompts = tok.encode_batch([p for p, _ in pairs])
     completions = tok.encode_batch([c for _, c in pairs])
     eos, out = _eos(tok), []

@@ -84,9 +84,17 @@ class Task:
 
     def to_prompt_completion(self, example: dict) -> tuple[str, str]:
         """(prompt, completion) strings for one example; the model learns completion given prompt."""
-        missing = [f for f in (*self.input_fields, self.completion_field) if f not in example]
+        fields = (*self.input_fields, self.completion_field)
+        if not isinstance(example, dict):   # e.g. one row passed where a list of rows belongs
+            raise TypeError(f"{self.name} example must be a dict with fields {list(fields)}, got "
+                            f"{type(example).__name__} {str(example)[:40]!r}; pass a list of such dicts")
+        missing = [f for f in fields if f not in example]
         if missing:
             raise ValueError(f"{self.name} example lacks field(s) {missing}; it has {sorted(example)}")
+        not_text = {f: type(example[f]).__name__ for f in fields if not isinstance(example[f], str)}
+        if not_text:
+            raise TypeError(f"{self.name} example fields must be strings, got {not_text}; convert them with str() "
+                            "(or fix the data)")
         prompt = self.prompt_template.format(**{f: example[f] for f in self.input_fields})
         return prompt, example[self.completion_field]
 

@@ -74,6 +74,11 @@ class Tokenizer:
     def train(cls, texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> Tokenizer:
         """Train a byte-level BPE with <|pad|>=0, <|endoftext|>=1, <|sep|>=2; same texts, same result."""
         n_base = 256 + len(SPECIAL_TOKENS)
+        if isinstance(texts, (str, bytes)):   # iterating it would train on its single characters
+            raise TypeError(f"Tokenizer.train: texts must be a list of strings, got a single {type(texts).__name__}; "
+                            "pass [text]")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise TypeError(f"Tokenizer.train: vocab_size must be an int, got {vocab_size!r}")
         if vocab_size < n_base:
             raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs at least {n_base} "
                              f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
@@ -162,6 +167,9 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of token ids (a list or a 1-D integer array); special tokens dropped by default."""
+        if getattr(ids, "ndim", 1) != 1:
+            raise ValueError(f"decode: ids must be one sequence (a list or a 1-D array), got shape {ids.shape}; "
+                             "decode each row: [tok.decode(row) for row in ids]")
         ids = list(ids)
         n = self.vocab_size
         for pos, i in enumerate(ids):

@@ -155,6 +155,9 @@ class GPT(Module):
     """Decoder-only transformer: `logits, loss = model(ids, targets)`."""
 
     def __init__(self, config: GPTConfig):
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}; build one with GPTConfig(**fields), "
+                            "GPTConfig.from_dict(d) or GPTConfig.from_preset('mini')")
         self.config = config
         self.wte = Embedding(config.vocab_size, config.d_model)
         self.wpe = Embedding(config.context_length, config.d_model) if config.position_embedding == "learned" else None
@@ -166,7 +169,12 @@ class GPT(Module):
 
     def check_input(self, ids, past: int = 0):
         """Validate token ids (B, T): integer dtype, 2-D, within the context; returns the array."""
-        ids = ids.data if isinstance(ids, Tensor) else backend.xp().asarray(ids)
+        try:
+            ids = ids.data if isinstance(ids, Tensor) else backend.xp().asarray(ids)
+        except ValueError:   # NumPy: "inhomogeneous shape"
+            raise ValueError("GPT: token ids must be a rectangular (batch, time) array, got sequences of different "
+                             "lengths; pad them to one length (minipeft.data.collate_sft does) or run them "
+                             "one at a time") from None
         if ids.dtype.kind not in "iu":
             raise TypeError(f"GPT: token ids must be integers, got dtype {ids.dtype}; encode text with the tokenizer")
         if ids.ndim != 2:

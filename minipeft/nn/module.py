@@ -119,7 +119,13 @@ class Module:
 
         Integer parameters (a quantized layer's 4-bit codes) keep their dtype: casting codes would corrupt them.
         """
-        if np.dtype(dtype).kind != "f":
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__}.to takes a float dtype such as 'float64', got {dtype!r}; the "
+                            "device is chosen in one place: minipeft.set_device('cuda') (or MINIPEFT_DEVICE=cuda) "
+                            "before the model is built") from None
+        if dtype.kind != "f":
             raise TypeError(f"{type(self).__name__}.to: parameters must stay floating, "
                             f"got dtype {np.dtype(dtype)}")
         for p in self.parameters():
@@ -149,8 +155,12 @@ class Module:
                            f"{' ...' if len(unexpected) > 8 else ''}; was this state saved from another model "
                            "config? pass strict=False to load the matching subset")
         for name, p in params.items():  # check every shape before copying anything: no half-loaded model
-            if name in state and tuple(state[name].shape) != p.shape:
-                raise ValueError(f"load_state_dict: {name} has shape {tuple(state[name].shape)} in the state "
+            if name not in state:
+                continue
+            v = state[name]
+            shape = tuple(v.shape) if hasattr(v, "shape") else np.shape(v)   # a nested list has no .shape
+            if shape != p.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {shape} in the state "
                                  f"but {p.shape} in the model; the configs differ")
         for name, p in params.items():
             if name in state:

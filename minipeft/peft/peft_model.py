@@ -139,6 +139,9 @@ def get_peft_model(model: Module, peft_config: PeftConfig, adapter_name: str = "
     """Freeze `model` and inject the method's trainable parameters; returns the wrapping PeftModel."""
     if not isinstance(peft_config, PeftConfig):
         raise TypeError(f"peft_config must be a PeftConfig such as LoraConfig, got {type(peft_config).__name__}")
+    if not isinstance(model, Module):
+        raise TypeError(f"get_peft_model: model must be a minipeft Module such as GPT(GPTConfig(...)), got "
+                        f"{type(model).__name__}")
     return PeftModel(model, peft_config, adapter_name)
 
 

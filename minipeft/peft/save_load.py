@@ -111,6 +111,12 @@ def save_adapters(peft_model, root: str, selected: list[str] | None = None) -> N
     if not peft_model.peft_config:
         raise AdapterError("save_pretrained: this PeftModel holds no adapter (the last one was deleted), so there "
                            "is nothing to save; add_adapter() one first")
+    if isinstance(selected, str):
+        raise TypeError(f"save_pretrained: selected_adapters must be a list of adapter names, got the string "
+                        f"{selected!r}; pass [{selected!r}]")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise AdapterError(f"save_pretrained: {root!r} is a file, but an adapter is saved as a folder (config + "
+                           "weights); pass a folder path")
     names = selected or list(peft_model.peft_config)
     for name in names:
         if name not in peft_model.peft_config:
@@ -142,6 +148,11 @@ def recover(directory: str) -> None:
 
 def read_config(directory: str) -> dict:
     """The adapter_config.json of `directory` as a dict (after finishing any save a crash cut short)."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"an adapter is loaded from a folder path, got {type(directory).__name__}")
+    if os.path.isfile(directory):
+        raise AdapterError(f"{directory!r} is a file; pass the adapter folder that holds {CONFIG_NAME} and "
+                           f"{WEIGHTS_NAME} (written by save_pretrained)")
     recover(directory)
     path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(path):

@@ -70,8 +70,10 @@ class BaseTuner(Module):
         """Add adapter `name` as `config` says: wrap every target, add modules_to_save copies, register it."""
         if not isinstance(config, self.config_cls):
             raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(config).__name__}")
-        if not isinstance(name, str) or not name or "." in name:
-            raise ValueError(f"adapter name must be a non-empty string without dots, such as 'default', got {name!r}")
+        if not isinstance(name, str) or not name or any(c in name for c in "./\\"):
+            # a dot would split the parameter path; a slash would put save_pretrained's subfolder outside the folder
+            raise ValueError(f"adapter name must be a non-empty string without dots or slashes, such as 'default', "
+                             f"got {name!r}")
         self._check_loaded("add_adapter()")
         if name in self.peft_config:
             raise ValueError(f"adapter {name!r} already exists; pick another name or delete_adapter({name!r})")

@@ -39,7 +39,7 @@ class BottleneckLayer(BaseTunerLayer):
         first step's gradient reaches W_up through f(y W_down^T) (non-zero, since W_down is random).
         """
         self._check_new(name)
-        xp, dt, d = backend.xp(), self.base_layer.weight.dtype, self.out_features
+        xp, dt, d = backend.xp(), self.base_dtype, self.out_features   # a 4-bit base: its compute dtype, not uint8
         down = Linear(d, bottleneck_size, bias=True)
         up = Linear(bottleneck_size, d, bias=True)
         down.weight.data = down.weight.data.astype(dt)

@@ -32,6 +32,10 @@ class IA3Model(BaseTuner):
     def _create_and_replace(self, config: IA3Config, adapter_name: str, target: Module, path: str) -> None:
         """Wrap the Linear at `path` (or reuse its wrapper) and add the vector, input-side if it is feedforward."""
         if not isinstance(target, IA3Linear):
+            if target.weight.dtype.kind != "f":   # the op rescales W itself, which here holds 4-bit codes
+                raise TypeError(f"IA3 cannot wrap {path!r}: it is a {type(target).__name__} holding "
+                                f"{target.weight.dtype} codes (a 4-bit base), and (IA)^3 on a quantized base is not "
+                                "implemented; use LoRA on it (QLoRA), or apply IA3 to the float base model")
             target = IA3Linear(target)
             self.model.set_submodule(path, target)
         target.update_layer(adapter_name, matches(path, config.feedforward_modules), config.init_ia3_weights)

@@ -79,6 +79,9 @@ class PromptTuningModel(SoftPromptTuner):
 
     def _check_fits(self, n: int, T: int) -> None:
         ctx = self.model.config.context_length
+        if n >= ctx:   # the virtual tokens alone fill the context: no input length would fit
+            raise ValueError(f"prompt tuning: num_virtual_tokens={n} fills the model's context length {ctx}, leaving "
+                             f"no position for an input token; use at most {ctx - 1} virtual tokens")
         if n + T > ctx:
             raise ValueError(f"prompt tuning: {n} virtual tokens + {T} input tokens = {n + T} positions exceed the "
                              f"model's context length {ctx}; truncate the input to at most {ctx - n} tokens, or use "
