@@ -192,6 +192,15 @@ def test_double_quantized_scales_are_within_half_a_step(n, nested, seed, zeros):
     q, s, m = to_numpy(q), to_numpy(s), to_numpy(m)
     assert q.dtype == np.int8 and q.shape == (n,) and np.abs(q.astype(int)).max() <= 127
     assert s.shape == (-(-n // nested),) and m.shape == (1,) and s.dtype == m.dtype == np.float32
+    # The scales are the spec's, checked on their own: the bound below is s / 254, so a too-large s (a wasted
+    # half of the int8 range, twice the error) would loosen it as much as it loosens the error. m is the mean of
+    # the n constants, all >= 0, to float32 summation (relative error <= (n - 1) eps32 / 2 + eps32 / 2 for the
+    # division; n eps32 is twice that); s_j is max |c - m| over nested block j, the subtraction and the max done
+    # in float32 as the spec says, hence exactly equal.
+    mean64 = float(c.astype(np.float64).mean())
+    assert abs(float(m[0]) - mean64) <= n * np.finfo(np.float32).eps * mean64
+    r = np.concatenate([c - m, np.zeros(-n % nested, np.float32)])
+    np.testing.assert_array_equal(s, np.abs(r).reshape(-1, nested).max(axis=1))
     c_hat = to_numpy(dequantize_absmax(dev(q), dev(s), dev(m), nested))
     bound = np.repeat(s / 254, nested)[:n]
     np.testing.assert_allclose(to_numpy(absmax_error_bound(dev(s), n, nested)), bound, rtol=1e-7)

@@ -134,20 +134,25 @@ def test_sgd_plain_weight_decay_and_momentum():
 def test_clip_grad_norm_scales_to_max_norm_and_returns_the_original_norm():
     a, b = _param([0.0, 0.0], grad=[3.0, 4.0]), _param([0.0], grad=[12.0])  # global norm 13
     norm = clip_grad_norm_([a, b], max_norm=6.5)
-    assert norm == pytest.approx(13.0)
+    assert norm == 13.0                                 # 9 + 16 + 144 = 169 and its root are exact in float64
+    # the scale is max_norm / (norm + 1e-6), as in PyTorch (the 1e-6 guards a zero norm), so the clipped norm sits
+    # just under max_norm: 6.5 * 13 / (13 + 1e-6). float64 grads, a handful of roundings (~1.1e-16 each): rel 1e-14
+    clipped = 6.5 * 13.0 / (13.0 + 1e-6)
     new = math.sqrt(float((a.grad**2).sum() + (b.grad**2).sum()))
-    assert new == pytest.approx(6.5, rel=1e-6)
-    np.testing.assert_allclose(N(a.grad / b.grad[0]), np.array([3.0, 4.0]) / 12.0)  # direction kept
-    assert clip_grad_norm_([a, b], max_norm=100.0) == pytest.approx(6.5, rel=1e-6)  # under the limit: as is
-    assert math.sqrt(float((a.grad**2).sum() + (b.grad**2).sum())) == pytest.approx(6.5, rel=1e-6)
+    assert new == pytest.approx(clipped, rel=1e-14) and new < 6.5
+    np.testing.assert_allclose(N(a.grad / b.grad[0]), np.array([3.0, 4.0]) / 12.0, rtol=1e-14)  # direction kept
+    assert clip_grad_norm_([a, b], max_norm=100.0) == pytest.approx(clipped, rel=1e-14)  # under the limit: as is
+    assert math.sqrt(float((a.grad**2).sum() + (b.grad**2).sum())) == pytest.approx(clipped, rel=1e-14)
 
 
 def test_clip_grad_norm_scales_each_gradient_once_when_grads_share_an_array():
     a, b = Parameter(backend.xp().zeros(2)), Parameter(backend.xp().zeros(2))
     ops.add(a, b).sum().backward()  # add's backward hands the same dy to both leaves
-    assert clip_grad_norm_([a, b], max_norm=1.0) == pytest.approx(2.0)
-    np.testing.assert_allclose(N(a.grad), [0.5, 0.5], rtol=1e-5)
-    np.testing.assert_allclose(N(b.grad), [0.5, 0.5], rtol=1e-5)
+    assert clip_grad_norm_([a, b], max_norm=1.0) == 2.0   # sqrt(1 + 1 + 1 + 1), exact
+    # once: 1 * max_norm / (2 + 1e-6), PyTorch's guard as above; float64, one rounding of the scale: rtol 1e-15
+    # (twice would give about 0.25)
+    np.testing.assert_allclose(N(a.grad), [1 / (2 + 1e-6)] * 2, rtol=1e-15)
+    np.testing.assert_allclose(N(b.grad), [1 / (2 + 1e-6)] * 2, rtol=1e-15)
 
 
 def test_clip_grad_norm_reports_nonfinite_norm_without_scaling():

@@ -119,13 +119,21 @@ def test_kv_cached_forward_equals_one_call_and_generation_matches():
     assert generate(model, prompt, 8) == generate(model, prompt, 8, use_cache=False)
 
 
-def test_a_lone_tokens_output_does_not_depend_on_its_position():
-    """One token attending to itself scores q R(p)^T R(p) k = q k at any position p: with no position table,
-    its output is the same at position 0 and at position 9 (a learned table would add a different vector)."""
+def test_a_sequences_outputs_do_not_depend_on_where_it_starts():
+    """Scores depend only on offsets, q R(m)^T R(n) k = q R(n - m) k, and there is no position table: the same
+    tokens at positions 0..4 and at 9..13 give the same logits (a learned table would add different vectors).
+
+    One token alone cannot show this: attending to a single key, softmax gives it weight 1 whatever its score, so
+    turning only k (or q) would pass. Five tokens make every score count."""
     model = rope_gpt()
+    ids = np.random.default_rng(4).integers(0, 64, (2, 5))
     with no_grad():
-        out0, _ = model(np.array([[7]]))
+        out0, _ = model(ids)
         cache = model.new_kv_cache()
-        cache.length = 9  # as if nine positions came before, their keys dropped: the token sits at position 9
-        out9, _ = model(np.array([[7]]), kv_cache=cache)
-    np.testing.assert_allclose(to_numpy(out9.data), to_numpy(out0.data), rtol=1e-10, atol=1e-12)
+        cache.length = 9  # as if nine positions came before, their keys dropped: the tokens sit at positions 9..13
+        out9, _ = model(ids, kv_cache=cache)
+    out0, out9 = to_numpy(out0.data), to_numpy(out9.data)
+    # float64: the angles 9 theta_i .. 13 theta_i round differently from 0 .. 4 theta_i (~1e-16 relative in each
+    # cos and sin), carried through two blocks: ~1e-14 of the largest logit at most (measured 4e-16). 1e-10 leaves
+    # margin; a rotation that breaks the relative property moves the scores, and the logits, by O(1) here.
+    np.testing.assert_allclose(out9, out0, rtol=0, atol=1e-10 * np.abs(out0).max())
