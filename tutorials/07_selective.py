@@ -23,14 +23,15 @@ Learning rates: selective methods train few values, each of which must move furt
 rate than full fine-tuning's 1e-3; each method's is the best of 3-4 rates measured by bench/lr_probe.py
 (LRS below; the table is in BENCHMARKS.md).
 
-Measured in the full run (BENCHMARKS.md, session 8: 5 min 58 s on 2 cores, one seed, 60 test dialogues):
-the claim holds where the backward must still reach layer 0. BitFit, LayerNorm, embeddings-only and sparse 1%
-train 0.2-25% of the parameters yet took 0.92-1.04x full fine-tuning's step time and 0.99-1.02x its peak
-memory (the frozen weights' gradient products are skipped, 0.71-0.72x the FLOPs, but the activations are all
-kept); the last block alone is the exception, 0.72x the time and 0.32x the memory, because the backward stops
-at its input. LoRA r=8 took 0.86x. After 150 steps the last block, embeddings-only and sparse 1% reached ROUGE-L
-0.64-0.66 (facts 0.12-0.15) against LoRA's 0.69 / 0.24; BitFit (0.19) and LayerNorm (0.17) stayed near the
-zero-shot base (0.09) at this budget, even at their best learning rates.
+Measured in the full run (BENCHMARKS.md, session 8: 5 min 58 s on 2 cores, one seed, 60 test dialogues): the claim
+holds where the backward must still reach layer 0. BitFit, LayerNorm, embeddings-only and sparse 1% train 0.2-25%
+of the parameters yet took 0.92-1.04x full fine-tuning's step time and 0.99-1.02x its peak memory (BitFit,
+LayerNorm and embeddings-only skip the frozen weights' gradient products, 0.71-0.72x the FLOPs; sparse computes
+them all and masks them, 0.99x; the activations are all kept); the last block alone is the exception, 0.72x the
+time and 0.32x the memory, because the backward stops at its input. LoRA r=8 took 0.86x. After 150 steps the last
+block, embeddings-only and sparse 1% reached ROUGE-L 0.64-0.66 (facts 0.12-0.15) against LoRA's 0.69 / 0.24; BitFit
+(0.19) and LayerNorm (0.17) stayed near the zero-shot base (0.09) at this budget, even at their best learning
+rates.
 
     python tutorials/07_selective.py          # ~6 minutes on 2 cores with the base model cached
     python tutorials/07_selective.py --quick  # a tiny model, seconds

@@ -23,7 +23,8 @@ size): the gap narrows, +0.90 -> +0.58 -> +0.45, as the paper's figure does at i
 largest here only learns the answer's form: it prints a label first for 178 of 200 reviews (121 "positive",
 57 "negative"; the test set is 100 / 100) but no better than chance (the zero-shot base prints no label:
 0.000). Prompt tuning's learning rate is the one measured for AdamW (3; at
-Lester et al.'s 0.3, session 7's run scored 0.000-0.035 and the gap widened).
+Lester et al.'s 0.3, in session 8's first run on the earlier sizes, prompt tuning scored 0.000-0.035 and the
+gap widened).
 
 Cost: each size is pretrained once and cached like the base model (the largest is the tutorials' base model,
 built by tutorial 01); later runs only fine-tune.

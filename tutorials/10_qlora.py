@@ -16,8 +16,8 @@ Printed evidence, on the cached base model of tutorial 01:
 5. the same accounting for LLaMA-7B (and 65B) from their shapes alone, beside the QLoRA paper's figures.
 The last lines say what the numbers show.
 
-At this model's size (1M parameters) the weights are ~4 MB and the activations of a training step ~300
-MB, so QLoRA's saving shows in the bytes of weights, not in the peak training memory; the 7B table is
+At this model's size (1M parameters) the weights are ~4 MB and the activations of a training step ~200
+MiB, so QLoRA's saving shows in the bytes of weights, not in the peak training memory; the 7B table is
 where the weights dominate.
 
 Measured in the full run (BENCHMARKS.md, session 8: 4 min 34 s on 2 cores): NF4 + DQ holds the linears in

@@ -14,11 +14,11 @@ Claims (the course's, each measured here, whichever way it comes out):
 
 Measured in the full run (BENCHMARKS.md, session 8: 150 steps of 16, 30 test dialogues, one seed; 12.9 minutes):
 full fine-tuning 0.73 ROUGE-L; LoRA on every linear 0.67 with 7% of the parameters, QLoRA 0.65, the last block,
-Houlsby adapters and sparse 1% 0.60-0.64; LoRA q,v 0.49; prefix tuning 0.32; (IA)^3, BitFit, LayerNorm and prompt
-tuning 0.07-0.26 at this budget. Every method trains in ~200 MiB but the last block (71 MiB): the activations
-dominate. Forgetting came out against claim 3: with the adapter active, only prompt tuning raised the held-out
-perplexity less than full fine-tuning did (+75% against +124%). Unmerged, QLoRA decodes at 2.4x the base's time
-per token (it dequantizes every layer for each token); merged, every method runs the base's shapes.
+Houlsby and Pfeiffer adapters and sparse 1% 0.60-0.64; LoRA q,v 0.49; prefix tuning 0.32; (IA)^3, BitFit, LayerNorm
+and prompt tuning 0.07-0.26 at this budget. Every method trains in ~200 MiB but the last block (71 MiB): the
+activations dominate. Forgetting came out against claim 3: with the adapter active, only prompt tuning raised the
+held-out perplexity less than full fine-tuning did (+75% against +124%). Unmerged, QLoRA decodes at 2.4x the base's
+time per token (it dequantizes every layer for each token); merged, every method runs the base's shapes.
 
 Setup: `python -m minipeft compare` runs the same code (minipeft.compare). Every method fine-tunes the cached base
 model of tutorial 01 on the summarization task with the same data, steps, batch and seed, each at the learning
