@@ -124,3 +124,21 @@ def test_a_failed_run_exits_1_with_one_line(home, tmp_path, capsys):
     code, _, err = run(["finetune", "--method", "bitfit", "--data", str(bad), "--out", str(tmp_path / "b"),
                         "--quick"], capsys)
     assert code == 1 and "fit no task" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_interrupted_finetune_leaves_no_stale_run_record(home, tmp_path, capsys, monkeypatch):
+    """generate and merge read minipeft_run.json to pick the base (4-bit for QLoRA): a finetune into a folder that
+    holds an earlier run must not leave that run's record beside a different adapter if saving fails."""
+    from minipeft.peft import PeftModel
+
+    out = tmp_path / "a"
+    out.mkdir()
+    (out / RUN_FILE).write_text(json.dumps({"method": "qlora", "quick": True}))
+
+    def crash(self, directory, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", crash)
+    code, _, err = run(["finetune", "--method", "lora-qv", "--out", str(out), *TINY], capsys)
+    assert code == 1 and "disk full" in err
+    assert not (out / RUN_FILE).exists()

@@ -152,7 +152,8 @@ def test_cross_entropy_float32_both_sides_of_the_shift_free_bound(offset):
     p /= p.sum(-1, keepdims=True)
     want = -np.log(p[np.arange(64), t]).mean()
     tol = 2 * np.finfo(np.float32).eps * (abs(offset) + 8)
-    np.testing.assert_allclose(loss.item(), want, rtol=tol * 10)
+    # the loss (~6) is a difference of terms of size |offset| + 3, each off by <= tol / 2: rtol tol
+    np.testing.assert_allclose(loss.item(), want, rtol=tol)
     np.testing.assert_allclose(to_numpy(zt.grad), (p - np.eye(300)[t]) / 64, rtol=0, atol=tol / 64)
 
 
