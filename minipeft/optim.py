@@ -1,10 +1,12 @@
 """Optimizers (AdamW, SGD), global gradient clipping and a warmup + cosine learning-rate schedule.
 
 Optimizer state (Adam's m and v, SGD's momentum buffer) lives here, keyed by parameter, and is
-created only for parameters that require grad: a frozen base model costs no optimizer memory,
-which is half of what parameter-efficient fine-tuning saves. Updates write into `p.data` in
-place (`out=` / augmented assignment) through one reusable scratch buffer per dtype, so a step
-allocates nothing once it has run once.
+created at a parameter's first update, only for parameters that have a gradient: a frozen base model
+costs no optimizer memory, which is half of what parameter-efficient fine-tuning saves. As in PyTorch,
+an optimizer keeps every parameter it is given and each step updates those with a gradient, so one
+built from `peft_model.parameters()` also trains an adapter that `set_adapter` unfreezes later.
+Updates write into `p.data` in place (`out=` / augmented assignment) through one reusable scratch
+buffer per dtype, so a step allocates nothing once it has run once.
 """
 
 from __future__ import annotations
@@ -62,12 +64,12 @@ class Optimizer:
                 if not isinstance(p, Parameter):
                     raise TypeError(f"{type(self).__name__}: expected Parameters, got {type(p).__name__}")
                 n_total += 1
-                if p.requires_grad and id(p) not in seen:  # frozen parameters get no state, ever
+                if id(p) not in seen:  # kept even if frozen now (PyTorch's rule); a step skips it while it is
                     seen.add(id(p))
                     ps.append(p)
             group["params"] = ps
             self.param_groups.append(group)
-        if not seen:
+        if not any(p.requires_grad for p in self.params()):
             raise ValueError(f"{type(self).__name__}: all {n_total} parameters are frozen (requires_grad=False); "
                              "nothing to optimize. Unfreeze some or apply a PEFT method first")
 
@@ -89,7 +91,7 @@ class Optimizer:
             g["lr"] = float(value)
 
     def params(self) -> list[Parameter]:
-        """Every trainable parameter this optimizer updates."""
+        """Every parameter this optimizer holds; a step updates those that require grad and have a gradient."""
         return [p for g in self.param_groups for p in g["params"]]
 
     def zero_grad(self) -> None:
@@ -101,7 +103,8 @@ class Optimizer:
         """A scratch array shaped like p, a view into one buffer shared by all same-dtype params."""
         buf = self._scratch.get(p.dtype)
         if buf is None or buf.size < p.size:
-            buf = backend.xp().empty(max(q.size for q in self.params() if q.dtype == p.dtype), dtype=p.dtype)
+            sizes = [q.size for q in self.params() if q.dtype == p.dtype and q.requires_grad]   # frozen: none
+            buf = backend.xp().empty(max(sizes + [p.size]), dtype=p.dtype)
             self._scratch[p.dtype] = buf
         return buf[: p.size].reshape(p.shape)
 

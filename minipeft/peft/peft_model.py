@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 from minipeft.nn.module import Module
 from minipeft.peft import save_load
@@ -46,6 +47,16 @@ class PeftModel(Module):
     def active_adapter(self) -> str:
         return self.base_model.active_adapter
 
+    @property
+    def active_adapters(self) -> list[str]:
+        """The active adapter as a list, as Hugging Face PEFT names it (one is active at a time here)."""
+        return [] if self.active_adapter is None else [self.active_adapter]
+
+    @property
+    def config(self):
+        """The base model's config (`GPTConfig`), as `peft_model.config` reads it in Hugging Face PEFT."""
+        return self.get_base_model().config
+
     def get_base_model(self) -> Module:
         return self.base_model.model
 
@@ -78,6 +89,9 @@ class PeftModel(Module):
         self.base_model.inject_adapter(adapter_name, config)
 
     def set_adapter(self, adapter_name: str) -> None:
+        """Make `adapter_name` the active adapter and the only trainable one (unless loaded for inference).
+
+        Stricter than Hugging Face PEFT, which warns and unmerges: while an adapter is merged this raises."""
         self.base_model.set_adapter(adapter_name)
 
     def delete_adapter(self, adapter_name: str) -> None:
@@ -88,6 +102,8 @@ class PeftModel(Module):
         self.base_model.merge()
 
     def unmerge_adapter(self) -> None:
+        """Take the merged adapter out of the base weights again. With nothing merged this raises (Hugging Face
+        PEFT warns "Already unmerged. Nothing to do.")."""
         self.base_model.unmerge()
 
     def merge_and_unload(self) -> Module:
@@ -95,19 +111,35 @@ class PeftModel(Module):
         return self.base_model.merge_and_unload()
 
     def unload(self) -> Module:
-        """Remove every adapter without merging and return the base model as it was."""
+        """Remove every adapter without merging and return the base model as it was.
+
+        modules_to_save included: the original module goes back, not the trained copy (Hugging Face PEFT's
+        unload() keeps the active adapter's copy; here only merge_and_unload() does)."""
         return self.base_model.unload()
 
     def enable_adapter_layers(self) -> None:
         self.base_model.enable_adapter_layers()
 
     def disable_adapter_layers(self) -> None:
-        """Compute the base model's output until enable_adapter_layers(); see also disable_adapter()."""
+        """Compute the base model's output until enable_adapter_layers(); see also disable_adapter().
+
+        Not quite the base's when a LoRA adapter was trained with bias='all' or 'lora_only': those biases are the
+        base model's own, changed in place, and stay changed (a warning says so, as Hugging Face PEFT's does)."""
+        self._warn_if_biases_trained()
         self.base_model.disable_adapter_layers()
+
+    def _warn_if_biases_trained(self) -> None:
+        trained = getattr(self.base_model, "trains_base_biases", list)()
+        if trained:
+            warnings.warn(f"adapter(s) {trained} trained the base model's biases (bias != 'none'), which are not part "
+                          "of the adapter layers: with the adapters disabled the output is not the base model's",
+                          stacklevel=3)
 
     @contextlib.contextmanager
     def disable_adapter(self):
-        """Inside this block the model computes the base model's output (merged weights are unmerged)."""
+        """Inside this block the model computes the base model's output (merged weights are unmerged); not quite,
+        after LoRA with bias != 'none' (see disable_adapter_layers)."""
+        self._warn_if_biases_trained()
         merged = self.base_model.merged
         if merged:
             self.base_model.unmerge()

@@ -240,6 +240,9 @@ def _naming(directory: str):
 
 def from_pretrained(cls, model: Module, directory: str, name: str, is_trainable: bool, check: bool):
     """Build a PeftModel around `model` from a saved adapter folder."""
+    if isinstance(model, cls):   # before the fingerprint check, which would blame the wrong thing
+        raise TypeError("PeftModel.from_pretrained takes the base model, got a PeftModel; to add this adapter to "
+                        f"it call peft_model.load_adapter({directory!r}, adapter_name), or pass the plain base model")
     saved = read_config(directory)
     config = parse_config(saved, directory)
     _check_base(saved, fingerprint(model), directory, check)
@@ -253,6 +256,7 @@ def from_pretrained(cls, model: Module, directory: str, name: str, is_trainable:
         raise
     if not is_trainable:
         peft_model.freeze()
+        peft_model.eval()   # as Hugging Face PEFT: dropout off, so two calls give the same output
     return peft_model
 
 
@@ -278,3 +282,4 @@ def load_adapter(peft_model, directory: str, name: str, is_trainable: bool, chec
         for live, p in tuner.adapter_parameters(name).items():
             if live not in shared:
                 p.requires_grad = False
+        peft_model.eval()   # as Hugging Face PEFT's load_adapter

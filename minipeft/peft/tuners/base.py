@@ -185,10 +185,13 @@ class BaseTuner(Module):
         return {live: params[live] for live in self.adapter_state_keys(name).values()}
 
     def mark_trainable(self) -> None:
-        """Freeze everything, then unfreeze the active adapter's weights (and the method's extras)."""
+        """Freeze everything, then unfreeze the active adapter's weights (and the method's extras).
+
+        An adapter whose config says inference_mode (loaded with is_trainable=False, or built so) stays frozen,
+        as in Hugging Face PEFT, also when set_adapter() makes it the active one again."""
         self.freeze()
         name = self.active_adapter
-        if name is None:
+        if name is None or self.peft_config[name].inference_mode:
             return
         for p in self.adapter_parameters(name).values():
             p.requires_grad = True

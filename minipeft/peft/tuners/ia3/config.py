@@ -30,7 +30,7 @@ class IA3Config(PeftConfig):
     feedforward_modules: list[str] | str | None = None   # targets whose input is scaled (a subset); None: fc2
     fan_in_fan_out: bool = False                         # GPT-2 Conv1D weights stored (in, out): not here
     init_ia3_weights: bool = True                        # True: l = 1 (the model starts as the base); False: N(0, 1)
-    layers_to_transform: list[int] | int | None = None   # only these block indices (None: all)
+    layers_to_transform: list[int] | int | None = None   # only these blocks (None: all); not in HF's IA3Config
     modules_to_save: list[str] | None = None             # extra modules trained in full and saved (copied)
 
     def __post_init__(self):

@@ -26,6 +26,20 @@ class LoraModel(BaseTuner):
         target.update_layer(adapter_name, config.rank_for(path), config.alpha_for(path), config.lora_dropout,
                             config.init_lora_weights, config.use_rslora)
 
+    def inject_adapter(self, name: str, config: LoraConfig) -> None:
+        """BaseTuner's, refusing a second adapter that trains biases: the base biases are shared, so two such
+        adapters would train and save the same tensors (Hugging Face PEFT refuses it too)."""
+        others = [n for n, c in self.peft_config.items() if c.bias != "none"]
+        if isinstance(config, LoraConfig) and config.bias != "none" and others:
+            raise ValueError(f"adapter {name!r}: LoRA supports only one adapter with bias='all' or 'lora_only', and "
+                             f"{others[0]!r} already has bias={self.peft_config[others[0]].bias!r}; the base biases "
+                             "are shared, so both would train the same ones. Set bias='none' for this adapter")
+        super().inject_adapter(name, config)
+
+    def trains_base_biases(self) -> list[str]:
+        """The adapters whose bias option trained (changed) the base model's own biases."""
+        return [n for n, c in self.peft_config.items() if c.bias != "none"]
+
     def _trained_biases(self, config: LoraConfig) -> list[str]:
         """bias="all": every base bias; "lora_only": the biases of the wrapped Linears; "none": none."""
         if config.bias == "none":

@@ -1,0 +1,123 @@
+"""Where minipeft's PEFT names must behave as Hugging Face PEFT's do (each case found by reading PEFT's source next to
+ours): loading for inference, inference_mode, LoRA's bias with several adapters, disabling adapters that trained
+base biases, regex targets with layers_to_transform, an optimizer built before set_adapter, and the PeftModel
+attributes HF users reach for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from lora_helpers import batch, build_gpt, logits, seeded, train_steps
+
+from minipeft.optim import AdamW
+from minipeft.peft import ConfigError, LoraConfig, PeftModel, get_peft_model
+
+
+@pytest.fixture(autouse=True)
+def _own_generator():
+    with seeded(99):
+        yield
+
+
+def trained_adapter(tmp_path, **config):
+    """A LoRA adapter (dropout on) trained a few steps and saved; returns its folder."""
+    peft = get_peft_model(build_gpt(0), LoraConfig(r=4, lora_dropout=0.3, **config))
+    train_steps(peft, *batch(0))
+    peft.save_pretrained(str(tmp_path / "a"))
+    return str(tmp_path / "a")
+
+
+def test_from_pretrained_for_inference_is_in_eval_mode_so_two_calls_agree(tmp_path):
+    """HF: `if not is_trainable: self.eval()`. Left in training mode, dropout made two calls differ."""
+    folder = trained_adapter(tmp_path)
+    loaded = PeftModel.from_pretrained(build_gpt(0), folder)
+    ids, _ = batch(1)
+    assert not loaded.training
+    np.testing.assert_array_equal(logits(loaded, ids), logits(loaded, ids))
+    trainable = PeftModel.from_pretrained(build_gpt(0), folder, is_trainable=True)
+    assert trainable.training and trainable.parameters(trainable_only=True)
+
+
+def test_load_adapter_for_inference_sets_eval_mode_and_stays_frozen_when_activated(tmp_path):
+    folder = trained_adapter(tmp_path)
+    peft = get_peft_model(build_gpt(0), LoraConfig(r=2))
+    peft.load_adapter(folder, "loaded")
+    assert not peft.training
+    peft.set_adapter("loaded")      # inference_mode: activating it must not make it trainable
+    assert peft.parameters(trainable_only=True) == []
+    peft.set_adapter("default")
+    assert len(peft.parameters(trainable_only=True)) > 0
+
+
+def test_inference_mode_config_gives_a_frozen_adapter():
+    """HF's inject_adapter freezes an adapter whose config says inference_mode=True."""
+    peft = get_peft_model(build_gpt(0), LoraConfig(r=2, inference_mode=True))
+    assert peft.parameters(trainable_only=True) == []
+    assert len(get_peft_model(build_gpt(0), LoraConfig(r=2)).parameters(trainable_only=True)) > 0
+
+
+def test_only_one_lora_adapter_may_train_the_shared_biases():
+    peft = get_peft_model(build_gpt(0), LoraConfig(r=2, bias="all"))
+    with pytest.raises(ValueError, match=r"'b'.*only one adapter with bias.*'default' already has bias='all'.*"
+                                         r"bias='none'"):
+        peft.add_adapter("b", LoraConfig(r=2, bias="lora_only"))
+    assert sorted(peft.peft_config) == ["default"]       # nothing half-added
+    peft.add_adapter("c", LoraConfig(r=2))               # bias='none' beside it is fine, as in HF
+
+
+def test_disabling_an_adapter_that_trained_base_biases_warns():
+    peft = get_peft_model(build_gpt(0), LoraConfig(r=2, bias="all"))
+    with pytest.warns(UserWarning, match=r"\['default'\] trained the base model's biases"):
+        with peft.disable_adapter():
+            pass
+    with pytest.warns(UserWarning, match="not the base model's"):
+        peft.disable_adapter_layers()
+    plain = get_peft_model(build_gpt(1), LoraConfig(r=2))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                   # bias='none': the base's output exactly, no warning
+        with plain.disable_adapter():
+            pass
+
+
+def test_layers_to_transform_with_a_regex_target_is_refused_as_in_hf():
+    with pytest.raises(ConfigError, match=r"layers_to_transform=\[1\].*target_modules given as a string.*list the "
+                                          "module names"):
+        LoraConfig(target_modules=r".*q_proj", layers_to_transform=1)
+    with pytest.raises(ConfigError, match="'all-linear'"):
+        LoraConfig(target_modules="all-linear", layers_to_transform=[0])
+    assert LoraConfig(target_modules=["q_proj"], layers_to_transform=1).layers_to_transform == [1]
+
+
+def test_an_optimizer_over_all_parameters_trains_an_adapter_activated_later():
+    """PyTorch's rule: the optimizer keeps every parameter it is given and updates those with a gradient, so an
+    adapter frozen when AdamW was built trains once set_adapter() unfreezes it."""
+    peft = get_peft_model(build_gpt(0), LoraConfig(r=2, init_lora_weights=False))
+    peft.add_adapter("b", LoraConfig(r=2, init_lora_weights=False))
+    opt = AdamW(peft.parameters(), lr=1e-2)
+    peft.set_adapter("b")
+    b_before = {k: v.copy() for k, v in peft.state_dict().items() if ".b." in k}
+    default_before = {k: v.copy() for k, v in peft.state_dict().items() if ".default." in k}
+    ids, targets = batch(2)
+    _, loss = peft(ids, targets)
+    loss.backward()
+    opt.step()
+    after = peft.state_dict()
+    assert b_before and any(not np.array_equal(after[k], v) for k, v in b_before.items())
+    assert all(np.array_equal(after[k], v) for k, v in default_before.items())     # frozen now: untouched
+    assert set(opt.state) <= set(peft.parameters(trainable_only=True))              # state only where trained
+
+
+def test_peft_model_exposes_config_and_active_adapters():
+    base = build_gpt(0)
+    peft = get_peft_model(base, LoraConfig(r=2))
+    assert peft.config is base.config
+    assert peft.active_adapters == ["default"]
+
+
+def test_from_pretrained_given_a_peft_model_says_to_use_load_adapter(tmp_path):
+    folder = trained_adapter(tmp_path)
+    peft = get_peft_model(build_gpt(0), LoraConfig(r=2))
+    with pytest.raises(TypeError, match=r"takes the base model, got a PeftModel.*load_adapter\("):
+        PeftModel.from_pretrained(peft, folder)
