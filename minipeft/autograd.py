@@ -14,7 +14,8 @@ topological order and accumulates (`+=`) into each leaf's `.grad`, so a tensor u
 
 from __future__ import annotations
 
-import contextlib
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,15 +25,32 @@ from minipeft import backend
 _grad_enabled = [True]
 
 
-@contextlib.contextmanager
-def no_grad():
-    """Inside this block ops record nothing on the tape (inference, optimizer updates)."""
-    prev = _grad_enabled[0]
-    _grad_enabled[0] = False
-    try:
-        yield
-    finally:
-        _grad_enabled[0] = prev
+class no_grad:  # noqa: N801 (lower case, as torch.no_grad)
+    """Inside this block ops record nothing on the tape (inference, optimizer updates).
+
+    As torch.no_grad: `with no_grad():`, or a decorator, `@no_grad()` or bare `@no_grad`; the previous
+    setting comes back on exit, so blocks nest.
+    """
+
+    def __new__(cls, fn: Callable | None = None) -> no_grad | Callable:
+        if fn is None:
+            return super().__new__(cls)
+        return cls()(fn)  # bare @no_grad: decorate fn straight away
+
+    def __enter__(self) -> None:
+        self._prev = _grad_enabled[0]
+        _grad_enabled[0] = False
+
+    def __exit__(self, *exc) -> None:
+        _grad_enabled[0] = self._prev
+
+    def __call__(self, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with no_grad():
+                return fn(*args, **kwargs)
+
+        return wrapper
 
 
 def is_grad_enabled() -> bool:
@@ -88,7 +106,11 @@ class Function:
 
 
 class Tensor:
-    """An array (numpy or cupy) plus the autograd bookkeeping: grad, requires_grad, its node."""
+    """An array (numpy or cupy) plus the autograd bookkeeping: grad, requires_grad, its node.
+
+    `.size` follows NumPy: an int property (the element count), not torch's `size()` method, which gives the
+    shape (use `.shape`); `numel()` is torch's element count.
+    """
 
     __array_priority__ = 1000  # so `ndarray * Tensor` defers to Tensor.__rmul__
 
@@ -133,6 +155,10 @@ class Tensor:
 
     @property
     def size(self) -> int:
+        return int(self.data.size)
+
+    def numel(self) -> int:
+        """The number of elements, as torch's Tensor.numel() (the same as `.size`)."""
         return int(self.data.size)
 
     def __len__(self) -> int:

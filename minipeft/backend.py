@@ -8,6 +8,7 @@ The test suite also runs under MINIPEFT_DEVICE=strict, a CuPy stand-in for CI (m
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import os
 import platform
@@ -162,9 +163,12 @@ def rng():
 def fork_rng() -> Iterator[None]:
     """Inside the block manual_seed and draws use their own generator; afterwards the old one is back.
 
-    Like torch.random.fork_rng: build a model from its own seed without moving the stream other code sees.
+    Like torch.random.fork_rng: the block draws from a copy of the current generator (or from its own seed, after
+    manual_seed), so after the block the outer stream is exactly where it was, as if the block had not run.
     """
     prev = _state["rng"]
+    # numpy's Generator and the strict stand-in's deepcopy with their state; CuPy's should too (untested here: no GPU)
+    _state["rng"] = None if prev is None else copy.deepcopy(prev)
     try:
         yield
     finally:

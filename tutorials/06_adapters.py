@@ -62,7 +62,7 @@ ALL_SIX = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 LORA = dict(r=8, lora_alpha=16, target_modules=ALL_SIX)          # tutorial 03's LoRA: the budget to match
 IA3_TARGETS = ["k_proj", "v_proj", "fc2"]                        # the paper's: keys, values, MLP activation
 LR = {"lora": 1e-2, "adapter": 1e-2, "ia3": 3e-1}   # see the docstring
-NON_LINEARITY = "relu"                              # AdapterHub's default for both layouts
+NON_LINEARITY = "relu"                              # AdapterHub's for Pfeiffer (its Houlsby uses swish, not built here)
 LATENCY_ROUNDS, LATENCY_BATCH, GEN_TOKENS = 10, (16, 128), 32
 QUICK = dict(N_TRAIN=64, N_TEST=3, STEPS=6, BATCH=8, LATENCY_ROUNDS=3, LATENCY_BATCH=(4, 16), GEN_TOKENS=4)
 

@@ -18,7 +18,11 @@ def _uniform(shape, bound: float):
 
 
 class Linear(Module):
-    """y = x W^T + b, W of shape (out_features, in_features) like torch.nn.Linear."""
+    """y = x W^T + b, W of shape (out_features, in_features) like torch.nn.Linear.
+
+    Unlike torch.nn.Linear, whose bias starts uniform(-1/sqrt(in), 1/sqrt(in)), the bias starts at zero
+    (GPT-2's initialisation, which the GPT here and the tutorials' numbers rely on).
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float | None = None):
         if in_features < 1 or out_features < 1:
@@ -68,7 +72,11 @@ class LayerNorm(Module):
 
 
 class Dropout(Module):
-    """Zero activations with probability p while training; identity in eval mode."""
+    """Zero activations with probability p while training; identity in eval mode.
+
+    p defaults to 0.0, not torch.nn.Dropout's 0.5: the small models here train without dropout, so off is the
+    useful default (pass p to turn it on).
+    """
 
     def __init__(self, p: float = 0.0):
         if not 0.0 <= p < 1.0:

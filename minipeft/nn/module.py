@@ -42,6 +42,10 @@ class Module:
             if isinstance(v, Module):
                 yield name, v
 
+    def children(self) -> Iterator[Module]:
+        """The direct submodules, as torch's Module.children()."""
+        return (m for _, m in self.named_children())
+
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
         """This module ("" or prefix) and every submodule, by dotted path, each once."""
         seen: set[int] = set()
@@ -53,6 +57,10 @@ class Module:
             seen.add(id(m))
             yield name, m
             stack[:0] = [(f"{name}.{c}" if name else c, child) for c, child in m.named_children()]
+
+    def modules(self) -> Iterator[Module]:
+        """This module and every submodule, each once, in named_modules' order (torch's Module.modules())."""
+        return (m for _, m in self.named_modules())
 
     def named_parameters(self, prefix: str = "", trainable_only: bool = False) -> Iterator[tuple[str, Parameter]]:
         """(dotted name, Parameter) for every parameter, a shared one listed once."""
@@ -67,8 +75,10 @@ class Module:
     def parameters(self, trainable_only: bool = False) -> list[Parameter]:
         return [p for _, p in self.named_parameters(trainable_only=trainable_only)]
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Total element count of the (trainable) parameters."""
+    def num_parameters(self, trainable_only: bool = False, *, only_trainable: bool | None = None) -> int:
+        """Total element count of the (trainable) parameters; `only_trainable` is transformers' name for the flag."""
+        if only_trainable is not None:
+            trainable_only = only_trainable
         return sum(p.size for p in self.parameters(trainable_only=trainable_only))
 
     def get_submodule(self, path: str) -> Module:
@@ -99,16 +109,19 @@ class Module:
     def eval(self) -> Module:
         return self.train(False)
 
-    def freeze(self) -> Module:
-        """Make every parameter non-trainable (requires_grad=False)."""
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        """Set every parameter's requires_grad, as torch's Module.requires_grad_(); returns self."""
         for p in self.parameters():
-            p.requires_grad = False
+            p.requires_grad = requires_grad
         return self
 
+    def freeze(self) -> Module:
+        """Make every parameter non-trainable: requires_grad_(False)."""
+        return self.requires_grad_(False)
+
     def unfreeze(self) -> Module:
-        for p in self.parameters():
-            p.requires_grad = True
-        return self
+        """Make every parameter trainable: requires_grad_(True)."""
+        return self.requires_grad_(True)
 
     def zero_grad(self) -> None:
         for p in self.parameters():

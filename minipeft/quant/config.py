@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -18,8 +18,17 @@ class BitsAndBytesConfig:
 
     QLoRA's recipe is `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
     bnb_4bit_use_double_quant=True)`, which is what `quantize_model(model)` uses when given no config.
-    The defaults below are transformers' (double quantization off).
+    The defaults below are transformers' (double quantization off) except two: load_in_4bit defaults to True
+    and bnb_4bit_quant_type to "nf4" (transformers: False and "fp4"), since minipeft implements only 4-bit NF4
+    and those are the only values that work. transformers' fields for what minipeft does not implement
+    (UNSUPPORTED_FIELDS) are accepted at their transformers default, which has no effect, and refused otherwise.
     """
+
+    # transformers' fields minipeft does not implement, with the values accepted (their defaults: no effect here)
+    UNSUPPORTED_FIELDS: ClassVar[dict[str, tuple]] = {
+        "bnb_4bit_quant_storage": ("uint8", np.uint8), "llm_int8_threshold": (6.0,),
+        "llm_int8_has_fp16_weight": (False,), "llm_int8_enable_fp32_cpu_offload": (False,),
+    }
 
     load_in_4bit: bool = True                  # must be True: 4-bit NF4 is what minipeft implements
     load_in_8bit: bool = False                 # LLM.int8() is not implemented: must be False
@@ -30,6 +39,10 @@ class BitsAndBytesConfig:
     #                                             used for 4-bit too); None: ["lm_head"], as transformers keeps it
     blocksize: int = 64                        # weights per NF4 block (bitsandbytes' default; not a transformers field)
     nested_blocksize: int = 256                # block scales per int8 block of double quantization (likewise)
+    bnb_4bit_quant_storage: Any = "uint8"      # the dtype packed codes are stored in: uint8 only
+    llm_int8_threshold: float = 6.0            # LLM.int8()'s outlier threshold (8-bit only): 6.0, no effect
+    llm_int8_has_fp16_weight: bool = False     # LLM.int8() keeps float16 weights (8-bit only): must be False
+    llm_int8_enable_fp32_cpu_offload: bool = False  # offload skipped modules to the CPU in fp32: must be False
     quant_method: str = field(default="bitsandbytes", init=False)  # as transformers records it
 
     def __post_init__(self):
@@ -48,6 +61,11 @@ class BitsAndBytesConfig:
         skip = self.llm_int8_skip_modules
         names = isinstance(skip, list) and all(isinstance(s, str) for s in skip)
         check("llm_int8_skip_modules", skip is None or names, "None or a list of module names such as ['lm_head']")
+        for f, accepted in self.UNSUPPORTED_FIELDS.items():
+            value = getattr(self, f)
+            check(f, any(value == v for v in accepted), f"{accepted[0]!r}, transformers' default: minipeft does not "
+                  "implement this option, so only the default (no effect) is accepted")
+        self.bnb_4bit_quant_storage = np.dtype(self.bnb_4bit_quant_storage).name   # np.uint8 -> "uint8", as stored
         for f in ("blocksize", "nested_blocksize"):
             v = getattr(self, f)
             check(f, isinstance(v, int) and not isinstance(v, bool) and v >= 1 and (f != "blocksize" or v % 2 == 0),
@@ -66,7 +84,17 @@ class BitsAndBytesConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> BitsAndBytesConfig:
+        """Rebuild from to_dict(), or from transformers' quantization_config (config.json).
+
+        transformers also writes private copies `_load_in_4bit` / `_load_in_8bit`; they are dropped when they
+        agree with load_in_4bit / load_in_8bit (or stand in for them when those are absent), refused otherwise.
+        """
         d = {k: v for k, v in d.items() if k != "quant_method"}
+        for private in ("_load_in_4bit", "_load_in_8bit"):
+            if private in d:
+                public, value = private[1:], d.pop(private)
+                if d.setdefault(public, value) != value:
+                    raise ConfigError(f"BitsAndBytesConfig: {private}={value!r} disagrees with {public}={d[public]!r}")
         try:
             return cls(**d)
         except TypeError as e:

@@ -4,6 +4,15 @@ classic layouts (Houlsby: after attention and after the MLP; Pfeiffer: after the
 Hugging Face PEFT has no bottleneck adapters; AdapterHub (the `adapters` library) calls them
 `DoubleSeqBnConfig` (Houlsby) and `SeqBnConfig` (Pfeiffer), and its field names are used here:
 `reduction_factor`, `non_linearity`. Saved as adapter_config.json with peft_type "BOTTLENECK".
+
+One AdapterHub default differs: its DoubleSeqBnConfig (Houlsby) uses non_linearity="swish", while `houlsby()`
+here keeps this config's default, "relu" (SeqBnConfig's, the Pfeiffer layout's): swish is not among the
+nonlinearities implemented (op.NON_LINEARITIES).
+
+Another library's class has this name: LLM-Adapters (AGI-Edgerunners) defines a BottleneckConfig, also saved
+with peft_type "BOTTLENECK", with other fields and defaults (bottleneck_size=256, non_linearity="tanh",
+adapter_dropout, use_parallel_adapter, use_adapterp, scaling, ...). `from_dict` refuses such a file, naming
+the first field it does not know, rather than loading it silently as a different adapter.
 """
 
 from __future__ import annotations
@@ -21,13 +30,17 @@ DEFAULT_REDUCTION_FACTOR = 16             # AdapterHub's default: m = d / 16 whe
 
 @dataclass
 class BottleneckConfig(PeftConfig):
-    """out = y + f(y W_down^T + b_down) W_up^T + b_up after each targeted Linear (y its output, width d)."""
+    """out = y + f(y W_down^T + b_down) W_up^T + b_up after each targeted Linear (y its output, width d).
+
+    non_linearity: "relu" (the default, as AdapterHub's SeqBnConfig) or "gelu", which here is GPT-2's tanh
+    approximation (transformers' "gelu_new"), not the exact erf GELU (transformers' "gelu", torch's nn.GELU()).
+    """
 
     PEFT_TYPE: ClassVar[str] = "BOTTLENECK"
 
     bottleneck_size: int | None = None                # m, the adapter's hidden width, 1 <= m <= d (or reduction_factor)
     reduction_factor: int | float | None = None       # m = floor(d / reduction_factor), factor >= 1; neither set: 16
-    non_linearity: str = "relu"                       # f between the projections: "relu" (AdapterHub) or "gelu"
+    non_linearity: str = "relu"                       # f between the projections: "relu" or "gelu" (see above)
     target_modules: list[str] | str = field(default_factory=lambda: list(PFEIFFER_TARGETS))  # Linears to follow
     layers_to_transform: list[int] | int | None = None  # only these block indices (None: all)
     modules_to_save: list[str] | None = None          # extra modules trained in full and saved (copied)
@@ -50,7 +63,10 @@ class BottleneckConfig(PeftConfig):
 
     @classmethod
     def houlsby(cls, **fields) -> BottleneckConfig:
-        """Houlsby et al. (2019): an adapter after the attention output and after the MLP output of every block."""
+        """Houlsby et al. (2019): an adapter after the attention output and after the MLP output of every block.
+
+        non_linearity stays "relu" unless given; AdapterHub's DoubleSeqBnConfig uses "swish" (not available here).
+        """
         return cls(**{"target_modules": list(HOULSBY_TARGETS), **fields})
 
     @classmethod

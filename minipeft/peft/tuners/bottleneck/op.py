@@ -3,7 +3,8 @@
     out = y + f(y W_down^T + b_down) W_up^T + b_up        W_down: (m, d),  W_up: (d, m),  m << d
 
 y (..., d) is the output of the layer the adapter follows (attention's out_proj, the MLP's fc2). The
-adapter projects it down to m features, applies the nonlinearity f (GELU or ReLU), projects back up
+adapter projects it down to m features, applies the nonlinearity f (ReLU, or GELU in GPT-2's tanh
+approximation: transformers' "gelu_new", not the exact erf "gelu" of torch's nn.GELU()), projects back up
 and adds the result to y: a residual "bottleneck" inserted into the network. With W_up = 0 and
 b_up = 0 (the initialisation) out == y exactly, so training starts from the base model.
 
@@ -20,7 +21,7 @@ from minipeft.autograd import Function, Tensor
 from minipeft.ops._util import check_float, check_same_dtype, mm
 from minipeft.ops.elementwise import GELU_C
 
-NON_LINEARITIES = ("gelu", "relu")
+NON_LINEARITIES = ("gelu", "relu")   # "gelu" is the tanh approximation (transformers' "gelu_new")
 
 
 def activation(z, kind: str):
