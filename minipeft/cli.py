@@ -155,7 +155,8 @@ def cmd_finetune(args) -> None:
            "n_test": len(test), "final_loss": res.final_loss, "train_s": res.wall_time_s, "scores": scores,
            "data": None if args.data is None else str(args.data)}
     atomic_write_text(Path(args.out) / RUN_FILE, json.dumps(run, indent=1) + "\n")
-    print(f"trained {args.steps} steps in {res.wall_time_s:.1f} s, final loss {res.final_loss:.4f}")
+    print(f"trained {args.steps} steps in {res.wall_time_s:.1f} s, final loss {res.final_loss:.4f} (the mean of the "
+          "last 10 steps' losses)")
     if scores:
         print(f"on {len(test)} held-out rows: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     print(f"adapter written to {args.out}")
@@ -184,6 +185,9 @@ def cmd_generate(args) -> None:
     if args.adapter is not None:
         model, tok, _ = load_adapted(args.adapter, args.quick)
     elif args.model is not None:
+        if (args.model / "adapter_config.json").is_file():
+            raise ValueError(f"{args.model} is an adapter folder (written by finetune); pass it as --adapter, "
+                             "--model takes a folder written by merge")
         model = load_checkpoint(args.model / "model.safetensors")
         tok = Tokenizer.from_file(args.model / "tokenizer.json")
     else:
@@ -205,6 +209,10 @@ def cmd_merge(args) -> None:
     from minipeft.checkpoint import save_checkpoint  # noqa: PLC0415
 
     model, tok, _ = load_adapted(args.adapter, args.quick)
+    if not model.base_model.mergeable:
+        raise ValueError(f"{args.adapter} holds {model.base_model.peft_type} adapters, which cannot be merged into the "
+                         "base weights (the method adds computation no weight change reproduces); use it as it is: "
+                         f"generate --adapter {args.adapter}")
     merged = model.merge_and_unload()
     args.out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(merged, args.out / "model.safetensors")

@@ -119,6 +119,9 @@ def test_a_failed_run_exits_1_with_one_line(home, tmp_path, capsys):
     assert code == 0, err
     code, _, err = run(["merge", "--adapter", str(tmp_path / "h"), "--out", str(tmp_path / "m")], capsys)
     assert code == 1 and "cannot be merged" in err and len(err.strip().splitlines()) == 1
+    assert f"generate --adapter {tmp_path / 'h'}" in err and not (tmp_path / "m").exists()
+    code, _, err = run(["generate", "--model", str(tmp_path / "h"), "--prompt", "Hi"], capsys)
+    assert code == 1 and "is an adapter folder" in err and "--adapter" in err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "no label here"}\n')
     code, _, err = run(["finetune", "--method", "bitfit", "--data", str(bad), "--out", str(tmp_path / "b"),

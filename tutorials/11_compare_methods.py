@@ -178,11 +178,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_table(result))
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or (tmp if args.quick else OUT)
+        temporary = " (a temporary folder, removed at exit: --out DIR keeps it)" if out == tmp else ""
         for kind, path in write_outputs(result, out, plot=not args.quick).items():
-            print(f"wrote {kind}: {path}")
+            print(f"wrote {kind}: {path}{temporary}")
     m = result.meta
+    load = ", ".join(f"{x:.2f}" for x in m["machine"]["load_average"] or [])
     print(f"{len(result.rows) - 1} methods in {m['wall_s']:.0f} s on {m['machine']['processor']}, "
-          f"{m['machine']['cpus']} CPUs (load average {m['machine']['load_average']})")
+          f"{m['machine']['cpus']} CPUs (load average {load})")
     predicted = print_predicted(result, cfg)
     large = print_large()
     conclusions(result)
