@@ -151,7 +151,10 @@ def test_vs_pytorch_quick_runs(capsys, keep_rng):
     bench = load("vs_pytorch")
     assert bench.main(["--quick"]) == 0
     out = capsys.readouterr().out
-    for text in ("threads: ", "first-step loss", "minipeft / PyTorch", "LoRA / full", "tokens/s", "inference",
+    from minipeft import backend
+
+    assert ("both on the GPU" if backend.is_gpu() else "threads: ") in out
+    for text in ("first-step loss", "minipeft / PyTorch", "LoRA / full", "tokens/s", "inference",
                  "base", "merged", "unmerged", "summary"):
         assert text in out, text
 
@@ -201,7 +204,7 @@ def test_vs_pytorch_check_catches_a_weight_that_differs(keep_rng):
     peft = pytest.importorskip("peft")
     bench = load("vs_pytorch")
     x = np.random.default_rng(0).integers(0, 128, (2, 32))
-    tx = torch.from_numpy(x)
+    tx = torch.from_numpy(x).to(bench.torch_device(torch))     # the GPU under MINIPEFT_DEVICE=cuda
     pair = bench.build(torch, peft, "quick", lora=False)
     bench.check_losses(torch, bench.build(torch, peft, "quick", lora=False), x, x, tx, tx, "same weights")
     with torch.no_grad():
