@@ -85,6 +85,9 @@ class PretrainConfig:
 READING = dict(overrides=(("position_embedding", "rope"),),
                corpus_weights=(("lists", 0.25), ("dialogue_notes", 0.25)))
 FULL = PretrainConfig(steps=2400, **READING)
+# what a tutorial prints first under --quick, where its scores and timings are those of a tiny model
+QUICK_NOTE = ("--quick: a tiny model, a few rows and steps, to show the code runs end to end; the scores and timings "
+              "below mean nothing (run without --quick for the measured ones, BENCHMARKS.md)")
 QUICK = PretrainConfig(preset="test", n_docs=600, n_val_docs=50, vocab_size=384, steps=40, batch_size=8,
                        seq_len=64, lr=1e-2, min_lr=1e-3, warmup=5, corpus_weights=READING["corpus_weights"],
                        overrides=(("context_length", 384), ("d_model", 32), ("d_ff", 64), *READING["overrides"]))

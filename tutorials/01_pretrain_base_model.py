@@ -24,7 +24,7 @@ import minipeft as mp
 from minipeft.data.generator import TASKS, make_splits
 from minipeft.finetune import evaluate
 from minipeft.generate import generate_text
-from minipeft.pretrain import load_base_model
+from minipeft.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 N_EVAL = 40          # test examples per task for the zero-shot scores (--quick: 4)
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, finishes in seconds")
     parser.add_argument("--rebuild", action="store_true", help="retrain even if a cached model exists")
     args = parser.parse_args(argv)
+    if args.quick:
+        print(QUICK_NOTE)
     base = load_base_model(quick=args.quick, rebuild=args.rebuild, progress=not args.quick)
     info, model, tok = base.info, base.model, base.tokenizer
     cfg = info["model_config"]

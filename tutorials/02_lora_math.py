@@ -119,7 +119,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     seed_example()
     model_table(["mini"] if args.quick else ["mini", "vaswani-base", "gpt2-small"])
+    base_model_note()
     merge_demo()
+
+
+def base_model_note() -> None:
+    """The 'mini' preset keeps a learned position table; the tutorials' base model (tutorial 01) uses RoPE."""
+    mini = GPT(GPTConfig.from_preset("mini"))
+    rope = GPTConfig.from_preset("mini", position_embedding="rope")
+    n = GPT(rope).num_parameters()
+    pct = {k: 100 * lora_formula(rope, t, RANK) / n for k, t in TARGET_SETS.items()}
+    print(f"('mini' here has learned positions, {mini.num_parameters() - n:,d} of its parameters; the tutorials' base "
+          f"model uses RoPE instead: {n:,d} parameters, LoRA r = {RANK} " + ", ".join(f"{k} {v:.2f}%" for k, v in
+                                                                                       pct.items()) + " of it)")
 
 
 if __name__ == "__main__":

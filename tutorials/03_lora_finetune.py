@@ -34,7 +34,7 @@ from minipeft.data.generator import make_splits
 from minipeft.finetune import evaluate, finetune
 from minipeft.memory import format_bytes
 from minipeft.peft import LoraConfig, get_peft_model
-from minipeft.pretrain import load_base_model
+from minipeft.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "dialogsum"
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and data, finishes in seconds")
     args = parser.parse_args(argv)
+    if args.quick:
+        print(QUICK_NOTE)
     n_train, n_test, steps, batch = (QUICK[k] if args.quick else globals()[k]
                                      for k in ("N_TRAIN", "N_TEST", "STEPS", "BATCH"))
     splits = make_splits(TASK, n_train, 8, n_test, seed=SEED)
@@ -89,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                  stored_bytes(lambda d: save_checkpoint(full, os.path.join(d, "model.safetensors")))))
 
     print(f"\n{TASK}: {n_train} training dialogues, {steps} steps of {batch}; ROUGE on {n_test} test dialogues")
-    print(f"{'method':<18}{'trainable':>11}{'%':>8}{'ROUGE-1':>9}{'ROUGE-2':>9}{'ROUGE-L':>9}{'facts':>7}{'train s':>9}"
-          f"{'peak mem':>11}{'grads+Adam':>12}{'stored':>11}")
+    print(f"{'method':<18}{'trainable':>11}{'% base':>8}{'ROUGE-1':>9}{'ROUGE-2':>9}{'ROUGE-L':>9}{'facts':>7}"
+          f"{'train s':>9}{'peak mem':>11}{'grads+Adam':>12}{'stored':>11}")
     for name, n, s, t, mem, stored in rows:
         print(f"{name:<18}{n:>11,d}{100 * n / n_base:>7.2f}%{s['rouge1']:>9.3f}{s['rouge2']:>9.3f}{s['rougeL']:>9.3f}"
               f"{s['fact_recall']:>7.2f}"

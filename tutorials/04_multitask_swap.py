@@ -28,7 +28,7 @@ from minipeft.data.generator import make_splits
 from minipeft.finetune import evaluate, finetune
 from minipeft.memory import format_bytes, param_bytes
 from minipeft.peft import LoraConfig, PeftModel, get_peft_model
-from minipeft.pretrain import load_base_model
+from minipeft.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK_NAMES = ["dialogsum", "qa", "sentiment"]
@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and data, finishes in seconds")
     args = parser.parse_args(argv)
+    if args.quick:
+        print(QUICK_NOTE)
     n_train, n_test = (32, 3) if args.quick else (N_TRAIN, N_TEST)
     base = load_base_model(quick=args.quick, progress=not args.quick)
     tok = base.tokenizer

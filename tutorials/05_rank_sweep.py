@@ -34,7 +34,7 @@ import minipeft as mp
 from minipeft.data.generator import make_splits
 from minipeft.finetune import evaluate, finetune, validation_loss
 from minipeft.peft import LoraConfig, get_peft_model
-from minipeft.pretrain import load_base_model
+from minipeft.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "dialogsum"
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, three ranks, seconds")
     parser.add_argument("--plot", default=PLOT, help="where to save the PNG (needs matplotlib)")
     args = parser.parse_args(argv)
+    if args.quick:
+        print(QUICK_NOTE)
     ranks = [1, 4] if args.quick else RANKS
     n_train, n_val, n_test, steps = (32, 8, 2, 3) if args.quick else (N_TRAIN, N_VAL, N_TEST, STEPS)
     splits = make_splits(TASK, n_train, n_val, n_test, seed=SEED)

@@ -52,7 +52,7 @@ from minipeft.data.generator import get_task, make_splits
 from minipeft.finetune import evaluate, finetune
 from minipeft.generate import generate
 from minipeft.peft import BottleneckConfig, IA3Config, LoraConfig, PeftModel, get_peft_model
-from minipeft.pretrain import load_base_model
+from minipeft.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "dialogsum"
@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and data, finishes in seconds")
     args = parser.parse_args(argv)
+    if args.quick:
+        print(QUICK_NOTE)
     cfg = {k: QUICK[k] if args.quick else globals()[k] for k in QUICK}
     splits = make_splits(TASK, cfg["N_TRAIN"], 8, cfg["N_TEST"], seed=SEED)
     base = load_base_model(quick=args.quick, progress=not args.quick)
@@ -146,14 +148,15 @@ def main(argv: list[str] | None = None) -> dict:
                        seed=SEED, progress=not args.quick, measure_memory=False, log_every=0, desc=label)
         scores, _ = evaluate(peft, tok, splits["test"], TASK)
         n = peft.get_nb_trainable_parameters()[0]
-        rows.append({"method": label, "trainable": n, "percent": 100 * n / (n_base + n), "lr": lr,
+        rows.append({"method": label, "trainable": n, "percent": 100 * n / n_base, "lr": lr,
                      "rougeL": scores["rougeL"], "rouge2": scores["rouge2"], "facts": scores["fact_recall"],
                      "train_s": res.wall_time_s})
         trained[label] = peft
 
     print(f"\n{TASK}: {cfg['N_TRAIN']} training dialogues, {cfg['STEPS']} steps of {cfg['BATCH']}; "
           f"scores on {cfg['N_TEST']} test dialogues")
-    print(f"{'method':<24}{'trainable':>11}{'% all':>8}{'lr':>8}{'ROUGE-L':>9}{'ROUGE-2':>9}{'facts':>7}{'train s':>9}")
+    print(f"{'method':<24}{'trainable':>11}{'% base':>8}{'lr':>8}{'ROUGE-L':>9}{'ROUGE-2':>9}{'facts':>7}"
+          f"{'train s':>9}")
     for r in rows:
         print(f"{r['method']:<24}{r['trainable']:>11,d}{r['percent']:>7.2f}%{r['lr']:>8.0e}{r['rougeL']:>9.3f}"
               f"{r['rouge2']:>9.3f}{r['facts']:>7.2f}{r['train_s']:>9.0f}")

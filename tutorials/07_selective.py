@@ -63,7 +63,7 @@ from minipeft.peft import (
     select_sparse_entries,
 )
 from minipeft.peft.storage import adapter_file_bytes, adapter_tensor_bytes
-from minipeft.pretrain import load_base_model
+from minipeft.pretrain import QUICK_NOTE, load_base_model
 from minipeft.train import train
 
 # ---- config -------------------------------------------------------------------------------------
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and data, finishes in seconds")
     args = parser.parse_args(argv)
+    if args.quick:
+        print(QUICK_NOTE)
     g = {k: (QUICK[k] if args.quick and k in QUICK else globals()[k])
          for k in ("N_TRAIN", "N_TEST", "STEPS", "BATCH", "SCORE_BATCHES", "TIMING_ROUNDS", "TIMING_STEPS",
                    "MAX_NEW")}
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     full = cost["full fine-tuning"]
     print(f"\n{TASK}: cost of one training step, batch of {g['BATCH']} dialogues; {g['TIMING_ROUNDS']} alternated "
           f"rounds of {g['TIMING_STEPS']} steps (median)")
-    print(f"{'method':<18}{'trainable':>11}{'%':>8}{'GFLOP':>8}{'/full':>7}{'ms/step':>9}{'/full':>7}"
+    print(f"{'method':<18}{'trainable':>11}{'% base':>8}{'GFLOP':>8}{'/full':>7}{'ms/step':>9}{'/full':>7}"
           f"{'peak mem':>11}{'/full':>7}{'grads+Adam':>12}{'stored':>11}{'predicted':>11}")
     for name, c in cost.items():
         print(f"{name:<18}{c['trainable']:>11,d}{100 * c['trainable'] / n_base:>7.2f}%{c['flops'] / 1e9:>8.2f}"

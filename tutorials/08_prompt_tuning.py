@@ -51,7 +51,7 @@ from minipeft.data.generator import get_task, make_splits
 from minipeft.finetune import evaluate, finetune, validation_loss
 from minipeft.peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from minipeft.peft.tuners.prompt_tuning import nearest_tokens, prompt_nearest_tokens
-from minipeft.pretrain import load_base_model
+from minipeft.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "dialogsum"
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and data, finishes in seconds")
     args = parser.parse_args(argv)
+    if args.quick:
+        print(QUICK_NOTE)
     names = ("N_TRAIN", "N_VAL", "N_TEST", "STEPS", "BATCH", "MAX_NEW")
     n_train, n_val, n_test, steps, batch, max_new = (QUICK[k] if args.quick else globals()[k] for k in names)
     splits = make_splits(TASK, n_train, n_val, n_test, seed=SEED)
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_base = base.model.num_parameters()
     print(f"\n{TASK}: {n_train} training dialogues, {steps} steps of {batch}; validation loss on {n_val}, ROUGE-L and "
           f"facts on {n_test} test dialogues")
-    print(f"{'method':<22}{'trainable':>11}{'%':>9}{'val loss':>10}{'ROUGE-L':>9}{'facts':>7}{'train s':>9}")
+    print(f"{'method':<22}{'trainable':>11}{'% base':>9}{'val loss':>10}{'ROUGE-L':>9}{'facts':>7}{'train s':>9}")
     for r in runs:
         s = r["scores"]
         print(f"{r['label']:<22}{r['trainable']:>11,d}{100 * r['trainable'] / n_base:>8.3f}%{r['val']:>10.3f}"

@@ -43,7 +43,7 @@ import minipeft as mp
 from minipeft.data.generator import make_splits
 from minipeft.finetune import evaluate, finetune
 from minipeft.peft import LoraConfig, PromptTuningConfig, get_peft_model
-from minipeft.pretrain import FULL, QUICK, load_base_model
+from minipeft.pretrain import FULL, QUICK, QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "sentiment"
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny models and data, finishes in seconds")
     parser.add_argument("--plot", default=PLOT, help="where to save the PNG (needs matplotlib)")
     args = parser.parse_args(argv)
+    if args.quick:
+        print(QUICK_NOTE)
     n_train, n_test, steps, batch = (64, 6, 4, 8) if args.quick else (N_TRAIN, N_TEST, STEPS, BATCH)
     base_recipe, sizes = (QUICK, QUICK_SIZES) if args.quick else (FULL, SIZES)
     splits = make_splits(TASK, n_train, 4, n_test, seed=SEED)

@@ -46,7 +46,7 @@ from minipeft.data.generator import make_corpus, make_splits
 from minipeft.finetune import evaluate, finetune
 from minipeft.memory import format_bytes
 from minipeft.peft import LoraConfig, get_peft_model
-from minipeft.pretrain import FULL, QUICK, lm_loss, load_base_model
+from minipeft.pretrain import FULL, QUICK, QUICK_NOTE, lm_loss, load_base_model
 from minipeft.quant import (
     BitsAndBytesConfig,
     bits_per_parameter,
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and data, finishes in seconds")
     args = parser.parse_args(argv)
+    if args.quick:
+        print(QUICK_NOTE)
     q = args.quick
     n_train, n_test, steps, batch = (QUICK_SIZES[k] if q else globals()[k] for k in QUICK_SIZES)
     splits = make_splits(TASK, n_train, 8, n_test, seed=SEED)

@@ -51,7 +51,7 @@ from minipeft.generate import context_left
 from minipeft.memory import LARGE_MODELS, format_bytes, large_model_memory, predict_step, weights_bytes
 from minipeft.memory.large import PAPER_FIGURES
 from minipeft.peft import LoraConfig
-from minipeft.pretrain import load_base_model
+from minipeft.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 CONFIG = CompareConfig()                                   # dialogsum, all 13 methods, 150 steps of 16, seed 0
@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help=f"folder for compare.csv/.json/.png (default {OUT}; --quick: a "
                         "temporary folder)")
     args = parser.parse_args(argv)
+    if args.quick:
+        print(QUICK_NOTE)
     cfg = QUICK if args.quick else CONFIG
     result = run_compare(cfg)
     print(format_table(result))
