@@ -135,7 +135,8 @@ def cmd_finetune(args) -> None:
         splits = make_splits(task.name, args.n_train, 0, args.n_test, seed=args.seed)
         train, test = splits["train"], splits["test"]
     if len(train) < args.batch_size:
-        raise ValueError(f"{len(train)} training rows are fewer than --batch-size {args.batch_size}")
+        raise ValueError(f"{len(train)} training rows are fewer than --batch-size {args.batch_size}; pass a smaller "
+                         "--batch-size, or more rows (with --data, a fifth of them, at most --n-test, is held out)")
     recipe = METHOD_RECIPES[args.method]
     base = load_base_model(quick=args.quick, progress=True)
     tok = base.tokenizer
@@ -234,6 +235,16 @@ def cmd_compare(args) -> None:
 
 
 # ---- the parser ------------------------------------------------------------------------------------------------
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows an option's default where it has one (not for flags, None, or a help that names its own)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from minipeft import __version__  # noqa: PLC0415
 
@@ -245,9 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     methods = _method_names()                         # in the table's order
 
     def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, formatter_class=_Help)
         sp.set_defaults(fn=fn)
         sp.add_argument("--quick", action="store_true", help="the tiny base model (seconds; for trying things out)")
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,   # also after the command
+                        help="print the full traceback when the command fails")
         return sp
 
     sp = add("pretrain", cmd_pretrain, "build the base model (or report the cached one)")
@@ -258,13 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "--data's rows")
     sp.add_argument("--data", type=existing_file, help="your own JSONL: the task's fields, or prompt/completion")
     sp.add_argument("--out", type=out_dir, required=True, help="the adapter folder to write")
-    sp.add_argument("--steps", type=positive_int, default=150)
-    sp.add_argument("--batch-size", type=positive_int, default=16)
+    sp.add_argument("--steps", type=positive_int, default=150, help="optimizer steps")
+    sp.add_argument("--batch-size", type=positive_int, default=16, help="rows per step")
     sp.add_argument("--lr", type=positive_float, help="peak learning rate (default: the method's recipe)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="data split, adapter init and batch order")
     sp.add_argument("--n-train", type=positive_int, default=2000, help="generated training rows")
     sp.add_argument("--n-test", type=non_negative_int, default=20, help="rows scored after training (0: none)")
-    sp.add_argument("--max-new-tokens", type=positive_int, default=48)
+    sp.add_argument("--max-new-tokens", type=positive_int, default=48, help="the scored completions' length")
     sp = add("compare", cmd_compare, "fine-tune with every method and print one table (writes CSV, JSON, PNG)")
     sp.add_argument("--task", choices=sorted(TASKS))
     sp.add_argument("--methods", type=method_list, help=f"comma-separated, from {','.join(methods)} (default all)")
@@ -275,18 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, default=Path("compare_out"), help="folder for compare.csv/.json/.png")
     sp.add_argument("--no-plot", action="store_true", help="skip the PNG")
     sp = add("generate", cmd_generate, "continue a prompt with the base, an adapter, or a merged model")
-    sp.add_argument("--prompt", required=True)
+    sp.add_argument("--prompt", required=True, help="the text to continue (with --task: the task's input)")
     src = sp.add_mutually_exclusive_group()
     src.add_argument("--adapter", type=existing_dir, help="an adapter folder written by finetune")
     src.add_argument("--model", type=existing_dir, help="a model folder written by merge")
     sp.add_argument("--task", choices=sorted(TASKS), help="wrap --prompt in the task's template")
-    sp.add_argument("--max-new-tokens", type=positive_int, default=64)
+    sp.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most")
     sp.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy")
     sp.add_argument("--top-k", type=positive_int)
     sp.add_argument("--seed", type=int)
     sp = add("merge", cmd_merge, "fold an adapter into the base weights and write a plain model folder")
-    sp.add_argument("--adapter", type=existing_dir, required=True)
-    sp.add_argument("--out", type=out_dir, required=True)
+    sp.add_argument("--adapter", type=existing_dir, required=True, help="an adapter folder written by finetune")
+    sp.add_argument("--out", type=out_dir, required=True, help="the model folder to write (model.safetensors, "
+                    "tokenizer.json)")
     return p
 
 

@@ -122,6 +122,8 @@ def test_a_failed_run_exits_1_with_one_line(home, tmp_path, capsys):
     assert f"generate --adapter {tmp_path / 'h'}" in err and not (tmp_path / "m").exists()
     code, _, err = run(["generate", "--model", str(tmp_path / "h"), "--prompt", "Hi"], capsys)
     assert code == 1 and "is an adapter folder" in err and "--adapter" in err
+    with pytest.raises(ValueError, match="is an adapter folder"):     # --debug after the command: the traceback
+        main(["generate", "--model", str(tmp_path / "h"), "--prompt", "Hi", "--debug"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "no label here"}\n')
     code, _, err = run(["finetune", "--method", "bitfit", "--data", str(bad), "--out", str(tmp_path / "b"),

@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{label:<10} smallest rank within 90% of this set's best ROUGE-L ({top:.3f}): r={small[1]} "
               f"({small[4] / top:.0%}, {small[2]:,d} of up to {max(x[2] for x in sub):,d} parameters); "
               f"val loss spread over ranks: {np.ptp([x[3] for x in sub]):.3f}")
-    if not args.quick and plot(results, args.plot):
+    if args.quick:
+        print(f"(no {args.plot} under --quick)")
+    elif plot(results, args.plot):
         print(f"saved {args.plot}")
 
 

@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"prompt tuning's gap to full fine-tuning from the smallest to the largest size: {gaps[0]:+.3f} -> "
           f"{gaps[-1]:+.3f} ({trend}); {time.perf_counter() - t_start:.0f} s in all")
     plotted = not args.quick and plot(rows, methods, args.plot)
+    if args.quick:
+        print(f"(no {args.plot} under --quick)")
     return dict(rows=rows, gaps=gaps, plotted=plotted)
 
 
