@@ -167,8 +167,13 @@ def fork_rng() -> Iterator[None]:
     manual_seed), so after the block the outer stream is exactly where it was, as if the block had not run.
     """
     prev = _state["rng"]
-    # numpy's Generator and the strict stand-in's deepcopy with their state; CuPy's should too (untested here: no GPU)
-    _state["rng"] = None if prev is None else copy.deepcopy(prev)
+    try:   # numpy's Generator (and the strict stand-in's) copies with its state
+        _state["rng"] = None if prev is None else copy.deepcopy(prev)
+    except TypeError:
+        # CuPy's generator may not copy (its bit generator holds a lock and curand states on the device): then the
+        # block draws from the outer stream itself, as before this copy was made. Every caller in minipeft seeds
+        # inside the block, so only a draw before manual_seed would move the outer stream.
+        _state["rng"] = prev
     try:
         yield
     finally:

@@ -37,6 +37,25 @@ def test_fork_rng_leaves_the_outer_stream_where_it_was(keep_rng, reseed):
         np.testing.assert_array_equal(inside, want)
 
 
+def test_fork_rng_with_a_generator_that_cannot_be_copied_still_seeds_and_restores(keep_rng, monkeypatch):
+    """CuPy's generator may refuse deepcopy (a lock, device states): the block then uses the outer generator itself,
+    as fork_rng did before it copied; manual_seed inside still gives the block its own stream and the old generator
+    comes back."""
+    def refuse(obj):
+        raise TypeError("cannot pickle '_thread.lock' object")
+
+    monkeypatch.setattr(backend.copy, "deepcopy", refuse)
+    minipeft.manual_seed(7)
+    outer = backend.rng()
+    with backend.fork_rng():
+        assert backend.rng() is outer
+        minipeft.manual_seed(1)
+        inside = draws()
+    assert backend.rng() is outer
+    minipeft.manual_seed(1)
+    np.testing.assert_array_equal(inside, draws())
+
+
 def test_fork_rng_keeps_an_unseeded_generator_unseeded(keep_rng):
     backend._state["rng"] = None             # as before the first draw of a session
     with backend.fork_rng():
