@@ -4,7 +4,7 @@ The parameters are those of bench/vs_pytorch.py's largest shape (29.5M, full fin
 gradient). Reference (whole-array passes) and fast path at several chunk sizes are alternated, A B A B, and
 each is reported as the median of per-round ratios to the reference (shared/PERF-NOTES.md).
 
-    python bench/bench_adamw.py            # ~1 min on 2 cores
+    python bench/bench_adamw.py            # ~10 s on 2 cores (7 s measured, session 9)
     python bench/bench_adamw.py --quick    # seconds, the test preset
 """
 

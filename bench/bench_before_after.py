@@ -9,7 +9,7 @@ The earlier commit is checked out into a temporary git worktree, removed afterwa
 Each process times full fine-tuning and LoRA q,v steps of the tutorial's base model ("mini", batch 8 x 256,
 a target at every position; the median of --steps steps after one warm-up step).
 
-    python bench/bench_before_after.py --rev 9247031             # ~2-4 min on 2 cores
+    python bench/bench_before_after.py --rev 9247031             # ~2 min on 2 cores (100 s measured, session 9)
     python bench/bench_before_after.py --rev HEAD~3 --quick      # seconds, the test preset
 """
 

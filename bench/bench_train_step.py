@@ -17,7 +17,7 @@ Reports, all measured in this one run:
   the optimizer state that step creates) for each variant;
 - inference (forward, no grad) time of the merged and unmerged LoRA model relative to the base.
 
-    python bench/bench_train_step.py            # ~15-30 s on 2 cores
+    python bench/bench_train_step.py            # ~30 s on 2 cores (30 s measured, session 9)
     python bench/bench_train_step.py --quick    # seconds, small shapes (smoke test)
 """
 
