@@ -123,3 +123,22 @@ def test_from_pretrained_given_a_peft_model_says_to_use_load_adapter(tmp_path):
     peft = get_peft_model(build_gpt(0), LoraConfig(r=2))
     with pytest.raises(TypeError, match=r"takes the base model, got a PeftModel.*load_adapter\("):
         PeftModel.from_pretrained(peft, folder)
+
+
+def test_configs_take_hf_fields_they_do_not_implement_at_their_off_values():
+    """PEFT users write LoraConfig(use_dora=False, fan_in_fan_out=False): accepted (and not stored), as from a file;
+    any other value is refused naming the field, whatever the method."""
+    assert LoraConfig(r=4, use_dora=False, fan_in_fan_out=False) == LoraConfig(r=4)
+    with pytest.raises(ConfigError, match=r"LoraConfig sets use_dora=True, a Hugging Face PEFT option .* when off"):
+        LoraConfig(use_dora=True)
+    from minipeft.peft.registry import PEFT_TYPE_TO_CONFIG
+
+    checked = 0
+    for cls in PEFT_TYPE_TO_CONFIG.values():
+        for key, off in cls.UNSUPPORTED_FIELDS.items():
+            kwargs = {"num_virtual_tokens": 4} if "num_virtual_tokens" in cls.__dataclass_fields__ else {}
+            cls(**kwargs, **{key: off[0]})
+            with pytest.raises(ConfigError, match=f"{key}="):
+                cls(**kwargs, **{key: "on"})
+            checked += 1
+    assert checked >= 16

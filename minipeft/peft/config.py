@@ -81,8 +81,27 @@ def check_target_fields(config) -> None:
                     "None or a list of module names")
 
 
+def check_unsupported_off(cls, key: str, value) -> None:
+    """A Hugging Face field `cls` does not implement is accepted at the value that means "off", else refused."""
+    off = cls.UNSUPPORTED_FIELDS[key]
+    if not any(value == v for v in off):
+        raise ConfigError(f"{cls.__name__} sets {key}={value!r}, a Hugging Face PEFT option minipeft does not "
+                          f"implement for {cls.PEFT_TYPE} (accepted only when off: {' or '.join(repr(v) for v in off)})"
+                          "; train the adapter without it")
+
+
+class _TakesHFOffValues(type):
+    """Lets a config's constructor take the Hugging Face fields its method does not implement at their "off" values,
+    as PEFT's does (LoraConfig(use_dora=False)); any other value is refused by name. They are not stored."""
+
+    def __call__(cls, *args, **kwargs):
+        for key in [k for k in kwargs if k in cls.UNSUPPORTED_FIELDS]:
+            check_unsupported_off(cls, key, kwargs.pop(key))
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass
-class PeftConfig:
+class PeftConfig(metaclass=_TakesHFOffValues):
     """Fields every method shares; a subclass sets PEFT_TYPE, adds its fields and validates them in __post_init__."""
 
     PEFT_TYPE: ClassVar[str] = ""
@@ -124,12 +143,8 @@ class PeftConfig:
             if key in known or key in INFORMATIONAL_FIELDS or key == "peft_type":
                 continue
             if key in cls.UNSUPPORTED_FIELDS:
-                off = cls.UNSUPPORTED_FIELDS[key]
-                if any(value == v for v in off):
-                    continue
-                raise ConfigError(f"adapter config sets {key}={value!r}, a Hugging Face PEFT option minipeft does "
-                                  f"not implement for {cls.PEFT_TYPE} (accepted only when off: "
-                                  f"{' or '.join(repr(v) for v in off)}); train the adapter without it")
+                check_unsupported_off(cls, key, value)
+                continue
             raise ConfigError(f"adapter config has a field {key!r} (= {value!r}) that {cls.__name__} does not know; "
                               f"its fields are {sorted(known)}. If a newer Hugging Face PEFT wrote it at its "
                               "default, remove it from adapter_config.json")
