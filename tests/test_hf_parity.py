@@ -142,3 +142,25 @@ def test_configs_take_hf_fields_they_do_not_implement_at_their_off_values():
                 cls(**kwargs, **{key: "on"})
             checked += 1
     assert checked >= 16
+
+
+def test_saving_several_adapters_writes_none_when_one_cannot_be_saved(tmp_path, monkeypatch):
+    from minipeft.peft import AdapterError, save_load
+
+    peft = get_peft_model(build_gpt(0), LoraConfig(r=2))
+    peft.add_adapter("second", LoraConfig(r=2))
+    real = save_load.adapter_state_dict
+
+    def fail_on_second(model, name):
+        if name == "second":
+            raise AdapterError("cannot read adapter 'second'")
+        return real(model, name)
+
+    monkeypatch.setattr(save_load, "adapter_state_dict", fail_on_second)
+    with pytest.raises(AdapterError, match="second"):
+        peft.save_pretrained(str(tmp_path / "both"))
+    assert not (tmp_path / "both").exists()              # the default adapter's folder was not written either
+    monkeypatch.setattr(save_load, "adapter_state_dict", real)
+    peft.save_pretrained(str(tmp_path / "both"))
+    assert (tmp_path / "both" / "adapter_config.json").is_file()
+    assert (tmp_path / "both" / "second" / "adapter_model.safetensors").is_file()

@@ -102,7 +102,10 @@ def adapter_state_dict(peft_model, name: str) -> dict[str, np.ndarray]:
 
 
 def save_adapters(peft_model, root: str, selected: list[str] | None = None) -> None:
-    """Write each selected adapter's config and weights; each adapter folder is replaced as a unit."""
+    """Write each selected adapter's config and weights; each adapter folder is replaced as a unit.
+
+    Every adapter's files are built before any is written, so an adapter that cannot be saved leaves the others'
+    folders as they were too (a failure of the disk itself between two folders can still leave the first new)."""
     tuner = peft_model.base_model
     if tuner.unloaded_by is not None:
         raise AdapterError(f"save_pretrained: this PeftModel has no adapters left, {tuner.unloaded_by} removed them; "
@@ -122,6 +125,7 @@ def save_adapters(peft_model, root: str, selected: list[str] | None = None) -> N
         if name not in peft_model.peft_config:
             raise KeyError(f"save_pretrained: no adapter named {name!r}; adapters are {sorted(peft_model.peft_config)}")
     base = peft_model.get_base_model()
+    staged = {}
     for name in names:
         cfg = peft_model.peft_config[name].to_dict()
         cfg["inference_mode"] = True
@@ -131,10 +135,12 @@ def save_adapters(peft_model, root: str, selected: list[str] | None = None) -> N
         arrays = adapter_state_dict(peft_model, name)
         meta = {"format": "np", "peft_type": cfg["peft_type"], "base_model_fingerprint": peft_model.base_fingerprint,
                 CHECKSUM_KEY: tensors_sha256(arrays)}
-        write_files_as_unit(adapter_dir(root, name), {
+        staged[adapter_dir(root, name)] = {
             WEIGHTS_NAME: save(arrays, metadata=meta),
             CONFIG_NAME: json.dumps(cfg, indent=2, sort_keys=True).encode(),
-        })
+        }
+    for directory, files in staged.items():
+        write_files_as_unit(directory, files)
 
 
 def recover(directory: str) -> None:
