@@ -42,6 +42,9 @@ def finetune(model, tok, task: str, rows: Sequence[dict], *, steps: int, batch_s
              progress: bool = True, measure_memory: bool = True, log_every: int = 10,
              desc: str = "finetune") -> TrainResult:
     """AdamW on the model's trainable parameters, loss on completion tokens only, cosine learning rate."""
+    if not hasattr(tok, "encode_batch"):
+        raise TypeError(f"finetune: tok must be the tokenizer the model was trained with (load_base_model().tokenizer, "
+                        f"a minipeft Tokenizer), got {type(tok).__name__}")
     params = model.parameters(trainable_only=True)
     if not params:
         raise ValueError("finetune: the model has no trainable parameters (did you freeze everything?)")

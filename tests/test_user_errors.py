@@ -224,3 +224,10 @@ def test_cli_bad_values_exit_2_before_any_work(argv, match, tmp_path, capsys, mo
         main(argv)
     assert e.value.code == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+def test_quantize_model_and_finetune_name_a_wrong_argument(tok):
+    with pytest.raises(TypeError, match="quantize_model: model must be a minipeft Module.*got NoneType"):
+        quantize_model(None)
+    with pytest.raises(TypeError, match="finetune: tok must be the tokenizer.*got NoneType"):
+        finetune(get_peft_model(gpt(), LoraConfig(r=2)), None, "dialogsum", [ROW] * 4, steps=1, batch_size=2)

@@ -37,6 +37,9 @@ def quantize_model(model: Module, config: BitsAndBytesConfig | None = None) -> M
     Layers already in 4 bits are left as they are, so this also re-quantizes the float layers a
     merge_and_unload() produced. Every layer is checked before any is replaced: no half-quantized model.
     """
+    if not isinstance(model, Module):
+        raise TypeError(f"quantize_model: model must be a minipeft Module such as GPT(GPTConfig(...)), got "
+                        f"{type(model).__name__}")
     config = qlora_config() if config is None else config
     if not isinstance(config, BitsAndBytesConfig):
         raise TypeError(f"quantize_model: config must be a BitsAndBytesConfig, got {type(config).__name__}")
