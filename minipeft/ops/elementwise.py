@@ -190,6 +190,7 @@ class ReLUFn(Function):
 
 
 GELU_C = math.sqrt(2.0 / math.pi)
+GELU_A = 0.044715   # the cubic coefficient: Hendrycks & Gimpel (2016) fitted it so the tanh form tracks the erf GELU
 
 
 class GELUFn(Function):
@@ -198,7 +199,7 @@ class GELUFn(Function):
     @staticmethod
     def forward(ctx, x):
         xp = backend.xp()
-        u = GELU_C * (x + 0.044715 * x**3)                  # (...), x's shape throughout
+        u = GELU_C * (x + GELU_A * x**3)                  # (...), x's shape throughout
         t = xp.tanh(u)
         ctx.save_for_backward(x, t)
         return 0.5 * x * (1 + t)
@@ -208,7 +209,7 @@ class GELUFn(Function):
         # forward was y = 0.5 x (1 + t), t = tanh(u), u = c (x + 0.044715 x^3), c = sqrt(2/pi), so
         #   dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,   du/dx = c (1 + 3 * 0.044715 x^2)
         x, t = ctx.saved
-        du = GELU_C * (1 + 3 * 0.044715 * x * x)
+        du = GELU_C * (1 + 3 * GELU_A * x * x)
         return (dout * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du),)
 
 

@@ -72,7 +72,8 @@ class AttentionFn(Function):
         # forward was O = P V, P = softmax(S), S = Q K^T / sqrt(hs), so
         #   dV = P^T dO                        (O is linear in V)
         #   dP = dO V^T                        (O is linear in P)
-        #   dS = P * (dP - rowsum(dP * P))     (softmax's Jacobian, row by row; masked entries have P = 0)
+        #   dS = P * (dP - D),  D = rowsum(dP * P) = rowsum(dO * O)   (softmax's Jacobian, row by row; masked
+        #                                      entries have P = 0; the fast path uses the (T, hs) form of D)
         #   dQ = dS K / sqrt(hs),  dK = dS^T Q / sqrt(hs)
         qh, kh, vh, P, hs = ctx.saved
         nq, nk, nv = ctx.needs_input_grad

@@ -6,7 +6,7 @@ quantization treats those constants c (one per block) as data and quantizes them
     m = mean(c)                       one float32 per tensor: the constants are all positive, so centring
                                       them around 0 lets a symmetric code use both signs
     r = c - m                         (nblocks,), padded with zeros to a multiple of 256
-    s_j = max |r| over nested block j one float32 per 256 constants ("nested absmax")
+    s_j = max over block j of |r|     one float32 per 256 constants ("nested absmax")
     q = round(127 r / s_j)            int8 in [-127, 127], one per constant
     c_hat = q s_j / 127 + m           what dequantization uses in place of c
 

@@ -4,14 +4,17 @@ The code book
 -------------
 Pretrained weights are close to zero-centred normal. A 4-bit code has 16 values; to lose the least, each
 value should stand for the same share of weights, so the codes sit at quantiles of N(0, 1), normalized
-into [-1, 1]. Two details make it NF4 rather than plain quantiles:
+into [-1, 1] (QLoRA section 3 writes the symmetric formula q_i = (Q(i / (2^k + 1)) + Q((i + 1) / (2^k + 1))) / 2;
+the published NF4 values come from the construction below, bitsandbytes' `create_normal_map(offset=0.9677083)`).
+Two details make it NF4 rather than plain quantiles:
 
 1. An exact zero (zero weights, padding and all-zero blocks dequantize to exactly 0). So the two halves
    are built apart and share the 0: 8 positive codes from 9 quantiles of the upper half (the last, the
    median, is the 0) and 7 negative codes from 8 of the lower half. NF4 is therefore asymmetric: 7
    negative values, 0, 8 positive.
 2. The extreme quantiles of a normal are infinite, so the outermost probability is pulled in by
-   delta = (1/32 + 1/30) / 2, half a bin of each half's spacing: the positive half takes the quantiles
+   delta = (1/32 + 1/30) / 2, the mean of half a bin of a 16-bin and of a 15-bin split of [0, 1] (bitsandbytes
+   gives only the value; its issues #938 and #968 ask where it comes from): the positive half takes the quantiles
    Phi^-1(p) at p = linspace(1 - delta, 1/2, 9)[:-1], the negative half -Phi^-1(p) at
    p = linspace(1 - delta, 1/2, 8)[:-1]; then every value is divided by the largest, Phi^-1(1 - delta)
    ~= 1.848, so the outermost codes are exactly -1 and 1.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from minipeft import backend
 from minipeft.autograd import Function
-from minipeft.ops.elementwise import GELU_C, GELUFn
+from minipeft.ops.elementwise import GELU_A, GELU_C, GELUFn
 from minipeft.ops.fast._shared import chunks
 from minipeft.ops.fastpath import fast_path_of
 
@@ -30,7 +30,7 @@ class ChunkedGELUFn(Function):
     def forward(ctx, x):
         xp = backend.xp()
         c = x.dtype.type(GELU_C)
-        a = x.dtype.type(0.044715) * c
+        a = x.dtype.type(GELU_A) * c
         half = x.dtype.type(0.5)
         xf = x.reshape(-1)                           # flat view (a copy only if x is not contiguous)
         p = xp.empty_like(xf)
@@ -55,7 +55,7 @@ class ChunkedGELUFn(Function):
         xp = backend.xp()
         xf, p, shape = ctx.saved
         c = xf.dtype.type(GELU_C)
-        a6 = xf.dtype.type(6 * 0.044715) * c
+        a6 = xf.dtype.type(6 * GELU_A) * c
         c2 = xf.dtype.type(2) * c
         df = dout.reshape(-1)
         g = xp.empty_like(xf)

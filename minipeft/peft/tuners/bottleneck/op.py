@@ -11,7 +11,8 @@ b_up = 0 (the initialisation) out == y exactly, so training starts from the base
 f sits between the two projections, so out is not linear in y: no matrix folded into the base weight
 can reproduce it, and the adapter always costs its two small products at inference (tutorial 06
 measures how much). Backward forms only the gradients asked for: with every weight of the base frozen,
-dy is still needed (it carries the gradient to the earlier layers' adapters), but nothing of size d x k.
+dy is still needed (it carries the gradient to the earlier layers' adapters), but no gradient of the base
+layer's (d, k) weight.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from minipeft import backend
 from minipeft.autograd import Function, Tensor
 from minipeft.ops._util import check_float, check_same_dtype, mm
-from minipeft.ops.elementwise import GELU_C
+from minipeft.ops.elementwise import GELU_A, GELU_C
 
 NON_LINEARITIES = ("gelu", "relu")   # "gelu" is the tanh approximation (transformers' "gelu_new")
 
@@ -29,7 +30,7 @@ def activation(z, kind: str):
     if kind == "relu":
         mask = z > 0
         return z * mask, mask
-    t = backend.xp().tanh(GELU_C * (z + 0.044715 * z**3))          # u = c (z + 0.044715 z^3),  c = sqrt(2/pi)
+    t = backend.xp().tanh(GELU_C * (z + GELU_A * z**3))            # u = c (z + 0.044715 z^3),  c = sqrt(2/pi)
     return 0.5 * z * (1 + t), t
 
 
@@ -38,7 +39,7 @@ def activation_grad(z, saved, kind: str):
     if kind == "relu":
         return saved
     t = saved
-    return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * (GELU_C * (1 + 3 * 0.044715 * z * z))
+    return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * (GELU_C * (1 + 3 * GELU_A * z * z))
 
 
 def check_bottleneck_inputs(y, W_down, b_down, W_up, b_up, kind: str) -> None:
@@ -57,6 +58,8 @@ def check_bottleneck_inputs(y, W_down, b_down, W_up, b_up, kind: str) -> None:
 
 
 class BottleneckAdapterFn(Function):
+    """out = y + f(y W_down^T + b_down) W_up^T + b_up; y (..., d), W_down (m, d), W_up (d, m) -> (..., d)."""
+
     @staticmethod
     def forward(ctx, y, W_down, b_down, W_up, b_up, non_linearity="relu"):
         check_bottleneck_inputs(y, W_down, b_down, W_up, b_up, non_linearity)
@@ -80,15 +83,15 @@ class BottleneckAdapterFn(Function):
         #   dW_down = dz^T y;  db_down = sum_rows dz;  dy = dout + dz W_down   (the identity path, plus the adapter)
         y2, z, a, saved, W_down, W_up, kind, yshape = ctx.saved
         ny, nWd, nbd, nWu, nbu = ctx.needs_input_grad
-        dy2 = dout.reshape(-1, W_up.shape[0])                        # (N, d)
-        dW_up = mm(dy2.T, a) if nWu else None                        # (d, m)
-        db_up = dy2.sum(axis=0) if nbu else None                     # (d,)
+        dout2 = dout.reshape(-1, W_up.shape[0])                      # (N, d)
+        dW_up = mm(dout2.T, a) if nWu else None                      # (d, m)
+        db_up = dout2.sum(axis=0) if nbu else None                   # (d,)
         dz = None
         if ny or nWd or nbd:
-            dz = mm(dy2, W_up) * activation_grad(z, saved, kind)     # (N, m)
+            dz = mm(dout2, W_up) * activation_grad(z, saved, kind)   # (N, m)
         dW_down = mm(dz.T, y2) if nWd else None                      # (m, d)
         db_down = dz.sum(axis=0) if nbd else None                    # (m,)
-        dy = (dy2 + mm(dz, W_down)).reshape(yshape) if ny else None  # (..., d)
+        dy = (dout2 + mm(dz, W_down)).reshape(yshape) if ny else None  # (..., d)
         return dy, dW_down, db_down, dW_up, db_up
 
 

@@ -1,11 +1,12 @@
 """The (IA)^3 op (Liu et al., 2022): a frozen linear layer whose output, or input, is rescaled by a learned vector.
 
-    scale the output (keys, values):          y = (x W^T + b) * l         l: (d, 1), one number per output
+    scale the output (keys, values):          y = (x W^T + b) * l^T       l: (d, 1), one number per output
     scale the input (the MLP's fc2):          y = (x * l) W^T + b         l: (1, k), one number per input
 
 "Infused Adapter by Inhibiting and Amplifying Inner Activations": the paper rescales the attention keys and
 values and the MLP's inner activation gelu(fc1(x)); that activation is fc2's input, hence the second form.
-The vector's shapes are Hugging Face PEFT's (`ia3_l`), so they broadcast the way its tensors do. With
+The vector's shapes are Hugging Face PEFT's (`ia3_l`, saved as such); Hugging Face multiplies by
+`ia3_l.flatten()`, and l^T does the same for (d, 1). With
 l = 1 (the initialisation) both forms return x W^T + b exactly.
 
 Both forms are linear in x for a fixed l, so they fold into the weights (layer.py merges them): output
@@ -32,6 +33,8 @@ def check_ia3_inputs(x, W, b, l, scale_input: bool) -> None:
 
 
 class IA3LinearFn(Function):
+    """(x W^T + b) * l^T with l (d, 1); or, with scale_input, (x * l) W^T + b with l (1, k)."""
+
     @staticmethod
     def forward(ctx, x, W, b, l, scale_input=False):
         check_ia3_inputs(x, W, b, l, scale_input)

@@ -1,6 +1,7 @@
 """The LoRA op: a frozen linear layer plus a trainable low-rank update, one explicit forward/backward.
 
-    y = x W0^T + b + s * (dropout(x) A^T) B^T        A: (r, k),  B: (d, r),  s = alpha / r
+    y = x W0^T + b + s * (dropout(x) A^T) B^T        x: (..., k),  A: (r, k),  B: (d, r),
+                                                     s = alpha / r  (alpha / sqrt(r) with use_rslora)
 
 W0 (d, k) stays frozen, so backward forms only dx, dA and dB: the (d x k) weight gradient
 that full fine-tuning pays for is never computed. dW0 and db are formed only if the caller
@@ -46,6 +47,8 @@ def lora_inputs(x, W0, b, A, B, scale: float, dropout_p: float):
 
 
 class LoraLinearFn(Function):
+    """y = x W0^T + b + s (dropout(x) A^T) B^T; x (..., k), W0 (d, k), A (r, k), B (d, r) -> (..., d)."""
+
     @staticmethod
     def forward(ctx, x, W0, b, A, B, scale=1.0, dropout_p=0.0):
         d, s, x2, keep, xd = lora_inputs(x, W0, b, A, B, scale, dropout_p)

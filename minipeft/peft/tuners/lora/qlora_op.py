@@ -23,6 +23,8 @@ from minipeft.quant.linear4bit import QuantState
 
 
 class QLoraLinearFn(Function):
+    """LoraLinearFn with W0 = dequantize(qweight): y = x W0^T + b + s (dropout(x) A^T) B^T, W0 never stored."""
+
     @staticmethod
     def forward(ctx, x, b, A, B, qweight: QuantState, scale=1.0, dropout_p=0.0):
         W0 = qweight.dequantize()                                    # (d, k) a temporary, freed after forward

@@ -17,7 +17,11 @@ from minipeft.ops._util import check_float, check_same_dtype
 
 
 def check_sparse_inputs(W0, values, indices) -> None:
-    """values (k,) of W0's dtype; indices (k,) integers in [0, W0.size); a clear error otherwise."""
+    """values (k,) of W0's dtype and indices (k,) integers; a clear error otherwise.
+
+    The indices must also be distinct and inside [0, W0.size) (a repeated index would get the gradient of every
+    copy but keep one value; a negative one would wrap): that is checked where they are made, once, on the host
+    (`layer.check_indices`), not here, where reading them back at every step would stall a GPU."""
     check_float("sparse_replace", "W0", W0)
     if values.ndim != 1 or indices.ndim != 1 or values.shape != indices.shape:
         raise ValueError(f"sparse_replace: values {values.shape} and indices {indices.shape} must both be (k,)")
@@ -29,6 +33,8 @@ def check_sparse_inputs(W0, values, indices) -> None:
 
 
 class SparseReplaceFn(Function):
+    """W' = W0 with W'.flat[indices] = values; values, indices (k,) -> W0's shape."""
+
     @staticmethod
     def forward(ctx, W0, values, indices):
         check_sparse_inputs(W0, values, indices)
