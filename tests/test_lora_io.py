@@ -267,3 +267,22 @@ def test_modules_to_save_with_bias_all_and_a_named_adapter_round_trip(tmp_path):
     assert "base_model.model.blocks.0.attn.q_proj.lora_A.weight" in keys
     loaded = PeftModel.from_pretrained(build_gpt(0), str(tmp_path / "t"), adapter_name="t")
     np.testing.assert_array_equal(logits(loaded, ids), out)
+
+
+def test_modules_to_save_copies_follow_set_adapter_and_delete_adapter():
+    """Each adapter trains its own copy of a modules_to_save module; the active one computes, deleting it hands the
+    wrapper to the adapter left, and the wrapper still reads as the module it wraps (`.weight`)."""
+    peft = get_peft_model(build_gpt(0), LoraConfig(r=2, modules_to_save=["ln_f"]))
+    peft.add_adapter("other", LoraConfig(r=2, modules_to_save=["ln_f"]))
+    wrapper = peft.get_base_model().ln_f
+    assert wrapper.weight is wrapper.original_module.weight                   # attribute reads reach the module
+    wrapper.modules_to_save["other"].weight.data[...] = 2.0                   # make the two copies differ
+    ids, _ = batch(3)
+    default_out = logits(peft, ids)
+    peft.set_adapter("other")
+    other_out = logits(peft, ids)
+    assert not np.array_equal(default_out, other_out)
+    peft.set_adapter("default")
+    peft.delete_adapter("default")
+    assert wrapper.active_adapter == "other" and list(wrapper.modules_to_save) == ["other"]
+    np.testing.assert_array_equal(logits(peft, ids), other_out)

@@ -143,6 +143,27 @@ def test_quantize_model_checks_every_layer_before_replacing_any():
         quantize_model(peft.get_base_model())
 
 
+def test_quantizing_a_float64_model_casts_to_the_compute_dtype_and_leaves_the_original_linear(float64):
+    """A float64 model quantized with float32 compute (QLoRA's default here): each Linear4bit computes in float32,
+    its bias is the float64 bias rounded to float32, and the float64 Linear it replaced is not modified."""
+    model = build_gpt(0, dtype=np.float64)
+    q_proj = model.blocks[0].attn.q_proj
+    w_before, b_before = to_numpy(q_proj.weight.data).copy(), to_numpy(q_proj.bias.data).copy()
+    quantize_model(model, qlora_config())
+    layer = model.blocks[0].attn.q_proj
+    assert isinstance(layer, Linear4bit) and layer.compute_dtype == np.float32
+    assert layer.dequantize().dtype == np.float32
+    np.testing.assert_array_equal(to_numpy(layer.bias.data), b_before.astype(np.float32))
+    assert q_proj.weight.dtype == np.float64 and np.array_equal(to_numpy(q_proj.weight.data), w_before)
+    assert np.array_equal(to_numpy(q_proj.bias.data), b_before)
+    assert quantization_error(model, build_gpt(0, dtype=np.float64))["max_abs"] > 0
+
+
+def test_quantization_error_needs_a_quantized_model():
+    with pytest.raises(ValueError, match="holds no Linear4bit layer; quantize_model"):
+        quantization_error(build_gpt(0), build_gpt(0))
+
+
 def test_quantized_model_error_is_within_the_nf4_bound_and_logits_stay_close():
     ref, model = build_gpt(0), quantized_gpt()
     err = quantization_error(model, ref)

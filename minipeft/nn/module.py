@@ -247,6 +247,10 @@ class _KeyedDict(Module):
     def __len__(self) -> int:
         return len(self._keys)
 
+    def __iter__(self) -> Iterator[str]:
+        """The keys, as iterating a dict (or torch's ModuleDict) gives them."""
+        return iter(list(self._keys))
+
     def keys(self) -> list[str]:
         return list(self._keys)
 
