@@ -38,11 +38,12 @@ class no_grad:  # noqa: N801 (lower case, as torch.no_grad)
         return cls()(fn)  # bare @no_grad: decorate fn straight away
 
     def __enter__(self) -> None:
-        self._prev = _grad_enabled[0]
+        # a stack, so one instance entered twice (nested) restores each level, as torch.no_grad does
+        self.__dict__.setdefault("_prev", []).append(_grad_enabled[0])
         _grad_enabled[0] = False
 
     def __exit__(self, *exc) -> None:
-        _grad_enabled[0] = self._prev
+        _grad_enabled[0] = self._prev.pop()
 
     def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)

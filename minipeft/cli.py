@@ -149,7 +149,6 @@ def cmd_finetune(args) -> None:
     res = finetune(model, tok, task, train, steps=args.steps, batch_size=args.batch_size, lr=lr, seed=args.seed,
                    progress=True, measure_memory=False, desc=args.method)
     scores = evaluate(model, tok, test, task, args.max_new_tokens)[0] if test else {}
-    (Path(args.out) / RUN_FILE).unlink(missing_ok=True)   # an earlier run's record must not outlive its adapter
     model.save_pretrained(str(args.out))
     run = {"method": args.method, "task": task.name, "quick": args.quick, "base": str(base.path), "lr": lr,
            "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "n_train": len(train),

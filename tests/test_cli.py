@@ -131,19 +131,22 @@ def test_a_failed_run_exits_1_with_one_line(home, tmp_path, capsys):
     assert code == 1 and "fit no task" in err and len(err.strip().splitlines()) == 1
 
 
-def test_an_interrupted_finetune_leaves_no_stale_run_record(home, tmp_path, capsys, monkeypatch):
-    """generate and merge read minipeft_run.json to pick the base (4-bit for QLoRA): a finetune into a folder that
-    holds an earlier run must not leave that run's record beside a different adapter if saving fails."""
+def test_a_failed_save_leaves_the_earlier_adapter_and_its_record_usable(home, tmp_path, capsys, monkeypatch):
+    """The adapter folder is replaced as a unit, so a save that fails keeps the earlier adapter whole; its run record
+    (which says to load a QLoRA adapter on the 4-bit base) must stay beside it for generate to load it."""
     from minipeft.peft import PeftModel
 
     out = tmp_path / "a"
-    out.mkdir()
-    (out / RUN_FILE).write_text(json.dumps({"method": "qlora", "quick": True}))
+    code, _, err = run(["finetune", "--method", "qlora", "--out", str(out), *TINY], capsys)
+    assert code == 0, err
 
     def crash(self, directory, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(PeftModel, "save_pretrained", crash)
-    code, _, err = run(["finetune", "--method", "lora-qv", "--out", str(out), *TINY], capsys)
+    with monkeypatch.context() as m:
+        m.setattr(PeftModel, "save_pretrained", crash)
+        code, _, err = run(["finetune", "--method", "lora-qv", "--out", str(out), *TINY], capsys)
     assert code == 1 and "disk full" in err
-    assert not (out / RUN_FILE).exists()
+    assert json.loads((out / RUN_FILE).read_text())["method"] == "qlora"
+    code, _, err = run(["generate", "--adapter", str(out), "--prompt", "Hi", "--max-new-tokens", "2"], capsys)
+    assert code == 0, err

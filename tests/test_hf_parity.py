@@ -57,13 +57,28 @@ def test_inference_mode_config_gives_a_frozen_adapter():
     assert len(get_peft_model(build_gpt(0), LoraConfig(r=2)).parameters(trainable_only=True)) > 0
 
 
-def test_only_one_lora_adapter_may_train_the_shared_biases():
-    peft = get_peft_model(build_gpt(0), LoraConfig(r=2, bias="all"))
-    with pytest.raises(ValueError, match=r"'b'.*only one adapter with bias.*'default' already has bias='all'.*"
+def test_a_lora_adapter_with_bias_is_refused_beside_any_other_as_in_hf():
+    """HF's rule (LoraModel._check_new_adapter_config): bias != 'none' trains the shared base biases, so such an
+    adapter may not be added when the model already holds one; a bias='none' adapter may join a bias one."""
+    plain = get_peft_model(build_gpt(0), LoraConfig(r=2))
+    with pytest.raises(ValueError, match=r"'b': bias='all' trains the base model's biases.*\['default'\].*"
                                          r"bias='none'"):
-        peft.add_adapter("b", LoraConfig(r=2, bias="lora_only"))
-    assert sorted(peft.peft_config) == ["default"]       # nothing half-added
-    peft.add_adapter("c", LoraConfig(r=2))               # bias='none' beside it is fine, as in HF
+        plain.add_adapter("b", LoraConfig(r=2, bias="all"))
+    assert sorted(plain.peft_config) == ["default"]      # nothing half-added
+    with_bias = get_peft_model(build_gpt(0), LoraConfig(r=2, bias="lora_only"))
+    with pytest.raises(ValueError, match="single adapter"):
+        with_bias.add_adapter("c", LoraConfig(r=2, bias="all"))
+    with_bias.add_adapter("d", LoraConfig(r=2))          # bias='none' beside it is fine, as in HF
+
+
+def test_layers_to_transform_with_a_regex_is_fine_for_methods_hf_does_not_restrict():
+    """The refusal is LoraConfig's (HF's); selective methods and bottleneck adapters keep regex + blocks."""
+    from minipeft.peft import BottleneckConfig
+    from minipeft.peft.tuners.selective.config import SelectiveConfig
+
+    assert SelectiveConfig(target_modules=r".*attn.*", layers_to_transform=[1]).layers_to_transform == [1]
+    adapters = BottleneckConfig(target_modules=r".*fc2", layers_to_transform=1, bottleneck_size=4)
+    assert adapters.layers_to_transform == [1]
 
 
 def test_disabling_an_adapter_that_trained_base_biases_warns():

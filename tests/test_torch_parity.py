@@ -215,3 +215,12 @@ def test_llm_adapters_bottleneck_config_is_refused_by_field_name():
         BottleneckConfig.from_dict(llm_adapters)
     doc = BottleneckConfig.__doc__ + (BottleneckConfig.houlsby.__doc__ or "")
     assert "gelu_new" in doc and "swish" in doc
+
+
+def test_one_no_grad_instance_entered_twice_restores_each_level():
+    ng = no_grad()
+    with ng:
+        with ng:
+            assert not is_grad_enabled()
+        assert not is_grad_enabled()
+    assert is_grad_enabled()

@@ -71,11 +71,6 @@ def check_target_fields(config) -> None:
         check_field(config, "layers_to_transform", layers is None or (
             isinstance(layers, (list, tuple)) and all(map(is_index, layers))),
             "None, a block index (an int >= 0) or a list of them")
-        if layers is not None and isinstance(getattr(config, "target_modules", None), str):
-            # as Hugging Face PEFT: a regex (or "all-linear") already chooses the layers by path
-            raise ConfigError(f"{type(config).__name__}: layers_to_transform={layers!r} cannot be combined with "
-                              f"target_modules given as a string ({config.target_modules!r}); list the module names "
-                              r"instead, or write the block into the regex, e.g. r'blocks\.(0|1)\.attn\.q_proj'")
     if hasattr(config, "modules_to_save"):
         check_field(config, "modules_to_save", config.modules_to_save is None or is_str_list(config.modules_to_save),
                     "None or a list of module names")

@@ -48,6 +48,11 @@ class LoraConfig(PeftConfig):
         if self.target_modules is None:
             self.target_modules = ["q_proj", "v_proj"]   # the original paper's choice
         check_target_fields(self)
+        if self.layers_to_transform is not None and isinstance(self.target_modules, str):
+            # as Hugging Face PEFT's LoraConfig: a regex (or "all-linear") already chooses the layers by path
+            raise ConfigError(f"LoraConfig: layers_to_transform={self.layers_to_transform!r} cannot be combined with "
+                              f"target_modules given as a string ({self.target_modules!r}); list the module names "
+                              r"instead, or write the block into the regex, e.g. r'blocks\.(0|1)\.attn\.q_proj'")
         for name, pattern, ok, allowed in (("rank_pattern", self.rank_pattern, _is_rank, "ints >= 1"),
                                            ("alpha_pattern", self.alpha_pattern, _is_alpha, "numbers > 0")):
             if not isinstance(pattern, dict):

@@ -27,13 +27,12 @@ class LoraModel(BaseTuner):
                             config.init_lora_weights, config.use_rslora)
 
     def inject_adapter(self, name: str, config: LoraConfig) -> None:
-        """BaseTuner's, refusing a second adapter that trains biases: the base biases are shared, so two such
-        adapters would train and save the same tensors (Hugging Face PEFT refuses it too)."""
-        others = [n for n, c in self.peft_config.items() if c.bias != "none"]
-        if isinstance(config, LoraConfig) and config.bias != "none" and others:
-            raise ValueError(f"adapter {name!r}: LoRA supports only one adapter with bias='all' or 'lora_only', and "
-                             f"{others[0]!r} already has bias={self.peft_config[others[0]].bias!r}; the base biases "
-                             "are shared, so both would train the same ones. Set bias='none' for this adapter")
+        """BaseTuner's, with Hugging Face PEFT's rule for LoRA's bias option: an adapter with bias != 'none' trains
+        the base model's own biases, which every adapter shares, so it is refused beside any other adapter."""
+        if isinstance(config, LoraConfig) and config.bias != "none" and self.peft_config:
+            raise ValueError(f"adapter {name!r}: bias={config.bias!r} trains the base model's biases, which the "
+                             f"adapters {sorted(self.peft_config)} share; LoRA supports bias != 'none' only for a "
+                             "model's single adapter. Set bias='none' for this one")
         super().inject_adapter(name, config)
 
     def trains_base_biases(self) -> list[str]:
