@@ -38,7 +38,7 @@ class no_grad:  # noqa: N801 (lower case, as torch.no_grad)
         return cls()(fn)  # bare @no_grad: decorate fn straight away
 
     def __enter__(self) -> None:
-        # a stack, so one instance entered twice (nested) restores each level, as torch.no_grad does
+        # a stack, so one instance entered twice (nested) restores each level (torch's keeps one prev: not here)
         self.__dict__.setdefault("_prev", []).append(_grad_enabled[0])
         _grad_enabled[0] = False
 

@@ -1,7 +1,7 @@
 """Where minipeft's PEFT names must behave as Hugging Face PEFT's do (each case found by reading PEFT's source next to
 ours): loading for inference, inference_mode, LoRA's bias with several adapters, disabling adapters that trained
-base biases, regex targets with layers_to_transform, an optimizer built before set_adapter, and the PeftModel
-attributes HF users reach for."""
+base biases, an optimizer built before set_adapter, the PeftModel attributes HF users reach for, HF's unimplemented
+fields at their off values; and where minipeft deliberately differs (regex targets with layers_to_transform)."""
 
 from __future__ import annotations
 
@@ -71,16 +71,6 @@ def test_a_lora_adapter_with_bias_is_refused_beside_any_other_as_in_hf():
     with_bias.add_adapter("d", LoraConfig(r=2))          # bias='none' beside it is fine, as in HF
 
 
-def test_layers_to_transform_with_a_regex_is_fine_for_methods_hf_does_not_restrict():
-    """The refusal is LoraConfig's (HF's); selective methods and bottleneck adapters keep regex + blocks."""
-    from minipeft.peft import BottleneckConfig
-    from minipeft.peft.tuners.selective.config import SelectiveConfig
-
-    assert SelectiveConfig(target_modules=r".*attn.*", layers_to_transform=[1]).layers_to_transform == [1]
-    adapters = BottleneckConfig(target_modules=r".*fc2", layers_to_transform=1, bottleneck_size=4)
-    assert adapters.layers_to_transform == [1]
-
-
 def test_disabling_an_adapter_that_trained_base_biases_warns():
     peft = get_peft_model(build_gpt(0), LoraConfig(r=2, bias="all"))
     with pytest.warns(UserWarning, match=r"\['default'\] trained the base model's biases"):
@@ -97,13 +87,12 @@ def test_disabling_an_adapter_that_trained_base_biases_warns():
             pass
 
 
-def test_layers_to_transform_with_a_regex_target_is_refused_as_in_hf():
-    with pytest.raises(ConfigError, match=r"layers_to_transform=\[1\].*target_modules given as a string.*list the "
-                                          "module names"):
-        LoraConfig(target_modules=r".*q_proj", layers_to_transform=1)
-    with pytest.raises(ConfigError, match="'all-linear'"):
-        LoraConfig(target_modules="all-linear", layers_to_transform=[0])
-    assert LoraConfig(target_modules=["q_proj"], layers_to_transform=1).layers_to_transform == [1]
+def test_lora_regex_targets_with_layers_to_transform_apply_both_filters():
+    """Hugging Face's LoraConfig refuses this pair; minipeft keeps it (adapters saved before have it): the regex
+    picks the modules, layers_to_transform the blocks."""
+    peft = get_peft_model(build_gpt(0), LoraConfig(r=2, target_modules=r".*q_proj", layers_to_transform=1))
+    wrapped = sorted(p for p, m in peft.named_modules() if type(m).__name__ == "LoraLinear")
+    assert wrapped == ["base_model.model.blocks.1.attn.q_proj"]
 
 
 def test_an_optimizer_over_all_parameters_trains_an_adapter_activated_later():
@@ -179,3 +168,16 @@ def test_saving_several_adapters_writes_none_when_one_cannot_be_saved(tmp_path, 
     peft.save_pretrained(str(tmp_path / "both"))
     assert (tmp_path / "both" / "adapter_config.json").is_file()
     assert (tmp_path / "both" / "second" / "adapter_model.safetensors").is_file()
+
+
+def test_a_subclass_may_implement_a_field_minipeft_lists_as_unsupported():
+    """The constructor's off-value handling is for fields the class lacks: a student's config that adds DoRA as a
+    real field keeps it, from the constructor and from a dict."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class DoraConfig(LoraConfig):
+        use_dora: bool = False
+
+    assert DoraConfig(use_dora=True).use_dora is True
+    assert DoraConfig.from_dict({"r": 4, "use_dora": True}).use_dora is True

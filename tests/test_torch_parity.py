@@ -22,6 +22,9 @@ def draws(n: int = 8) -> np.ndarray:
 
 @pytest.mark.parametrize("reseed", [False, True], ids=["draws only", "manual_seed inside"])
 def test_fork_rng_leaves_the_outer_stream_where_it_was(keep_rng, reseed):
+    if backend.is_gpu() and not reseed:
+        pytest.skip("CuPy's generator (and the strict stand-in's) holds a lock and cannot be copied: there a draw "
+                    "before manual_seed inside the block moves the outer stream (the fallback tested below)")
     minipeft.manual_seed(7)
     draws()                                  # the outer stream is part-way through
     with backend.fork_rng():

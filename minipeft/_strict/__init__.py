@@ -32,6 +32,7 @@ Counted, inside `with counting() as c:` (each is a host round trip on a GPU):
 
 from __future__ import annotations
 
+import threading
 import types
 
 import numpy as np
@@ -91,6 +92,7 @@ class _Generator:
 
     def __init__(self, seed):
         self._g = np.random.default_rng(seed)
+        self.lock = threading.Lock()     # as CuPy's bit generator holds one: like it, this cannot be deep-copied
 
     def random(self, size=None, dtype=np.float64, out=None):
         return self._put(self._g.random(size, dtype=dtype), out)

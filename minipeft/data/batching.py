@@ -121,7 +121,7 @@ def encode_rows(rows: Sequence[dict], task: str | Task, tok: TokenizerLike,
         try:
             pairs.append(split_for_bpe(*t.to_prompt_completion(r)))
         except (TypeError, ValueError) as e:
-            raise type(e)(f"row {i}: {e}") from None
+            raise (TypeError if isinstance(e, TypeError) else ValueError)(f"row {i}: {e}") from e
     prompts = tok.encode_batch([p for p, _ in pairs])
     completions = tok.encode_batch([c for _, c in pairs])
     eos, out = _eos(tok), []

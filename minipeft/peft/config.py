@@ -90,7 +90,8 @@ class _TakesHFOffValues(type):
     as PEFT's does (LoraConfig(use_dora=False)); any other value is refused by name. They are not stored."""
 
     def __call__(cls, *args, **kwargs):
-        for key in [k for k in kwargs if k in cls.UNSUPPORTED_FIELDS]:
+        real = {f.name for f in fields(cls) if f.init}     # a subclass may implement one (a student's DoRA)
+        for key in [k for k in kwargs if k in cls.UNSUPPORTED_FIELDS and k not in real]:
             check_unsupported_off(cls, key, kwargs.pop(key))
         return super().__call__(*args, **kwargs)
 

@@ -30,7 +30,8 @@ class LoraConfig(PeftConfig):
     bias: str = "none"                               # "none" | "all" | "lora_only": which biases train
     use_rslora: bool = False                         # s = lora_alpha / sqrt(r) (rank-stabilized LoRA)
     init_lora_weights: bool | str = True             # True: A kaiming-uniform, B=0; "gaussian"; False: B random
-    layers_to_transform: list[int] | int | None = None  # only these block indices (None: all)
+    layers_to_transform: list[int] | int | None = None  # only these block indices (None: all); also with a regex
+    #   target_modules, where both filters apply (Hugging Face refuses that pair; minipeft's files have used it)
     modules_to_save: list[str] | None = None         # extra modules trained in full and saved (copied)
     rank_pattern: dict[str, int] = field(default_factory=dict)      # module regex -> r there (HF's meaning)
     alpha_pattern: dict[str, float] = field(default_factory=dict)   # module regex -> lora_alpha there
@@ -48,11 +49,6 @@ class LoraConfig(PeftConfig):
         if self.target_modules is None:
             self.target_modules = ["q_proj", "v_proj"]   # the original paper's choice
         check_target_fields(self)
-        if self.layers_to_transform is not None and isinstance(self.target_modules, str):
-            # as Hugging Face PEFT's LoraConfig: a regex (or "all-linear") already chooses the layers by path
-            raise ConfigError(f"LoraConfig: layers_to_transform={self.layers_to_transform!r} cannot be combined with "
-                              f"target_modules given as a string ({self.target_modules!r}); list the module names "
-                              r"instead, or write the block into the regex, e.g. r'blocks\.(0|1)\.attn\.q_proj'")
         for name, pattern, ok, allowed in (("rank_pattern", self.rank_pattern, _is_rank, "ints >= 1"),
                                            ("alpha_pattern", self.alpha_pattern, _is_alpha, "numbers > 0")):
             if not isinstance(pattern, dict):
