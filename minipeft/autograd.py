@@ -37,9 +37,12 @@ class no_grad:  # noqa: N801 (lower case, as torch.no_grad)
             return super().__new__(cls)
         return cls()(fn)  # bare @no_grad: decorate fn straight away
 
+    def __init__(self, fn: Callable | None = None) -> None:
+        self._prev: list[bool] = []   # a stack: one instance entered twice (nested) restores each level (torch's
+        #                               keeps one prev: not here)
+
     def __enter__(self) -> None:
-        # a stack, so one instance entered twice (nested) restores each level (torch's keeps one prev: not here)
-        self.__dict__.setdefault("_prev", []).append(_grad_enabled[0])
+        self._prev.append(_grad_enabled[0])
         _grad_enabled[0] = False
 
     def __exit__(self, *exc) -> None:

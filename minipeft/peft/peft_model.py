@@ -129,7 +129,7 @@ class PeftModel(Module):
         self.base_model.disable_adapter_layers()
 
     def _warn_if_biases_trained(self) -> None:
-        trained = getattr(self.base_model, "trains_base_biases", list)()
+        trained = self.base_model.trains_base_parameters()
         if trained:
             warnings.warn(f"adapter(s) {trained} trained the base model's biases (bias != 'none'), which are not part "
                           "of the adapter layers: with the adapters disabled the output is not the base model's",

@@ -260,8 +260,7 @@ def from_pretrained(cls, model: Module, directory: str, name: str, is_trainable:
     except BaseException:
         peft_model.unload()  # hand the caller's model back as it was, without our wrappers
         raise
-    if not is_trainable:
-        peft_model.freeze()
+    if not is_trainable:    # frozen already: the config says inference_mode (BaseTuner.mark_trainable)
         peft_model.eval()   # as Hugging Face PEFT: dropout off, so two calls give the same output
     return peft_model
 
@@ -281,11 +280,6 @@ def load_adapter(peft_model, directory: str, name: str, is_trainable: bool, chec
         peft_model.set_adapter(active)
         peft_model.delete_adapter(name)  # no half-loaded adapter left behind
         raise
-    peft_model.set_adapter(active)
-    if not is_trainable:  # freeze the adapter's own weights; base parameters it shares (biases) stay as they are
-        tuner = peft_model.base_model
-        shared = set(tuner._extra_saved_parameters(name, tuner.peft_config[name]))
-        for live, p in tuner.adapter_parameters(name).items():
-            if live not in shared:
-                p.requires_grad = False
+    peft_model.set_adapter(active)   # the new adapter stays frozen: not active, and inference_mode if not trainable
+    if not is_trainable:
         peft_model.eval()   # as Hugging Face PEFT's load_adapter

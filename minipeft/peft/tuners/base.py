@@ -65,6 +65,10 @@ class BaseTuner(Module):
         """Names (relative to this tuner) of base parameters the adapter trains and saves; none by default."""
         return []
 
+    def trains_base_parameters(self) -> list[str]:
+        """The adapters that train parameters of the base model itself (LoRA's bias option), changed in place."""
+        return [n for n, c in self.peft_config.items() if self._extra_saved_parameters(n, c)]
+
     # ---- injection ---------------------------------------------------------------------------------
     def inject_adapter(self, name: str, config: PeftConfig) -> None:
         """Add adapter `name` as `config` says: wrap every target, add modules_to_save copies, register it."""

@@ -35,10 +35,6 @@ class LoraModel(BaseTuner):
                              "model's single adapter. Set bias='none' for this one")
         super().inject_adapter(name, config)
 
-    def trains_base_biases(self) -> list[str]:
-        """The adapters whose bias option trained (changed) the base model's own biases."""
-        return [n for n, c in self.peft_config.items() if c.bias != "none"]
-
     def _trained_biases(self, config: LoraConfig) -> list[str]:
         """bias="all": every base bias; "lora_only": the biases of the wrapped Linears; "none": none."""
         if config.bias == "none":
