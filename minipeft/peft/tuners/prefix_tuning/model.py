@@ -66,7 +66,7 @@ class PrefixTuningModel(SoftPromptTuner):
     """The user's GPT with prefix-tuning adapters; the active one's keys and values precede every layer's."""
 
     def _make_encoder(self, config: PrefixTuningConfig, name: str) -> PrefixEncoder:
-        return PrefixEncoder(config, self.model.wte.weight.dtype)
+        return PrefixEncoder(config, self.model.get_input_embeddings().weight.dtype)
 
     def hidden_states(self, ids=None, *, inputs_embeds=None, prefix_kv=None, kv_cache=None):
         """ln_f of the last block (B, T, C) with the active adapter's prefixes in every attention layer."""

@@ -43,7 +43,7 @@ def prompt_nearest_tokens(peft_model, tokenizer=None, k: int = 5,
     if name not in tuner.prompt_encoder:
         raise KeyError(f"no prompt-tuning adapter named {name!r}; adapters are {sorted(tuner.peft_config)}")
     prompt = tuner.prompt_encoder[name].embedding.weight.data
-    ids, cos = nearest_tokens(prompt, tuner.model.wte.weight.data, k)
+    ids, cos = nearest_tokens(prompt, tuner.model.get_input_embeddings().weight.data, k)
     label = (lambda i: tokenizer.id_to_token(int(i))) if tokenizer is not None else int
     return [[(label(i), float(c)) for i, c in zip(row_ids, row_cos, strict=True)]
             for row_ids, row_cos in zip(ids, cos, strict=True)]

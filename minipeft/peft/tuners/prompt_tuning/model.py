@@ -70,7 +70,7 @@ class PromptTuningModel(SoftPromptTuner):
     """The user's GPT with prompt-tuning adapters; the active one's virtual tokens precede every input."""
 
     def _make_encoder(self, config: PromptTuningConfig, name: str) -> PromptEmbedding:
-        return PromptEmbedding(config, self.model.wte)
+        return PromptEmbedding(config, self.model.get_input_embeddings())
 
     @property
     def virtual_positions(self) -> int:
@@ -101,7 +101,7 @@ class PromptTuningModel(SoftPromptTuner):
             arr = ids.data if isinstance(ids, Tensor) else backend.xp().asarray(ids)
             if arr.ndim == 2:
                 self._check_fits(n, arr.shape[1])   # naming both lengths; check_input checks the rest
-            inputs_embeds = self.model.wte(self.model.check_input(arr, past=n))          # (B, T, C), frozen
+            inputs_embeds = self.model.get_input_embeddings()(self.model.check_input(arr, past=n))  # (B, T, C)
         elif ids is not None:
             raise ValueError("prompt tuning: pass exactly one of ids and inputs_embeds, got both")
         else:

@@ -1,0 +1,139 @@
+"""Weights of a Llama-family model from a GGUF file or a Hugging Face folder, in transformers' names and layout.
+
+GGUF (llama.cpp's format) names tensors its own way (`blk.0.attn_q.weight`) and stores the rows of q_proj and
+k_proj permuted for llama.cpp's rotary layout, which turns adjacent channel pairs (2i, 2i + 1); transformers and
+this project turn the pairs (i, i + head_dim / 2) ("rotate half"). llama.cpp's converter applied, per head,
+
+    W.reshape(n_heads, 2, head_dim / 2, C).swapaxes(1, 2).reshape(W.shape)     (half-split -> interleaved)
+
+so loading undoes it with the inverse reshape, and q_proj / k_proj then equal the Hugging Face checkpoint's rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from minipeft import backend
+from minipeft.nn.llama import LlamaConfig, LlamaForCausalLM
+
+# GGUF tensor name -> transformers' parameter name ({i} is the layer)
+GGUF_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "blk.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "blk.{i}.attn_q.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "blk.{i}.attn_k.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "blk.{i}.attn_v.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "blk.{i}.attn_output.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "blk.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "blk.{i}.ffn_gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
+}
+
+
+def interleaved_to_half(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's rotary permutation of q_proj / k_proj rows (see the module docstring)."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def half_to_interleaved(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's permutation (what a GGUF file holds), the inverse of interleaved_to_half."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def config_from_gguf(metadata: dict, n_vocab: int | None = None) -> LlamaConfig:
+    """LlamaConfig from a GGUF file's `llama.*` metadata."""
+    arch = metadata.get("general.architecture")
+    if arch != "llama":
+        raise ValueError(f"GGUF: general.architecture is {arch!r}; only 'llama' models load here")
+
+    def get(key: str):
+        if f"llama.{key}" not in metadata:
+            raise ValueError(f"GGUF: metadata lacks llama.{key}, which a Llama model needs")
+        return metadata[f"llama.{key}"]
+
+    n_head = int(get("attention.head_count"))
+    vocab = n_vocab or metadata.get("llama.vocab_size") or len(metadata.get("tokenizer.ggml.tokens", ()))
+    return LlamaConfig(vocab_size=int(vocab), context_length=int(get("context_length")),
+                       d_model=int(get("embedding_length")), n_layer=int(get("block_count")), n_head=n_head,
+                       n_kv_head=int(metadata.get("llama.attention.head_count_kv", n_head)),
+                       d_ff=int(get("feed_forward_length")), rope_base=float(metadata.get("llama.rope.freq_base", 1e4)),
+                       rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+                       tie_embeddings=False)   # set by the caller from whether output.weight exists
+
+
+def hf_state_from_gguf(tensors: dict[str, np.ndarray], cfg: LlamaConfig) -> dict[str, np.ndarray]:
+    """GGUF tensors renamed to transformers' names, q_proj / k_proj rows back in the rotate-half layout."""
+    names = {}
+    for i in range(cfg.n_layer):
+        names.update({g.format(i=i): h.format(i=i) for g, h in GGUF_NAMES.items() if "{i}" in g})
+    names.update({g: h for g, h in GGUF_NAMES.items() if "{i}" not in g})
+    unknown = sorted(set(tensors) - set(names))
+    if unknown:
+        raise ValueError(f"GGUF: tensors {unknown[:5]} are not part of a {cfg.n_layer}-layer Llama model")
+    state = {}
+    for g, w in tensors.items():
+        h = names[g]
+        if h.endswith("q_proj.weight"):
+            w = interleaved_to_half(w, cfg.n_head)
+        elif h.endswith("k_proj.weight"):
+            w = interleaved_to_half(w, cfg.n_kv_head)
+        state[h] = w
+    return state
+
+
+def llama_from_state(state: dict[str, np.ndarray], cfg: LlamaConfig, source: str) -> LlamaForCausalLM:
+    """A LlamaForCausalLM holding `state` (transformers' names); every parameter must be there, in its shape."""
+    with backend.fork_rng():   # the random initial weights are overwritten: keep the caller's generator where it was
+        backend.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
+    if cfg.tie_embeddings:
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    own = dict(model.named_parameters())
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{source}: the weights do not fit a Llama of this config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    for name, p in own.items():
+        w = state[name]
+        if tuple(w.shape) != tuple(p.shape):
+            raise ValueError(f"{source}: {name} has shape {tuple(w.shape)}, the config needs {tuple(p.shape)}")
+        p.data = backend.xp().asarray(w, dtype=p.dtype)
+    return model
+
+
+def llama_from_gguf(metadata: dict, tensors: dict[str, np.ndarray], source: str = "GGUF") -> LlamaForCausalLM:
+    """The model of a GGUF file's metadata and (dequantized) tensors."""
+    emb = tensors.get("token_embd.weight")
+    if emb is None:
+        raise ValueError(f"{source}: no token_embd.weight tensor; is this a Llama GGUF file?")
+    cfg = config_from_gguf(metadata, n_vocab=emb.shape[0])
+    cfg.tie_embeddings = "output.weight" not in tensors
+    return llama_from_state(hf_state_from_gguf(tensors, cfg), cfg, source)
+
+
+def llama_from_hf_folder(folder: str | Path, dtype=np.float32) -> LlamaForCausalLM:
+    """The model of a Hugging Face folder: config.json + model.safetensors (transformers' names)."""
+    from safetensors.numpy import load_file
+
+    folder = Path(folder)
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder}: no {name}; a Hugging Face model folder holds config.json, "
+                                    "model.safetensors and tokenizer.json (sharded checkpoints are not supported)")
+    try:
+        hf = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{folder / 'config.json'}: not valid JSON ({e})") from None
+    cfg = LlamaConfig.from_hf_dict(hf)
+    state = {k: v.astype(dtype) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    if not cfg.tie_embeddings and "lm_head.weight" not in state:
+        raise ValueError(f"{folder}: tie_word_embeddings is false but model.safetensors has no lm_head.weight")
+    return llama_from_state(state, cfg, str(folder))

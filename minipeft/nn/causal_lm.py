@@ -1,0 +1,163 @@
+"""What every decoder-only language model here shares: the KV cache, the input checks and forward.
+
+`CausalLM` is the base of the two models, the mini GPT (nn/gpt.py) and Llama (nn/llama.py). A subclass
+builds its layers and writes `hidden_states` (token ids or embeddings -> the last hidden states, (B, T, C))
+and `head` (hidden states -> logits); `forward` is the same for both: `logits, loss = model(ids, targets)`.
+"""
+
+from __future__ import annotations
+
+from minipeft import backend, ops
+from minipeft.autograd import Tensor
+from minipeft.nn.module import Module
+
+
+class KVCache:
+    """Per-layer keys and values seen so far (Tensors, so a cached forward carries gradients).
+
+    k[i] and v[i] are (B, prefix_length + length, C): first a prefix (prefix_kv of the first call,
+    keys and values with no position), then one entry per real position. `length` is the number of
+    real positions, so the next token's position; the prefix does not count against the context.
+    """
+
+    def __init__(self, n_layer: int):
+        self.k: list[Tensor | None] = [None] * n_layer     # per layer (B, prefix_length + length, C)
+        self.v: list[Tensor | None] = [None] * n_layer
+        self.prefix_length = 0                              # leading entries that came from prefix_kv
+        self.length = 0                                     # real token positions stored after the prefix
+
+    @property
+    def empty(self) -> bool:
+        """True before the first forward: the only time prefix_kv may be passed with this cache."""
+        return self.k[0] is None
+
+
+class CausalLM(Module):
+    """Base of the decoder-only models: checks of ids, embeddings and prefixes, forward, the KV cache.
+
+    A subclass sets `config` (with vocab_size, context_length, d_model, n_layer) and writes
+    `get_input_embeddings()`, `hidden_states(...)` and `head(h)`; `kv_width` is the width of one layer's keys
+    and values (d_model, or less with grouped-query attention).
+    """
+
+    name = "model"     # how error messages name the model
+
+    @property
+    def kv_width(self) -> int:
+        return self.config.d_model
+
+    def get_input_embeddings(self) -> Module:
+        """The token embedding table (an Embedding), as transformers' PreTrainedModel.get_input_embeddings()."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement get_input_embeddings()")
+
+    def hidden_states(self, ids=None, *, inputs_embeds=None, prefix_kv=None, kv_cache: KVCache | None = None):
+        raise NotImplementedError(f"{type(self).__name__} does not implement hidden_states()")
+
+    def head(self, h: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement head()")
+
+    def check_input(self, ids, past: int = 0):
+        """Validate token ids (B, T): integer dtype, 2-D, within the context; returns the array."""
+        try:
+            ids = ids.data if isinstance(ids, Tensor) else backend.xp().asarray(ids)
+        except ValueError:   # NumPy: "inhomogeneous shape"
+            raise ValueError(f"{self.name}: token ids must be a rectangular (batch, time) array, got sequences "
+                             "of different lengths; pad them to one length (minipeft.data.collate_sft does) or run "
+                             "them one at a time") from None
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"{self.name}: token ids must be integers, got dtype {ids.dtype}; encode text with the "
+                            "tokenizer")
+        if ids.ndim != 2:
+            raise ValueError(f"{self.name}: token ids must have shape (batch, time), got {ids.shape}; "
+                             "use ids[None] for a single sequence")
+        if 0 in ids.shape:
+            raise ValueError(f"{self.name}: token ids have shape {ids.shape}, an empty batch; pass at least one "
+                             "sequence of at least one token (is batch_size 0?)")
+        self._check_fits(ids.shape[1], past)
+        return ids
+
+    def _check_fits(self, T: int, past: int, what: str = "tokens") -> None:
+        if past + T > self.config.context_length:
+            raise ValueError(f"{self.name}: sequence of {past + T} {what} exceeds the context length "
+                             f"{self.config.context_length}; truncate the input to at most "
+                             f"{self.config.context_length - past} {what}")
+
+    def _embed(self, ids, inputs_embeds, past: int) -> Tensor:
+        """Token embeddings (B, T, C): wte(ids), or inputs_embeds checked for shape and dtype."""
+        if (ids is None) == (inputs_embeds is None):
+            raise ValueError(f"{self.name}: pass exactly one of ids and inputs_embeds, got "
+                             f"{'both' if ids is not None else 'neither'}; inputs_embeds (B, T, C) replaces "
+                             "wte(ids), e.g. to put soft-prompt vectors in front of the tokens' embeddings")
+        if ids is not None:
+            return self.get_input_embeddings()(self.check_input(ids, past))
+        C, dtype = self.config.d_model, self.get_input_embeddings().weight.dtype
+        if not isinstance(inputs_embeds, Tensor):
+            raise TypeError(f"{self.name}: inputs_embeds must be a Tensor, got {type(inputs_embeds).__name__}; "
+                            "wrap an array as minipeft.Tensor(array)")
+        if inputs_embeds.ndim != 3 or inputs_embeds.shape[2] != C:
+            raise ValueError(f"{self.name}: inputs_embeds must have shape (batch, time, d_model={C}), got "
+                             f"{inputs_embeds.shape}; use x[None] for a single sequence")
+        if 0 in inputs_embeds.shape:
+            raise ValueError(f"{self.name}: inputs_embeds has shape {inputs_embeds.shape}, an empty batch; pass at "
+                             "least one sequence of at least one position")
+        if inputs_embeds.dtype != dtype:
+            raise TypeError(f"{self.name}: inputs_embeds has dtype {inputs_embeds.dtype} but the model is {dtype}; "
+                            f"convert it (or the model with .to({dtype}))")
+        self._check_fits(inputs_embeds.shape[1], past, "positions (tokens and virtual tokens)")
+        return inputs_embeds
+
+    def _check_prefix(self, prefix_kv, B: int, cache: KVCache | None) -> list | None:
+        """prefix_kv as n_layer pairs (k, v) of shape (B, P, Ckv); (P, Ckv) is broadcast over the batch."""
+        if prefix_kv is None:
+            return None
+        L, C, dtype = self.config.n_layer, self.kv_width, self.get_input_embeddings().weight.dtype
+        if cache is not None and not cache.empty:
+            raise ValueError(f"{self.name}: prefix_kv was passed with a KV cache that is not empty; the prefix "
+                             "enters the cache on the first call, so pass prefix_kv only while kv_cache.empty")
+        if not isinstance(prefix_kv, (list, tuple)) or len(prefix_kv) != L:
+            got = f"length {len(prefix_kv)}" if isinstance(prefix_kv, (list, tuple)) else type(prefix_kv).__name__
+            raise ValueError(f"{self.name}: prefix_kv must be a list of n_layer={L} pairs (k, v), one per layer, "
+                             f"got {got}")
+        P, out = None, []
+        for i, pair in enumerate(prefix_kv):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ValueError(f"{self.name}: prefix_kv[{i}] must be a pair (k, v), got {type(pair).__name__}")
+            for name, t in zip("kv", pair, strict=True):
+                where = f"prefix_kv[{i}] {name}"
+                if not isinstance(t, Tensor):
+                    raise TypeError(f"{self.name}: {where} must be a Tensor, got {type(t).__name__}; wrap an array as "
+                                    "minipeft.Tensor(array)")
+                if t.ndim not in (2, 3) or t.shape[-1] != C or (t.ndim == 3 and t.shape[0] != B):
+                    width = f"d_model={C}" if C == self.config.d_model else f"n_kv_head * head_dim={C}"
+                    raise ValueError(f"{self.name}: {where} has shape {t.shape}; it must be (P, {width}), shared by "
+                                     f"the batch, or (batch={B}, P, {C})")
+                if t.dtype != dtype:
+                    raise TypeError(f"{self.name}: {where} has dtype {t.dtype} but the model is {dtype}; convert it")
+                if P is None:
+                    P = t.shape[-2]
+                if t.shape[-2] != P:
+                    raise ValueError(f"{self.name}: {where} has prefix length {t.shape[-2]} but prefix_kv[0] k "
+                                     f"has {P}; every layer's k and v must have the same P")
+            out.append(tuple(t if t.ndim == 3 else ops.broadcast_to(t, (B, P, C)) for t in pair))
+        return out
+
+    def new_kv_cache(self) -> KVCache:
+        """An empty cache for generate: pass it as kv_cache= to every call of one sequence batch."""
+        return KVCache(self.config.n_layer)
+
+    def forward(self, ids=None, targets=None, *, inputs_embeds=None, prefix_kv=None,
+                kv_cache: KVCache | None = None, ignore_index: int = -100):
+        """(logits (B, T, vocab), loss): loss is the mean cross-entropy over targets != ignore_index, or None.
+
+        inputs_embeds (B, T, C) replaces wte(ids) (exactly one of the two); position embeddings are still
+        added, so virtual tokens (prompt tuning) take positions and count against context_length.
+        prefix_kv: n_layer pairs (k, v), each (B, P, C) or (P, C), put in front of each layer's keys and
+        values (prefix tuning); they take no positions, and every query sees the whole prefix.
+        kv_cache: keys and values of earlier calls are reused and this call's appended; a prefix enters
+        the cache on the first call (kv_cache.empty), so a tuner passes prefix_kv only then.
+        For training on target positions only, see minipeft.loss.causal_lm_loss.
+        """
+        h = self.hidden_states(ids, inputs_embeds=inputs_embeds, prefix_kv=prefix_kv, kv_cache=kv_cache)
+        logits = self.head(h)                                           # (B, T, vocab)
+        loss = None if targets is None else ops.cross_entropy(logits, targets, ignore_index=ignore_index)
+        return logits, loss
