@@ -93,8 +93,9 @@ class LlamaConfig:
         """From transformers' config.json; refuses a model this implementation would run wrongly, by field."""
         if d.get("model_type") != "llama":
             raise ValueError(f"config.json: model_type is {d.get('model_type')!r}; only 'llama' models load here")
+        head_dim = d.get("hidden_size", 0) // d.get("num_attention_heads", 1)
         checks = {"hidden_act": ("silu",), "attention_bias": (False, None), "mlp_bias": (False, None),
-                  "rope_scaling": (None,), "head_dim": (None, d.get("hidden_size", 0) // d.get("num_attention_heads", 1))}
+                  "rope_scaling": (None,), "head_dim": (None, head_dim)}
         for key, allowed in checks.items():
             if d.get(key) not in allowed:
                 raise ValueError(f"config.json: {key}={d.get(key)!r} is not supported here (supported: "
