@@ -119,10 +119,32 @@ def llama_from_gguf(metadata: dict, tensors: dict[str, np.ndarray], source: str 
     return llama_from_state(hf_state_from_gguf(tensors, cfg), cfg, source)
 
 
+def bf16_to_float32(raw: bytes, shape) -> np.ndarray:
+    """bfloat16 is float32's upper 16 bits: widen each by 16 zero bits (exact; NumPy has no bfloat16 type)."""
+    return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
+
+
+def read_safetensors(path: Path, dtype) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as `dtype`; bfloat16 ones (how the hub ships SmolLM2) widened exactly."""
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="np") as f:
+        bf16 = [k for k in f.keys() if f.get_slice(k).get_dtype() == "BF16"]
+        out = {k: f.get_tensor(k).astype(dtype) for k in f.keys() if k not in bf16}
+    if bf16:   # their bytes, from the offsets in the file's JSON header (8-byte length, header, data)
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header, base = json.loads(fh.read(n)), 8 + n
+            for k in bf16:
+                start, end = header[k]["data_offsets"]
+                fh.seek(base + start)
+                out[k] = bf16_to_float32(fh.read(end - start), header[k]["shape"]).astype(dtype)
+    return out
+
+
 def llama_from_hf_folder(folder: str | Path, dtype=np.float32) -> LlamaForCausalLM:
     """The model of a Hugging Face folder: config.json + model.safetensors (transformers' names)."""
-    from safetensors.numpy import load_file
-
     folder = Path(folder)
     for name in ("config.json", "model.safetensors"):
         if not (folder / name).is_file():
@@ -133,7 +155,7 @@ def llama_from_hf_folder(folder: str | Path, dtype=np.float32) -> LlamaForCausal
     except json.JSONDecodeError as e:
         raise ValueError(f"{folder / 'config.json'}: not valid JSON ({e})") from None
     cfg = LlamaConfig.from_hf_dict(hf)
-    state = {k: v.astype(dtype) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    state = read_safetensors(folder / "model.safetensors", dtype)
     if not cfg.tie_embeddings and "lm_head.weight" not in state:
         raise ValueError(f"{folder}: tie_word_embeddings is false but model.safetensors has no lm_head.weight")
     return llama_from_state(state, cfg, str(folder))
