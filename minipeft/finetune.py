@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from minipeft.autograd import no_grad
-from minipeft.data.batching import check_positive_int, collate_sft, encode_rows
+from minipeft.data.batching import check_positive_int, collate_sft, encode_prompts, encode_rows
 from minipeft.data.dialogues import fact_kind
 from minipeft.data.generator import get_task
 from minipeft.generate import context_left, generate
@@ -102,7 +102,7 @@ def predict(model, tok, rows: Sequence[dict], task: str, max_new_tokens: int = 4
     """Greedy completions (KV-cached) of each row's prompt, decoded and stripped."""
     check_positive_int(max_new_tokens, "max_new_tokens", "predict")
     t = get_task(task)
-    prompts = tok.encode_batch([t.to_prompt_completion(r)[0].rstrip(" ") for r in rows])  # see split_for_bpe
+    prompts = encode_prompts(tok, [t.to_prompt_completion(r)[0].rstrip(" ") for r in rows])  # see split_for_bpe
     ctx = _context(model)
     out = []
     for ids in prompts:

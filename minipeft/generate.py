@@ -8,7 +8,7 @@ re-run each step; both give the same tokens, which the tests check.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -68,8 +68,10 @@ def _check_prompt(prompt_ids, vocab_size: int) -> list[int]:
 
 def generate(model, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int | None = None, eos_id: int | None = None, use_cache: bool = True, seed: int | None = None,
-             truncate: bool = False) -> list[int]:
+             truncate: bool = False, on_token: Callable[[int], None] | None = None) -> list[int]:
     """The new token ids that `model` continues `prompt_ids` with (eos ends generation and is not returned).
+
+    on_token(id) is called with each new token as soon as it is picked (to stream text as it is produced).
 
     temperature=0 is greedy; otherwise logits/temperature are sampled, restricted to the top_k largest
     when given, from a numpy Generator seeded with `seed`. The prompt plus max_new_tokens must fit the
@@ -119,6 +121,8 @@ def generate(model, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
                     break
                 out.append(tok)
                 seq.append(tok)
+                if on_token is not None:
+                    on_token(tok)
                 if i == max_new_tokens - 1:
                     break  # the last token needs no forward pass
                 if use_cache:
@@ -130,9 +134,32 @@ def generate(model, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
     return out
 
 
-def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, **kwargs) -> str:
-    """Encode `prompt`, generate (see generate; eos_id defaults to tokenizer.eos_id) and decode the new tokens."""
+class TextStreamer:
+    """An on_token callback that writes the decoded text as it grows (transformers' TextStreamer, simplified).
+
+    Tokens are decoded together, not one by one: a character can span tokens (byte-level BPE splits UTF-8), so
+    text is written only up to what decodes whole, i.e. not ending in the replacement character U+FFFD.
+    """
+
+    def __init__(self, tokenizer, write: Callable[[str], object] | None = None):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], 0
+        self.write = write or (lambda text: print(text, end="", flush=True))
+
+    def __call__(self, token_id: int) -> None:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        if not text.endswith("\ufffd") and len(text) > self.shown:
+            self.write(text[self.shown:])
+            self.shown = len(text)
+
+
+def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, stream: bool = False, **kwargs) -> str:
+    """Encode `prompt`, generate (see generate; eos_id defaults to tokenizer.eos_id) and decode the new tokens.
+
+    stream=True prints the text as it is produced (TextStreamer)."""
     enc = tokenizer.encode(prompt)
     ids = list(getattr(enc, "ids", enc))  # a list of ids, or a Hugging Face `Encoding`
     kwargs.setdefault("eos_id", getattr(tokenizer, "eos_id", None))
+    if stream:
+        kwargs["on_token"] = TextStreamer(tokenizer)
     return tokenizer.decode(generate(model, ids, max_new_tokens, **kwargs))

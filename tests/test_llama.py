@@ -228,3 +228,36 @@ def test_gguf_rotary_permutation_round_trips_and_is_per_head():
     np.testing.assert_array_equal(g[:8:2], w[:4])
     np.testing.assert_array_equal(g[1:8:2], w[4:8])
     np.testing.assert_array_equal(np.sort(g[8:16].ravel()), np.sort(w[8:16].ravel()))
+
+
+# ---- GGUF: the tiny model written as llama.cpp writes one, read back -----------------------------------------
+@pytest.mark.parametrize("quantized", [False, True])
+def test_gguf_file_of_a_tiny_llama_loads_back(tmp_path, quantized):
+    """Written with llama.cpp's names and rotary rows, read back: F32 bit for bit; with the real file's types
+    (Q4_1 matrices, Q8_0 embedding, F32 norms) equal to what the blocks dequantize to, so the logits follow."""
+    from minipeft.llm.gguf_file import read_gguf, write_gguf
+    from minipeft.llm.weights import gguf_from_llama, llama_from_gguf
+
+    model = build_llama(seed=8, d_model=32, n_head=4, n_kv_head=2)      # Q4_1 needs rows of 32
+    metadata, tensors = gguf_from_llama(model)
+    types = {}
+    if quantized:
+        types = {k: ("Q8_0" if k == "token_embd.weight" else "Q4_1") for k, v in tensors.items() if v.ndim == 2}
+    write_gguf(tmp_path / "tiny.gguf", metadata, tensors, types)
+    f = read_gguf(tmp_path / "tiny.gguf")
+    loaded = llama_from_gguf(f.metadata, f.tensors)
+    assert loaded.config == model.config
+    ours = dict(model.named_parameters())
+    for name, p in loaded.named_parameters():
+        if quantized and p.ndim == 2:
+            # Q4_1: 16 levels over each block of 32's [min, max]: error <= (max - min) / 30 <= |w|max / 15
+            bound = np.abs(as_numpy(ours[name])).max() / 15
+            assert np.abs(as_numpy(p) - as_numpy(ours[name])).max() <= bound, name
+        else:
+            np.testing.assert_array_equal(as_numpy(p), as_numpy(ours[name]), err_msg=name)
+    ids = np.random.default_rng(8).integers(0, V, (1, 6))
+    with no_grad():
+        a, b = as_numpy(model(ids)[0]), as_numpy(loaded(ids)[0])
+    if not quantized:
+        np.testing.assert_array_equal(a, b)
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= (0.5 if quantized else 1.0)

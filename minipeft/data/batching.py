@@ -112,6 +112,12 @@ def collate_sft(examples: Sequence[tuple[Sequence[int], Sequence[bool]]], pad_id
     return {"input_ids": input_ids, "targets": targets, "attention_mask": attention_mask}
 
 
+def encode_prompts(tok: TokenizerLike, texts: Sequence[str]) -> list[list[int]]:
+    """Task prompts as the model expects them: tok.encode_prompts (a chat model's wraps them in its chat
+    template) where the tokenizer has it, else plain encode_batch."""
+    return getattr(tok, "encode_prompts", tok.encode_batch)(texts)
+
+
 def encode_rows(rows: Sequence[dict], task: str | Task, tok: TokenizerLike,
                 max_len: int) -> list[tuple[list[int], list[bool]]]:
     """encode_sft for every row of a task, batched through the tokenizer; errors name the row."""
@@ -122,8 +128,8 @@ def encode_rows(rows: Sequence[dict], task: str | Task, tok: TokenizerLike,
             pairs.append(split_for_bpe(*t.to_prompt_completion(r)))
         except (TypeError, ValueError) as e:
             raise (TypeError if isinstance(e, TypeError) else ValueError)(f"row {i}: {e}") from e
-    prompts = tok.encode_batch([p for p, _ in pairs])
-    completions = tok.encode_batch([c for _, c in pairs])
+    prompts = encode_prompts(tok, [p for p, _ in pairs])
+    completions = getattr(tok, "encode_completions", tok.encode_batch)([c for _, c in pairs])
     eos, out = _eos(tok), []
     for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
         try:

@@ -165,6 +165,15 @@ class Tokenizer:
         encs = encode(texts, add_special_tokens=False)
         return [self._with_eos(e.ids, add_eos) for e in encs]
 
+    def encode_prompts(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of task prompts as the model expects them: here plain text (encode_batch); a chat model's
+        tokenizer wraps each in its chat template as a user turn (minipeft.llm.tokenizer)."""
+        return self.encode_batch(texts)
+
+    def encode_completions(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of the completions that follow encode_prompts' prompts (a chat model's start a new turn)."""
+        return self.encode_batch(texts)
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of token ids (a list or a 1-D integer array); special tokens dropped by default."""
         if getattr(ids, "ndim", 1) != 1:

@@ -159,3 +159,28 @@ def llama_from_hf_folder(folder: str | Path, dtype=np.float32) -> LlamaForCausal
     if not cfg.tie_embeddings and "lm_head.weight" not in state:
         raise ValueError(f"{folder}: tie_word_embeddings is false but model.safetensors has no lm_head.weight")
     return llama_from_state(state, cfg, str(folder))
+
+
+def gguf_from_llama(model: LlamaForCausalLM) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, tensors) of a GGUF file holding `model` as llama.cpp's converter writes one (rotary rows
+    interleaved, llama.cpp's names), without the tokenizer's metadata; the inverse of llama_from_gguf."""
+    cfg = model.config
+    metadata = {"general.architecture": "llama", "llama.block_count": cfg.n_layer,
+                "llama.context_length": cfg.context_length, "llama.embedding_length": cfg.d_model,
+                "llama.feed_forward_length": cfg.d_ff, "llama.attention.head_count": cfg.n_head,
+                "llama.attention.head_count_kv": cfg.n_kv_head, "llama.rope.freq_base": float(cfg.rope_base),
+                "llama.attention.layer_norm_rms_epsilon": float(cfg.rms_norm_eps), "llama.vocab_size": cfg.vocab_size,
+                "llama.rope.dimension_count": cfg.head_dim}
+    to_gguf = {}
+    for g, h in GGUF_NAMES.items():
+        for i in range(cfg.n_layer) if "{i}" in g else [None]:
+            to_gguf[h.format(i=i)] = g.format(i=i)
+    tensors = {}
+    for name, p in model.named_parameters():
+        w = np.array(backend.to_numpy(p.data), copy=True)
+        if name.endswith("q_proj.weight"):
+            w = half_to_interleaved(w, cfg.n_head)
+        elif name.endswith("k_proj.weight"):
+            w = half_to_interleaved(w, cfg.n_kv_head)
+        tensors[to_gguf[name]] = w
+    return metadata, tensors
