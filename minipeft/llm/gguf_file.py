@@ -61,7 +61,8 @@ def _open(path: str | os.PathLike):
     try:
         return gguf.GGUFReader(path, "r")
     except (ValueError, IndexError, KeyError, OverflowError, struct.error) as e:
-        raise ValueError(_corrupt(path, e)) from None
+        raise ValueError(_corrupt(path, e) + f" (a whole file written by a newer llama.cpp may use a type gguf "
+                         f"{_version(gguf)} does not know yet: pip install -U gguf)") from None
 
 
 def _corrupt(path: Path, e: Exception) -> str:
