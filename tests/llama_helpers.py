@@ -22,7 +22,7 @@ def build_llama(seed: int = 0, dtype=np.float32, randomize_norms: bool = True, *
             for name, p in model.named_parameters():
                 if name.endswith("norm.weight"):
                     p.data = (1 + 0.3 * backend.rng().standard_normal(p.shape)).astype(p.dtype)
-        for name, p in model.named_parameters():   # 0.02 leaves a tiny model's logits ~0: make them matter
+        for p in model.parameters():   # 0.02 leaves a tiny model's logits ~0: make them matter
             if p.ndim == 2:
                 p.data = (p.data * 10).astype(p.dtype)
     return model

@@ -238,7 +238,7 @@ def test_gguf_file_of_a_tiny_llama_loads_back(tmp_path, quantized):
     from minipeft.llm.gguf_file import read_gguf, write_gguf
     from minipeft.llm.weights import gguf_from_llama, llama_from_gguf
 
-    model = build_llama(seed=8, d_model=32, n_head=4, n_kv_head=2)      # Q4_1 needs rows of 32
+    model = build_llama(seed=8, d_model=32, n_head=4, n_kv_head=2, d_ff=64)   # Q4_1 needs rows of 32
     metadata, tensors = gguf_from_llama(model)
     types = {}
     if quantized:

@@ -10,6 +10,7 @@ import numpy as np
 
 from minipeft.llm import hub
 from minipeft.llm.gguf_file import read_gguf
+from minipeft.llm.tokenizer import PretrainedTokenizer
 from minipeft.llm.weights import llama_from_gguf, llama_from_hf_folder
 from minipeft.pretrain import BaseModel
 
@@ -33,8 +34,6 @@ def load_pretrained(name_or_path: str | os.PathLike, dtype=np.float32, progress:
         if not path.exists():
             raise FileNotFoundError(f"load_pretrained: {name!r} is neither a known model ({sorted(hub.MODELS)}) nor "
                                     "an existing .gguf file or Hugging Face model folder")
-    from minipeft.llm.tokenizer import PretrainedTokenizer
-
     if path.is_dir():
         model = llama_from_hf_folder(path, dtype)
         tok = PretrainedTokenizer.from_file(path)

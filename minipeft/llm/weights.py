@@ -59,13 +59,16 @@ def config_from_gguf(metadata: dict, n_vocab: int | None = None) -> LlamaConfig:
             raise ValueError(f"GGUF: metadata lacks llama.{key}, which a Llama model needs")
         return metadata[f"llama.{key}"]
 
+    def f32(value) -> float:   # GGUF stores these as float32: the shortest decimal that reads back to it (1e-05)
+        return float(str(np.float32(value)))
+
     n_head = int(get("attention.head_count"))
     vocab = n_vocab or metadata.get("llama.vocab_size") or len(metadata.get("tokenizer.ggml.tokens", ()))
     return LlamaConfig(vocab_size=int(vocab), context_length=int(get("context_length")),
                        d_model=int(get("embedding_length")), n_layer=int(get("block_count")), n_head=n_head,
                        n_kv_head=int(metadata.get("llama.attention.head_count_kv", n_head)),
-                       d_ff=int(get("feed_forward_length")), rope_base=float(metadata.get("llama.rope.freq_base", 1e4)),
-                       rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+                       d_ff=int(get("feed_forward_length")), rope_base=f32(metadata.get("llama.rope.freq_base", 1e4)),
+                       rms_norm_eps=f32(get("attention.layer_norm_rms_epsilon")),
                        tie_embeddings=False)   # set by the caller from whether output.weight exists
 
 

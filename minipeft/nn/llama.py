@@ -93,6 +93,12 @@ class LlamaConfig:
         """From transformers' config.json; refuses a model this implementation would run wrongly, by field."""
         if d.get("model_type") != "llama":
             raise ValueError(f"config.json: model_type is {d.get('model_type')!r}; only 'llama' models load here")
+        rope = d.get("rope_parameters")          # transformers 5 writes rope_theta inside rope_parameters
+        if rope is not None:
+            if rope.get("rope_type", "default") != "default":
+                raise ValueError(f"config.json: rope_parameters.rope_type={rope.get('rope_type')!r} is not supported "
+                                 "here (only 'default' rotary embeddings)")
+            d = {**d, "rope_theta": rope.get("rope_theta", d.get("rope_theta"))}
         head_dim = d.get("hidden_size", 0) // d.get("num_attention_heads", 1)
         checks = {"hidden_act": ("silu",), "attention_bias": (False, None), "mlp_bias": (False, None),
                   "rope_scaling": (None,), "head_dim": (None, head_dim)}

@@ -89,8 +89,10 @@ class AttentionFn(Function):
         xp = backend.xp()
         Tq, Tk = q.shape[1], k.shape[1]
         hs = q.shape[2] // n_head
-        qh = split_groups(q, n_kv_head, n_head)                   # (B, H, G Tq, hs)
-        kh, vh = split_heads(k, n_kv_head), split_heads(v, n_kv_head)  # (B, H, Tk, hs) each
+        # contiguous copies: NumPy's matmul falls back to a loop far slower than BLAS on these strided views
+        qh = xp.ascontiguousarray(split_groups(q, n_kv_head, n_head))   # (B, H, G Tq, hs)
+        kh = xp.ascontiguousarray(split_heads(k, n_kv_head))            # (B, H, Tk, hs)
+        vh = xp.ascontiguousarray(split_heads(v, n_kv_head))
         S = mm(qh, kh.swapaxes(-1, -2)) / math.sqrt(hs)           # (B, H, G Tq, Tk) scores
         if causal:
             future = xp.triu(xp.ones((Tq, Tk), dtype=bool), Tk - Tq + 1)  # (Tq, Tk): key j > Tk - Tq + i
@@ -114,7 +116,7 @@ class AttentionFn(Function):
         qh, kh, vh, P, hs, Tq = ctx.saved
         nq, nk, nv = ctx.needs_input_grad
         H, G = qh.shape[1], qh.shape[2] // Tq
-        dO = split_groups(dout, H, H * G)                         # (B, H, G Tq, hs)
+        dO = backend.xp().ascontiguousarray(split_groups(dout, H, H * G))   # (B, H, G Tq, hs)
         dq = dk = dv = None
         if nv:
             dv = merge_heads(mm(P.swapaxes(-1, -2), dO))          # (B, Tk, Ckv)
