@@ -137,7 +137,7 @@ def save_adapters(peft_model, root: str, selected: list[str] | None = None) -> N
                 CHECKSUM_KEY: tensors_sha256(arrays)}
         staged[adapter_dir(root, name)] = {
             WEIGHTS_NAME: save(arrays, metadata=meta),
-            CONFIG_NAME: json.dumps(cfg, indent=2, sort_keys=True).encode(),
+            CONFIG_NAME: json.dumps(cfg, indent=2).encode(),   # in field order: rank_pattern's order is its meaning
         }
     for directory, files in staged.items():
         write_files_as_unit(directory, files)
