@@ -83,7 +83,8 @@ def test_hf_adapter_with_rank_pattern_loads_each_layer_at_its_rank(tmp_path):
     ({"v_proj": 4}, {"blocks.0.attn.v_proj": 4, "blocks.1.attn.v_proj": 4, "blocks.0.attn.q_proj": 2}),
     ({"blocks.1.attn.v_proj": 5}, {"blocks.0.attn.v_proj": 2, "blocks.1.attn.v_proj": 5}),
     ({"attn.q_proj": 3}, {"blocks.0.attn.q_proj": 3, "blocks.0.attn.v_proj": 2}),
-    ({"_proj": 6}, {"blocks.0.attn.q_proj": 2, "blocks.1.attn.v_proj": 2}),   # a key matches at a dot only
+    pytest.param({"_proj": 6}, {"blocks.0.attn.q_proj": 2, "blocks.1.attn.v_proj": 2},   # a key matches at a dot only
+                 marks=pytest.mark.filterwarnings("ignore:LoraConfig.rank_pattern")),
     ({r"blocks\.[01]\.attn\.v_proj": 3, "v_proj": 7}, {"blocks.0.attn.v_proj": 3}),  # the first match wins
 ])
 def test_rank_pattern_keys_are_regexes_matched_at_a_dot_boundary(pattern, ranks):
@@ -218,3 +219,30 @@ def test_overlapping_patterns_keep_their_order_through_save_and_load(tmp_path):
     np.testing.assert_array_equal(logits(loaded, ids), logits(peft, ids))
     assert list(LoraConfig.from_dict(json.loads(peft.peft_config["default"].to_json())).alpha_pattern) == [
         "q_proj", r"blocks\.1\..*"]
+
+
+# ---- entries that match nothing: a warning naming them and the nearest module name ----------------------------
+def test_a_misspelt_target_beside_a_right_one_warns_with_the_nearest_name():
+    with pytest.warns(UserWarning, match=r"target_modules: 'v_prj' \(nearest module name: 'v_proj'\) matched no "
+                                         "module"):
+        peft = get_peft_model(build_gpt(0), LoraConfig(target_modules=["q_proj", "v_prj"]))
+    assert isinstance(peft.get_base_model().blocks[0].attn.q_proj, LoraLinear)
+
+
+def test_a_pattern_key_that_matches_no_wrapped_module_warns_with_the_nearest_name():
+    with pytest.warns(UserWarning, match=r"rank_pattern: 'v_prj' \(nearest module name: 'v_proj'\) matched no module"):
+        peft = get_peft_model(build_gpt(0), LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                       rank_pattern={"v_prj": 4}))
+    assert peft.get_base_model().blocks[0].attn.v_proj.lora_A["default"].weight.shape == (2, C)   # the default r
+    with pytest.warns(UserWarning, match=r"alpha_pattern: 'blocks.*7.*q_proj' \(nearest module name: 'q_proj'\)"):
+        get_peft_model(build_gpt(0), LoraConfig(target_modules=["q_proj"],
+                                                alpha_pattern={r"blocks\.7\.attn\.q_proj": 2}))
+
+
+def test_targets_and_patterns_that_all_match_give_no_warning():
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_peft_model(build_gpt(0), LoraConfig(target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 4},
+                                                alpha_pattern={r"blocks\.1\.attn\.q_proj": 2}))

@@ -97,6 +97,44 @@ def test_different_base_raises_fingerprint_error_unless_unchecked(saved):
     assert np.abs(logits(forced, ids) - out).max() > 1e-3                     # it did load, onto another base
 
 
+def test_a_config_without_the_fingerprint_is_checked_against_the_weights_files(saved, tmp_path):
+    d = copy_of(saved[0], tmp_path)
+    cfg = json.loads((d / CONFIG).read_text())
+    del cfg["base_model_fingerprint"]
+    (d / CONFIG).write_text(json.dumps(cfg))
+    other = build_gpt(1)
+    with pytest.raises(AdapterError, match="fingerprint"):
+        PeftModel.from_pretrained(other, str(d))
+    assert not has_wrappers(other)
+    PeftModel.from_pretrained(build_gpt(0), str(d))                           # its own base loads
+    PeftModel.from_pretrained(build_gpt(1), str(d), check_base_model=False)   # unchecked, as asked
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_weights_holding_nan_or_inf_are_refused_on_load_naming_the_tensor(saved, tmp_path, bad):
+    from safetensors.numpy import save_file  # noqa: PLC0415
+
+    d = copy_of(saved[0], tmp_path)
+    arrays = load_file(str(d / WEIGHTS))
+    key = "base_model.model.blocks.1.attn.v_proj.lora_B.weight"
+    arrays[key][2, 3] = bad
+    save_file(arrays, str(d / WEIGHTS))    # no checksum: as another tool writes it
+    base = build_gpt(0)
+    with pytest.raises(AdapterError, match=re.escape(f"tensor {key!r} holds {'NaN' if np.isnan(bad) else 'inf'}")):
+        PeftModel.from_pretrained(base, str(d))
+    assert not has_wrappers(base)
+
+
+def test_saving_weights_holding_nan_is_refused_and_writes_nothing(tmp_path):
+    peft, _, _ = trained()
+    p = peft.get_base_model().blocks[0].attn.q_proj.lora_A["default"].weight
+    p.data[0, 0] = np.nan
+    with pytest.raises(AdapterError, match=r"adapter 'default': tensor 'base_model\.model\.blocks\.0\.attn\.q_proj"
+                                           r"\.lora_A\.weight' holds NaN .*lower the learning rate"):
+        peft.save_pretrained(str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "missing", "flipped bit"])
 def test_bad_weights_file_raises_adapter_error_with_the_path(saved, tmp_path, damage):
     d = copy_of(saved[0], tmp_path)

@@ -19,7 +19,7 @@ import minipeft
 from minipeft import Tensor, backend, to_numpy
 from minipeft.generate import context_left, generate
 from minipeft.nn import GPT, GPTConfig
-from minipeft.peft import AdapterError, PeftModel, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from minipeft.peft import AdapterError, ConfigError, PeftModel, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from minipeft.peft.tuners.prefix_tuning import prefix_projection
 
 D, L = 16, 2   # the "test" preset's d_model and n_layer
@@ -135,13 +135,18 @@ def test_saving_folds_the_mlp_and_a_projected_adapter_cannot_be_loaded_for_train
         PeftModel.from_pretrained(build_gpt(7), str(tmp_path), is_trainable=True)
 
 
-def test_a_prefix_takes_no_positions_and_zero_prefix_tokens_is_the_identity():
+def test_a_prefix_takes_no_positions():
     peft = tuned(5)
     assert peft.base_model.virtual_positions == 0 and context_left(peft) == 16
     assert logits(peft, np.zeros((1, 16), np.int64)).shape == (1, 16, 64)    # 5 prefix + 16 tokens fit
-    zero = get_peft_model(build_gpt(0), PrefixTuningConfig(num_virtual_tokens=0))
-    ids = batch(9)[0]
-    np.testing.assert_array_equal(logits(zero, ids), logits(build_gpt(0), ids))
+
+
+@pytest.mark.parametrize("config_cls", [PrefixTuningConfig, PromptTuningConfig])
+def test_zero_virtual_tokens_is_refused_as_it_would_train_nothing(config_cls):
+    with pytest.raises(ConfigError, match=r"num_virtual_tokens must be an int >= 1 .*got 0"):
+        config_cls(num_virtual_tokens=0)
+    with pytest.raises(ConfigError, match="num_virtual_tokens"):
+        config_cls.from_dict({"peft_type": config_cls.PEFT_TYPE, "num_virtual_tokens": 0})
 
 
 def test_training_leaves_the_base_bit_identical():

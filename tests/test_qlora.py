@@ -143,6 +143,24 @@ def test_quantize_model_checks_every_layer_before_replacing_any():
         quantize_model(peft.get_base_model())
 
 
+def test_quantizing_again_with_another_format_is_refused_and_changes_nothing():
+    model = quantize_model(build_gpt(0), BitsAndBytesConfig(blocksize=64))
+    first = model.quantization_config
+    before = {p: to_numpy(m.absmax.data).copy() for p, m in quantized_layers(model).items()}
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.q_proj is already in 4 bits with blocksize=64, but the "
+                                         r"config asks for blocksize=32.*dequantize_model\(model\) first"):
+        quantize_model(model, BitsAndBytesConfig(blocksize=32))
+    assert model.quantization_config is first
+    assert all(m.blocksize == 64 and np.array_equal(to_numpy(m.absmax.data), before[p])
+               for p, m in quantized_layers(model).items())
+    with pytest.raises(ValueError, match="double_quant=False, but the config asks for double_quant=True"):
+        quantize_model(model, qlora_config())
+    assert quantize_model(model, BitsAndBytesConfig(blocksize=64)) is model     # the same format: nothing to do
+    requantized = quantize_model(dequantize_model(model), BitsAndBytesConfig(blocksize=32))
+    assert {m.blocksize for m in quantized_layers(requantized).values()} == {32}
+    assert requantized.quantization_config.blocksize == 32
+
+
 def test_quantizing_a_float64_model_casts_to_the_compute_dtype_and_leaves_the_original_linear(float64):
     """A float64 model quantized with float32 compute (QLoRA's default here): each Linear4bit computes in float32,
     its bias is the float64 bias rounded to float32, and the float64 Linear it replaced is not modified."""

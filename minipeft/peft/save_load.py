@@ -24,7 +24,7 @@ import json
 import os
 
 import numpy as np
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from minipeft import backend
@@ -133,6 +133,8 @@ def save_adapters(peft_model, root: str, selected: list[str] | None = None) -> N
         if hasattr(base, "config") and hasattr(base.config, "to_dict"):
             cfg["base_model_config"] = base.config.to_dict()
         arrays = adapter_state_dict(peft_model, name)
+        check_finite(arrays, f"save_pretrained: adapter {name!r}", "the training diverged; lower the learning rate "
+                     "and train again, or save an earlier checkpoint")
         meta = {"format": "np", "peft_type": cfg["peft_type"], "base_model_fingerprint": peft_model.base_fingerprint,
                 CHECKSUM_KEY: tensors_sha256(arrays)}
         staged[adapter_dir(root, name)] = {
@@ -141,6 +143,15 @@ def save_adapters(peft_model, root: str, selected: list[str] | None = None) -> N
         }
     for directory, files in staged.items():
         write_files_as_unit(directory, files)
+
+
+def check_finite(arrays: dict, where: str, fix: str) -> None:
+    """Raise an AdapterError naming the first float array that holds NaN or inf (no adapter means anything then)."""
+    for key, a in arrays.items():
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            bad = "NaN" if np.isnan(a).any() else "inf"
+            raise AdapterError(f"{where}: tensor {key!r} holds {bad} ({int((~np.isfinite(a)).sum())} of {a.size} "
+                               f"values are not finite); {fix}")
 
 
 def recover(directory: str) -> None:
@@ -175,11 +186,24 @@ def read_config(directory: str) -> dict:
 
 
 def _check_base(saved: dict, actual: str, directory: str, check: bool) -> None:
+    """Refuse a base whose fingerprint differs from the one the config records, or else the weights file's metadata
+    (save_pretrained writes both; a config edited or written by hand may lack it)."""
     want = saved.get("base_model_fingerprint")
+    if want is None and check:
+        want = _weights_metadata(directory).get("base_model_fingerprint")
     if check and want is not None and want != actual:
         raise AdapterError(f"the adapter in {directory!r} was trained on a base model with fingerprint {want}, but "
                            f"this base model's fingerprint is {actual}; load the matching base model, or pass "
                            "check_base_model=False if you really mean to apply it to this one")
+
+
+def _weights_metadata(directory: str) -> dict:
+    """The weights file's safetensors metadata; empty when it cannot be read (load_weights then says why)."""
+    try:
+        with safe_open(os.path.join(directory, WEIGHTS_NAME), framework="numpy") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return {}
 
 
 def load_weights(peft_model, directory: str, name: str) -> None:
@@ -194,6 +218,7 @@ def load_weights(peft_model, directory: str, name: str) -> None:
     except (SafetensorError, OSError, ValueError) as e:
         raise AdapterError(f"{path} could not be read as safetensors ({e}); it is truncated or corrupted: "
                            "save the adapter again") from e
+    check_finite(arrays, path, "the adapter was saved from a diverged training run; train it again")
     params = dict(peft_model.named_parameters())
     expected = adapter_keys(peft_model, name)
     extras = peft_model.base_model.adapter_file_extras(name)   # arrays that are not parameters (sparse indices)
