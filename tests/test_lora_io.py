@@ -135,6 +135,33 @@ def test_saving_weights_holding_nan_is_refused_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_saving_the_same_adapter_gives_the_same_bytes(tmp_path):
+    """safetensors writes its metadata keys in a random order; the saved files are byte-identical regardless."""
+    import hashlib  # noqa: PLC0415
+
+    peft, _, _ = trained()
+    digests = set()
+    for i in range(5):
+        peft.save_pretrained(str(tmp_path / str(i)))
+        digests.add(tuple(hashlib.sha256((tmp_path / str(i) / f).read_bytes()).hexdigest() for f in (CONFIG, WEIGHTS)))
+    assert len(digests) == 1
+    assert load_file(str(tmp_path / "0" / WEIGHTS)).keys() == load_file(str(tmp_path / "4" / WEIGHTS)).keys()
+
+
+def test_extra_files_are_saved_with_the_adapter_and_bad_names_refused(tmp_path):
+    peft, ids, out = trained()
+    peft.save_pretrained(str(tmp_path), extra_files={"run.json": b'{"steps": 3}'})
+    assert sorted(os.listdir(tmp_path)) == [CONFIG, WEIGHTS, "run.json"]
+    assert (tmp_path / "run.json").read_bytes() == b'{"steps": 3}'
+    np.testing.assert_array_equal(logits(PeftModel.from_pretrained(build_gpt(0), str(tmp_path)), ids), out)
+    for name in ("../run.json", ".hidden", CONFIG, ""):
+        with pytest.raises(ValueError, match="must be a plain file name"):
+            peft.save_pretrained(str(tmp_path / "x"), extra_files={name: b"{}"})
+    with pytest.raises(TypeError, match="must be bytes"):
+        peft.save_pretrained(str(tmp_path / "x"), extra_files={"run.json": "{}"})
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "missing", "flipped bit"])
 def test_bad_weights_file_raises_adapter_error_with_the_path(saved, tmp_path, damage):
     d = copy_of(saved[0], tmp_path)
