@@ -84,16 +84,21 @@ PRESETS: dict[str, dict] = {
 class KVCache:
     """Per-layer keys and values seen so far (Tensors, so a cached forward carries gradients).
 
-    k[i] and v[i] are (B, prefix_length + length, C): first a prefix (prefix_kv of the first call,
-    keys and values with no position), then one entry per real position. `length` is the number of
-    real positions, so the next token's position; the prefix does not count against the context.
+    k[i] and v[i] are (B, prefix_length + length, C): first a prefix (prefix_kv of the first call),
+    then one entry per real token. Every entry takes a position, the prefix's too, as in Hugging Face
+    transformers' cache: the next token's position is `next_position`, the number of entries so far.
     """
 
     def __init__(self, n_layer: int):
         self.k: list[Tensor | None] = [None] * n_layer     # per layer (B, prefix_length + length, C)
         self.v: list[Tensor | None] = [None] * n_layer
         self.prefix_length = 0                              # leading entries that came from prefix_kv
-        self.length = 0                                     # real token positions stored after the prefix
+        self.length = 0                                     # real tokens stored after the prefix
+
+    @property
+    def next_position(self) -> int:
+        """The position of the next token: prefix entries and earlier tokens each took one."""
+        return self.prefix_length + self.length
 
     @property
     def empty(self) -> bool:
@@ -254,14 +259,21 @@ class GPT(Module):
 
     def hidden_states(self, ids=None, *, inputs_embeds=None, prefix_kv=None, kv_cache: KVCache | None = None):
         """The last hidden states ln_f(x), (B, T, C), of token ids or of inputs_embeds (see forward)."""
-        past = 0 if kv_cache is None else kv_cache.length
+        past = 0 if kv_cache is None else kv_cache.next_position
         x = self._embed(ids, inputs_embeds, past)                       # (B, T, C)
         B, T = x.shape[:2]
         if kv_cache is not None and not kv_cache.empty and kv_cache.k[0].shape[0] != B:
             raise ValueError(f"GPT: the KV cache holds a batch of {kv_cache.k[0].shape[0]} sequences but the "
                              f"input has {B}; use one cache per batch (model.new_kv_cache())")
         prefix = self._check_prefix(prefix_kv, B, kv_cache)
-        pos = backend.xp().arange(past, past + T)                      # the prefix takes no positions
+        if prefix is not None:     # a new prefix of P entries takes positions 0..P-1; the tokens come after it
+            past = prefix[0][0].shape[1]
+            if past + T > self.config.context_length:
+                ctx = self.config.context_length
+                raise ValueError(f"GPT: a prefix of {past} entries + {T} tokens = {past + T} positions exceed the "
+                                 f"context length {ctx} (the prefix takes positions 0..{past - 1}); truncate the "
+                                 f"input to at most {ctx - past} tokens, or use a shorter prefix")
+        pos = backend.xp().arange(past, past + T)                      # (T,) the tokens' positions
         if self.wpe is not None:
             x = x + self.wpe(pos)                                       # (B, T, C) learned positions
         x = self.drop(x)
@@ -281,12 +293,20 @@ class GPT(Module):
                 kv_cache: KVCache | None = None, ignore_index: int = -100):
         """(logits (B, T, vocab), loss): loss is the mean cross-entropy over targets != ignore_index, or None.
 
+        Positions: a token's position is the number of keys before it in its layer's attention, prefix entries
+        and cached tokens included (Hugging Face transformers' rule, a position per cache entry), so a model
+        given a prefix or a cache computes what the same weights compute in transformers. Every decoder in
+        minipeft.nn follows this rule (learned position rows or rotary angles alike).
         inputs_embeds (B, T, C) replaces wte(ids) (exactly one of the two); position embeddings are still
         added, so virtual tokens (prompt tuning) take positions and count against context_length.
         prefix_kv: n_layer pairs (k, v), each (B, P, C) or (P, C), put in front of each layer's keys and
-        values (prefix tuning); they take no positions, and every query sees the whole prefix.
+        values (prefix tuning); every query sees the whole prefix. The P entries take positions 0..P-1 (the
+        keys themselves carry no position: no rotation, no position embedding), and the T tokens take
+        P..P+T-1, as Hugging Face PEFT's prefix tuning places them (its prefix is transformers' past_key_values),
+        so a prefix counts against context_length.
         kv_cache: keys and values of earlier calls are reused and this call's appended; a prefix enters
-        the cache on the first call (kv_cache.empty), so a tuner passes prefix_kv only then.
+        the cache on the first call (kv_cache.empty), so a tuner passes prefix_kv only then. The next token's
+        position is kv_cache.next_position.
         For training on target positions only, see minipeft.loss.causal_lm_loss.
         """
         h = self.hidden_states(ids, inputs_embeds=inputs_embeds, prefix_kv=prefix_kv, kv_cache=kv_cache)
