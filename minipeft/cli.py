@@ -123,7 +123,6 @@ def cmd_finetune(args) -> None:
     from minipeft.compare import METHOD_RECIPES, BuildContext  # noqa: PLC0415
     from minipeft.finetune import evaluate, finetune, sft_sampler  # noqa: PLC0415
     from minipeft.generate import context_left  # noqa: PLC0415
-    from minipeft.io_utils import atomic_write_text  # noqa: PLC0415
     from minipeft.pretrain import load_base_model  # noqa: PLC0415
 
     if args.data is not None:
@@ -149,12 +148,12 @@ def cmd_finetune(args) -> None:
     res = finetune(model, tok, task, train, steps=args.steps, batch_size=args.batch_size, lr=lr, seed=args.seed,
                    progress=True, measure_memory=False, desc=args.method)
     scores = evaluate(model, tok, test, task, args.max_new_tokens)[0] if test else {}
-    model.save_pretrained(str(args.out))
     run = {"method": args.method, "task": task.name, "quick": args.quick, "base": str(base.path), "lr": lr,
            "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "n_train": len(train),
            "n_test": len(test), "final_loss": res.final_loss, "train_s": res.wall_time_s, "scores": scores,
            "data": None if args.data is None else str(args.data)}
-    atomic_write_text(Path(args.out) / RUN_FILE, json.dumps(run, indent=1) + "\n")
+    # the record is written in the adapter's own unit: a crash leaves both old or both new, never a mix
+    model.save_pretrained(str(args.out), extra_files={RUN_FILE: (json.dumps(run, indent=1) + "\n").encode()})
     print(f"trained {args.steps} steps in {res.wall_time_s:.1f} s, final loss {res.final_loss:.4f} (the mean of the "
           "last 10 steps' losses)")
     if scores:
@@ -165,10 +164,11 @@ def cmd_finetune(args) -> None:
 def load_adapted(adapter: Path, quick: bool):
     """(model, tokenizer, run info) of an adapter folder on the base it was trained on (4-bit for QLoRA)."""
     from minipeft.compare.recipes import NF4_DQ  # noqa: PLC0415
-    from minipeft.peft import PeftModel  # noqa: PLC0415
+    from minipeft.peft import PeftModel, save_load  # noqa: PLC0415
     from minipeft.pretrain import load_base_model  # noqa: PLC0415
     from minipeft.quant import quantize_model  # noqa: PLC0415
 
+    save_load.recover(str(adapter))   # finish a save a crash cut short before reading its record
     run_file = adapter / RUN_FILE
     run = json.loads(run_file.read_text()) if run_file.is_file() else {}
     base = load_base_model(quick=run.get("quick", quick), progress=True)

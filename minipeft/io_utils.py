@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
+from safetensors.numpy import save
 
 # which machine wrote a temp file: a pid only means something on the machine that issued it
 HOST_ID = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
@@ -97,6 +98,24 @@ def read_checked_tensors(path: str | os.PathLike) -> tuple[dict, dict]:
         raise ChecksumMismatch(f"{path}: the tensor data does not match the checksum stored with it ({CHECKSUM_KEY}); "
                                "the file was damaged after it was written")
     return tensors, metadata
+
+
+def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors file of `tensors` and `metadata`, the same bytes for the same content.
+
+    safetensors writes the metadata's keys in a random order (a hash map), so two saves of one adapter would
+    differ; here the header is rewritten with the metadata sorted by key (the tensors keep safetensors' order and
+    offsets, the data is untouched), so files can be compared by hash. Layout: an 8-byte little-endian header
+    length, the JSON header padded with spaces to a multiple of 8, then the data.
+    """
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
 
 
 def tensors_sha256(tensors: dict) -> str:
@@ -213,6 +232,18 @@ def _apply(d: Path) -> bool:
     marker.unlink(missing_ok=True)
     fsync_dir(d)
     return True
+
+
+_TEMP = re.compile(r"\.(.+?)\.(?:[0-9a-f]{8}\.)?\d+\.[0-9a-f]{8}\.tmp")
+
+
+def staged_names(directory: str | os.PathLike) -> set[str]:
+    """The file names that temp files in `directory` were staging (see temp_path_for), whatever the files are."""
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return set()
+    return {m.group(1) for m in map(_TEMP.fullmatch, entries) if m is not None}
 
 
 def recover_files(directory: str | os.PathLike, names: Iterable[str]) -> str | None:

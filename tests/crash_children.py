@@ -1,6 +1,7 @@
 """The saving side of tests/test_crash_safety.py: forks a child that saves in a loop, for the test to SIGKILL.
 
 python tests/crash_children.py adapter DIR      alternate two LoRA adapters (r=2, alpha 4 / r=4, alpha 16) into DIR
+python tests/crash_children.py adapter_record DIR  the same, each with a record file (extra_files) naming its r
 python tests/crash_children.py checkpoint FILE  save a GPT checkpoint (~0.5 MB) to FILE
 
 It imports and builds once, saves once (so a whole save is on disk), then for every line read on stdin
@@ -24,15 +25,18 @@ MAX_LIFE_S = 5.0  # a child nobody kills (the test failed) stops by itself
 
 
 def main(kind: str, target: str) -> None:
-    if kind == "adapter":
+    if kind in ("adapter", "adapter_record"):
         models = [get_peft_model(build_gpt(0), LoraConfig(r=r, lora_alpha=a, target_modules=["q_proj", "v_proj"],
                                                            init_lora_weights=False)) for r, a in ((2, 4), (4, 16))]
-        saves = [lambda m=m: m.save_pretrained(target) for m in models]
+        records = [{"record.json": f'{{"r": {m.peft_config["default"].r}}}'.encode()} if kind == "adapter_record"
+                   else None for m in models]
+        saves = [lambda m=m, x=x: m.save_pretrained(target, extra_files=x)
+                 for m, x in zip(models, records, strict=True)]
     elif kind == "checkpoint":
         model = build_gpt(0, d_model=96, d_ff=384)
         saves = [lambda: save_checkpoint(model, target)]
     else:
-        raise SystemExit(f"unknown kind {kind!r}; use 'adapter' or 'checkpoint'")
+        raise SystemExit(f"unknown kind {kind!r}; use 'adapter', 'adapter_record' or 'checkpoint'")
     saves[0]()
     for _ in sys.stdin:
         pid = os.fork()

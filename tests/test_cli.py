@@ -131,6 +131,23 @@ def test_a_failed_run_exits_1_with_one_line(home, tmp_path, capsys):
     assert code == 1 and "fit no task" in err and len(err.strip().splitlines()) == 1
 
 
+def test_the_run_record_is_written_in_the_adapters_own_unit(home, tmp_path, capsys, monkeypatch):
+    """One crash-safe unit holds the adapter and its record, so a kill cannot pair a new adapter with an old record."""
+    from minipeft import io_utils
+    from minipeft.peft import save_load
+
+    units, real = [], io_utils.write_files_as_unit
+
+    def spy(directory, files):
+        units.append(sorted(files))
+        return real(directory, files)
+
+    monkeypatch.setattr(save_load, "write_files_as_unit", spy)
+    code, _, err = run(["finetune", "--method", "lora-qv", "--out", str(tmp_path / "a"), *TINY], capsys)
+    assert code == 0, err
+    assert units == [sorted(["adapter_config.json", "adapter_model.safetensors", RUN_FILE])]
+
+
 def test_a_failed_save_leaves_the_earlier_adapter_and_its_record_usable(home, tmp_path, capsys, monkeypatch):
     """The adapter folder is replaced as a unit, so a save that fails keeps the earlier adapter whole; its run record
     (which says to load a QLoRA adapter on the 4-bit base) must stay beside it for generate to load it."""

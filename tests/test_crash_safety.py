@@ -7,6 +7,7 @@ in a couple of seconds. Set MINIPEFT_CRASH_KILLS=500 for a longer run.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ KILLS = int(os.environ.get("MINIPEFT_CRASH_KILLS", "30"))
 def saver(kind: str, target: Path):
     """A function kill(delay) that lets a fresh process save `kind` to `target` for `delay` s, then SIGKILLs it."""
     env = {k: v for k, v in os.environ.items() if k != "MINIPEFT_DEVICE"}   # NumPy: a forked CUDA context breaks
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])   # this checkout's minipeft
     server = subprocess.Popen([sys.executable, str(TESTS / "crash_children.py"), kind, str(target)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=TESTS)
 
@@ -66,6 +68,21 @@ def test_an_adapter_folder_killed_mid_save_always_loads_one_whole_save(tmp_path)
             assert sorted(os.listdir(folder)) == ["adapter_config.json", "adapter_model.safetensors"]
     assert interrupted > 0, "no kill landed inside a save: the test proved nothing"
     print(f"{KILLS} kills, {interrupted} of them mid-save, 0 torn folders")
+
+
+def test_a_record_saved_with_the_adapter_always_matches_it_after_a_kill(tmp_path):
+    """extra_files join the adapter's unit: a kill never leaves a new adapter beside an old record (the CLI's
+    minipeft_run.json says which base to load an adapter on)."""
+    folder, interrupted, delays = tmp_path / "adapter", 0, np.random.default_rng(2).uniform(0, 0.03, KILLS)
+    with saver("adapter_record", folder) as kill:
+        for delay in delays:
+            kill(delay)
+            interrupted += bool(hidden(folder))
+            with seeded(0):
+                loaded = PeftModel.from_pretrained(build_gpt(0), str(folder))   # finishes a committed save first
+            assert json.loads((folder / "record.json").read_text())["r"] == loaded.peft_config["default"].r
+            assert sorted(os.listdir(folder)) == ["adapter_config.json", "adapter_model.safetensors", "record.json"]
+    assert interrupted > 0, "no kill landed inside a save: the test proved nothing"
 
 
 def test_a_checkpoint_killed_mid_save_loads_and_its_temp_files_are_removed(tmp_path):

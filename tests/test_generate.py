@@ -214,10 +214,11 @@ def test_a_soft_prompt_generates_the_same_tokens_with_and_without_the_cache(mode
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_virtual_tokens_count_against_the_context_in_generation_and_a_prefix_does_not(model, use_cache):
+def test_virtual_tokens_and_prefix_entries_count_against_the_context_in_generation(model, use_cache):
     # 4 prompt + 12 new = 16 = the context; the last new token is never fed back, so 15 positions are run:
-    # room for one virtual token but not two, while a prefix of any length takes no positions
-    assert len(generate(_PrefixTuned(model, 5, seed=2), PROMPT, 12, use_cache=use_cache)) == 12
+    # room for one virtual token or prefix entry but not two (a prefix takes positions, as in Hugging Face)
+    assert len(generate(_PrefixTuned(model, 1, seed=2), PROMPT, 12, use_cache=use_cache)) == 12
     assert len(generate(_PromptTuned(model, 1, seed=2), PROMPT, 12, use_cache=use_cache)) == 12
-    with pytest.raises(ValueError, match="sequence of 17 .*exceeds the context length 16"):
-        generate(_PromptTuned(model, 2, seed=2), PROMPT, 12, use_cache=use_cache)
+    for tuner in (_PrefixTuned, _PromptTuned):
+        with pytest.raises(ValueError, match="17 .*exceeds? the context length 16"):
+            generate(tuner(model, 2, seed=2), PROMPT, 12, use_cache=use_cache)

@@ -139,20 +139,25 @@ def test_an_empty_prefix_equals_no_prefix(gpt64):
     assert np.array_equal(_logits(gpt64, ids, prefix_kv=None), plain)
 
 
-def test_a_prefix_takes_no_positions(gpt64):
+def test_the_tokens_after_a_prefix_of_p_entries_sit_at_positions_p_onwards(gpt64):
+    """Hugging Face's rule (its prefix is transformers' past_key_values, a position per entry): after a prefix of
+    5 entries, 6 tokens take positions 5..10, and 5 + T must fit the context."""
     ids = np.random.default_rng(7).integers(0, V, (1, CTX))
-    assert _logits(gpt64, ids, prefix_kv=_prefix(5)).shape == (1, CTX, V)      # P + T > CTX still fits
     gpt64.zero_grad()
     gpt64(ids[:, :6], prefix_kv=_prefix(5))[0].sum().backward()
     used = to_numpy(gpt64.wpe.weight.grad).any(axis=1)
-    assert used[:6].all() and not used[6:].any()                   # the real tokens sit at positions 0..5
+    assert used[5:11].all() and not used[:5].any() and not used[11:].any()
     gpt64.zero_grad()
+    assert _logits(gpt64, ids[:, :11], prefix_kv=_prefix(5)).shape == (1, 11, V)    # 5 + 11 = CTX fits
+    with pytest.raises(ValueError, match=r"a prefix of 5 entries \+ 12 tokens = 17 positions exceed the context "
+                                         r"length 16 .*at most 11 tokens"):
+        gpt64(ids[:, :12], prefix_kv=_prefix(5))
 
 
 def test_a_prefix_of_cached_keys_equals_running_those_tokens_first():
-    """The prefix is each layer's keys and values, seen by every query: a prefix made of the cached keys and
-    values of tokens u gives the logits of running u + w, once w's position rows are moved to where they sat
-    in u + w (a prefix takes no positions, so w starts at position 0)."""
+    """The prefix is each layer's keys and values, seen by every query, and its entries take the positions before
+    the tokens: a prefix made of the cached keys and values of tokens u gives exactly the logits of running u + w
+    (what Hugging Face's past_key_values means)."""
     model = randomized64(seed=8)
     rng = np.random.default_rng(8)
     u, w = rng.integers(0, V, (2, 4)), rng.integers(0, V, (2, 5))
@@ -161,7 +166,6 @@ def test_a_prefix_of_cached_keys_equals_running_those_tokens_first():
     with no_grad():
         model(u, kv_cache=cache)
     prefix = [(cache.k[i], cache.v[i]) for i in range(L)]
-    model.wpe.weight.data[:5] = model.wpe.weight.data[4:9].copy()
     np.testing.assert_allclose(_logits(model, w, prefix_kv=prefix), full[:, 4:], rtol=0, atol=1e-10)
 
 
@@ -170,7 +174,8 @@ def test_a_prefix_of_cached_keys_equals_running_those_tokens_first():
 @given(st.data())
 def test_cached_chunks_with_a_prefix_equal_one_call_in_logits_and_gradients(data):
     model = randomized64(seed=9)
-    B, T, P = data.draw(st.integers(1, 2)), data.draw(st.integers(1, CTX)), data.draw(st.integers(0, 3))
+    B, P = data.draw(st.integers(1, 2)), data.draw(st.integers(0, 3))
+    T = data.draw(st.integers(1, CTX - P))                           # the prefix takes positions too
     ids = data.draw(token_ids(V, (B, T)))
     cuts = sorted(data.draw(st.sets(st.integers(1, T - 1), max_size=3)) if T > 1 else [])
     dout = np.random.default_rng(T).standard_normal((B, T, V))
@@ -206,13 +211,14 @@ def test_prefix_to_a_non_empty_cache_raises_and_leaves_it_alone(gpt64):
     assert (cache.prefix_length, cache.length) == (2, 3) and cache.k[1].shape == (1, 5, C)
 
 
-def test_cache_context_check_counts_real_positions_only(gpt64):
+def test_cache_context_check_counts_the_prefix_too(gpt64):
     cache = gpt64.new_kv_cache()
-    gpt64(np.zeros((1, 14), np.int64), prefix_kv=_prefix(4), kv_cache=cache)
-    gpt64(np.zeros((1, 2), np.int64), kv_cache=cache)              # 16 real positions (+ 4 prefix) fit
+    gpt64(np.zeros((1, 10), np.int64), prefix_kv=_prefix(4), kv_cache=cache)
+    assert cache.next_position == 14
+    gpt64(np.zeros((1, 2), np.int64), kv_cache=cache)              # 4 prefix + 12 tokens = 16 positions fit
     with pytest.raises(ValueError, match="sequence of 17 tokens exceeds the context length 16"):
         gpt64(np.zeros((1, 1), np.int64), kv_cache=cache)
-    assert cache.length == 16
+    assert cache.length == 12
 
 
 # ---- errors ------------------------------------------------------------------------------------------------

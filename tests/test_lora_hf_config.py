@@ -83,7 +83,8 @@ def test_hf_adapter_with_rank_pattern_loads_each_layer_at_its_rank(tmp_path):
     ({"v_proj": 4}, {"blocks.0.attn.v_proj": 4, "blocks.1.attn.v_proj": 4, "blocks.0.attn.q_proj": 2}),
     ({"blocks.1.attn.v_proj": 5}, {"blocks.0.attn.v_proj": 2, "blocks.1.attn.v_proj": 5}),
     ({"attn.q_proj": 3}, {"blocks.0.attn.q_proj": 3, "blocks.0.attn.v_proj": 2}),
-    ({"_proj": 6}, {"blocks.0.attn.q_proj": 2, "blocks.1.attn.v_proj": 2}),   # a key matches at a dot only
+    pytest.param({"_proj": 6}, {"blocks.0.attn.q_proj": 2, "blocks.1.attn.v_proj": 2},   # a key matches at a dot only
+                 marks=pytest.mark.filterwarnings("ignore:LoraConfig.rank_pattern")),
     ({r"blocks\.[01]\.attn\.v_proj": 3, "v_proj": 7}, {"blocks.0.attn.v_proj": 3}),  # the first match wins
 ])
 def test_rank_pattern_keys_are_regexes_matched_at_a_dot_boundary(pattern, ranks):
@@ -147,3 +148,101 @@ def test_all_linear_targets_every_linear_but_the_output_layer():
     wrapped = {p.split(".", 2)[-1] for p, m in peft.named_modules() if isinstance(m, LoraLinear)}
     per_block = {"attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.fc1", "mlp.fc2"}
     assert wrapped == {f"blocks.{i}.{n}" for i in range(2) for n in per_block}
+
+
+# ---- files as Hugging Face PEFT 0.22 writes them ----------------------------------------------------------------
+# the fields PEFT 0.22 added, all written as null (a newer release adds more); minipeft knows none of them
+PEFT_022_NEW = {"astra_config": None, "kasa_config": None, "lora_ga_config": None, "monteclora_config": None,
+                "use_bdlora": None, "velora_config": None}
+
+
+def test_a_peft_022_lora_file_loads_with_one_warning_naming_its_unknown_null_fields(tmp_path):
+    ids, _ = batch(6)
+    arrays = write_hf_adapter(tmp_path, {**HF_CONFIG, **PEFT_022_NEW, "peft_version": "0.22.0"})
+    with pytest.warns(UserWarning, match="ignoring fields minipeft does not know") as caught:
+        peft = PeftModel.from_pretrained(build_gpt(0), str(tmp_path))
+    assert len(caught) == 1 and all(name in str(caught[0].message) for name in PEFT_022_NEW)
+    assert np.abs(logits(peft, ids) - logits(build_gpt(0), ids)).max() > 1e-3
+    assert len(arrays) == len(peft.base_model.adapter_state_keys("default"))
+
+
+@pytest.mark.parametrize("value", [False, "", [], {}])
+def test_an_unknown_field_that_is_off_is_accepted(value):
+    with pytest.warns(UserWarning, match="new_option"):
+        cfg = LoraConfig.from_dict({**HF_CONFIG, "new_option": value})
+    assert not hasattr(cfg, "new_option")
+
+
+@pytest.mark.parametrize("value", [True, 0, "yes", [1], {"a": 1}])
+def test_an_unknown_field_that_is_on_is_refused_by_name(value):
+    with pytest.raises(ConfigError, match="'velora_config'.*accepts an unknown field only when it is off"):
+        LoraConfig.from_dict({**HF_CONFIG, **PEFT_022_NEW, "velora_config": value})
+
+
+def test_files_written_by_hf_peft_load(tmp_path):
+    """LoRA and prefix-tuning configs as the installed Hugging Face PEFT writes them (with its newest fields)."""
+    peft = pytest.importorskip("peft")
+    from minipeft.peft import PrefixTuningConfig  # noqa: PLC0415
+    from minipeft.peft.registry import config_from_dict  # noqa: PLC0415
+
+    peft.LoraConfig(r=2, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
+                    rank_pattern={"v_proj": 3}).save_pretrained(str(tmp_path / "lora"))
+    saved = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    write_hf_adapter(tmp_path / "lora", saved)
+    with pytest.warns(UserWarning, match="ignoring fields minipeft does not know"):
+        loaded = PeftModel.from_pretrained(build_gpt(0), str(tmp_path / "lora"))
+    assert loaded.get_base_model().blocks[0].attn.v_proj.lora_A["default"].weight.shape == (3, C)
+    peft.PrefixTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM").save_pretrained(str(tmp_path / "prefix"))
+    saved = json.loads((tmp_path / "prefix" / "adapter_config.json").read_text())
+    with pytest.warns(UserWarning, match="init_weights"):
+        cfg = config_from_dict(saved)
+    assert isinstance(cfg, PrefixTuningConfig) and cfg.num_virtual_tokens == 3
+
+
+# ---- rank_pattern / alpha_pattern: the first matching key wins, so their order is kept on disk ------------------
+ORDERED = dict(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False,
+               alpha_pattern={"q_proj": 32, r"blocks\.1\..*": 3}, rank_pattern={"q_proj": 2, r"blocks\.0\..*": 5})
+
+
+def test_overlapping_patterns_keep_their_order_through_save_and_load(tmp_path):
+    ids, _ = batch(7)
+    peft = get_peft_model(build_gpt(0), LoraConfig(**ORDERED))
+    q1 = peft.get_base_model().blocks[1].attn.q_proj
+    assert q1.scaling["default"] == 32 / 2 and q1.lora_A["default"].weight.shape == (2, C)   # "q_proj" wins both
+    peft.save_pretrained(str(tmp_path))
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert list(saved["alpha_pattern"]) == ["q_proj", r"blocks\.1\..*"]
+    assert list(saved["rank_pattern"]) == ["q_proj", r"blocks\.0\..*"]
+    loaded = PeftModel.from_pretrained(build_gpt(0), str(tmp_path))
+    for i in range(2):
+        assert loaded.get_base_model().blocks[i].attn.q_proj.scaling["default"] == 16.0
+    np.testing.assert_array_equal(logits(loaded, ids), logits(peft, ids))
+    assert list(LoraConfig.from_dict(json.loads(peft.peft_config["default"].to_json())).alpha_pattern) == [
+        "q_proj", r"blocks\.1\..*"]
+
+
+# ---- entries that match nothing: a warning naming them and the nearest module name ----------------------------
+def test_a_misspelt_target_beside_a_right_one_warns_with_the_nearest_name():
+    with pytest.warns(UserWarning, match=r"target_modules: 'v_prj' \(nearest module name: 'v_proj'\) matched no "
+                                         "module"):
+        peft = get_peft_model(build_gpt(0), LoraConfig(target_modules=["q_proj", "v_prj"]))
+    assert isinstance(peft.get_base_model().blocks[0].attn.q_proj, LoraLinear)
+
+
+def test_a_pattern_key_that_matches_no_wrapped_module_warns_with_the_nearest_name():
+    with pytest.warns(UserWarning, match=r"rank_pattern: 'v_prj' \(nearest module name: 'v_proj'\) matched no module"):
+        peft = get_peft_model(build_gpt(0), LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                       rank_pattern={"v_prj": 4}))
+    assert peft.get_base_model().blocks[0].attn.v_proj.lora_A["default"].weight.shape == (2, C)   # the default r
+    with pytest.warns(UserWarning, match=r"alpha_pattern: 'blocks.*7.*q_proj' \(nearest module name: 'q_proj'\)"):
+        get_peft_model(build_gpt(0), LoraConfig(target_modules=["q_proj"],
+                                                alpha_pattern={r"blocks\.7\.attn\.q_proj": 2}))
+
+
+def test_targets_and_patterns_that_all_match_give_no_warning():
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_peft_model(build_gpt(0), LoraConfig(target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 4},
+                                                alpha_pattern={r"blocks\.1\.attn\.q_proj": 2}))

@@ -97,6 +97,71 @@ def test_different_base_raises_fingerprint_error_unless_unchecked(saved):
     assert np.abs(logits(forced, ids) - out).max() > 1e-3                     # it did load, onto another base
 
 
+def test_a_config_without_the_fingerprint_is_checked_against_the_weights_files(saved, tmp_path):
+    d = copy_of(saved[0], tmp_path)
+    cfg = json.loads((d / CONFIG).read_text())
+    del cfg["base_model_fingerprint"]
+    (d / CONFIG).write_text(json.dumps(cfg))
+    other = build_gpt(1)
+    with pytest.raises(AdapterError, match="fingerprint"):
+        PeftModel.from_pretrained(other, str(d))
+    assert not has_wrappers(other)
+    PeftModel.from_pretrained(build_gpt(0), str(d))                           # its own base loads
+    PeftModel.from_pretrained(build_gpt(1), str(d), check_base_model=False)   # unchecked, as asked
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_weights_holding_nan_or_inf_are_refused_on_load_naming_the_tensor(saved, tmp_path, bad):
+    from safetensors.numpy import save_file  # noqa: PLC0415
+
+    d = copy_of(saved[0], tmp_path)
+    arrays = load_file(str(d / WEIGHTS))
+    key = "base_model.model.blocks.1.attn.v_proj.lora_B.weight"
+    arrays[key][2, 3] = bad
+    save_file(arrays, str(d / WEIGHTS))    # no checksum: as another tool writes it
+    base = build_gpt(0)
+    with pytest.raises(AdapterError, match=re.escape(f"tensor {key!r} holds {'NaN' if np.isnan(bad) else 'inf'}")):
+        PeftModel.from_pretrained(base, str(d))
+    assert not has_wrappers(base)
+
+
+def test_saving_weights_holding_nan_is_refused_and_writes_nothing(tmp_path):
+    peft, _, _ = trained()
+    p = peft.get_base_model().blocks[0].attn.q_proj.lora_A["default"].weight
+    p.data[0, 0] = np.nan
+    with pytest.raises(AdapterError, match=r"adapter 'default': tensor 'base_model\.model\.blocks\.0\.attn\.q_proj"
+                                           r"\.lora_A\.weight' holds NaN .*lower the learning rate"):
+        peft.save_pretrained(str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_saving_the_same_adapter_gives_the_same_bytes(tmp_path):
+    """safetensors writes its metadata keys in a random order; the saved files are byte-identical regardless."""
+    import hashlib  # noqa: PLC0415
+
+    peft, _, _ = trained()
+    digests = set()
+    for i in range(5):
+        peft.save_pretrained(str(tmp_path / str(i)))
+        digests.add(tuple(hashlib.sha256((tmp_path / str(i) / f).read_bytes()).hexdigest() for f in (CONFIG, WEIGHTS)))
+    assert len(digests) == 1
+    assert load_file(str(tmp_path / "0" / WEIGHTS)).keys() == load_file(str(tmp_path / "4" / WEIGHTS)).keys()
+
+
+def test_extra_files_are_saved_with_the_adapter_and_bad_names_refused(tmp_path):
+    peft, ids, out = trained()
+    peft.save_pretrained(str(tmp_path), extra_files={"run.json": b'{"steps": 3}'})
+    assert sorted(os.listdir(tmp_path)) == [CONFIG, WEIGHTS, "run.json"]
+    assert (tmp_path / "run.json").read_bytes() == b'{"steps": 3}'
+    np.testing.assert_array_equal(logits(PeftModel.from_pretrained(build_gpt(0), str(tmp_path)), ids), out)
+    for name in ("../run.json", ".hidden", CONFIG, ""):
+        with pytest.raises(ValueError, match="must be a plain file name"):
+            peft.save_pretrained(str(tmp_path / "x"), extra_files={name: b"{}"})
+    with pytest.raises(TypeError, match="must be bytes"):
+        peft.save_pretrained(str(tmp_path / "x"), extra_files={"run.json": "{}"})
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "missing", "flipped bit"])
 def test_bad_weights_file_raises_adapter_error_with_the_path(saved, tmp_path, damage):
     d = copy_of(saved[0], tmp_path)

@@ -1,7 +1,7 @@
 """NF4 and double quantization (minipeft/quant/): the code book, packing, the error bounds, the bits per parameter.
 
 Tolerances. Quantization itself is exact arithmetic on indices; only the float steps round. Normalizing
-w / absmax, the product code * absmax, and double quantization's q * s / 127 + m each round once in the
+w / absmax, the product code * absmax, and double quantization's code[q] * s + m each round once in the
 array's dtype, so every bound below is the exact bound plus a few units of that dtype's eps times the
 magnitude involved (FLOAT_SLACK ulps, with a factor of two of margin over the three or four roundings).
 """
@@ -35,7 +35,7 @@ from minipeft.quant import (
     unpack_4bit,
     weight_bytes,
 )
-from minipeft.quant.double_quant import absmax_error_bound
+from minipeft.quant.double_quant import absmax_error_bound, dynamic_map, max_half_gap_dynamic
 from minipeft.quant.nf4 import NF4_OFFSET, ZERO_INDEX, dequantize_blockwise, quantize_blockwise
 from minipeft.quant.storage import bytes_from_shapes, gpt_matrices
 
@@ -182,27 +182,102 @@ def test_error_is_within_half_the_widest_code_gap_times_the_block_absmax(case):
 
 
 # ---- double quantization ------------------------------------------------------------------------------------------
+def test_dynamic_map_follows_its_definition():
+    """bitsandbytes' create_dynamic_map(signed=True): for e = 6..0, 10^-e times the 2^(6-e) midpoints of equal steps
+    of [0.1, 1], both signs, then 0 and 1. Each value is within 2 float32 ulps of the exact one (the linspace point,
+    the midpoint sum and the power of ten each round once in float32) and is a float32 value."""
+    code = dynamic_map()
+    exact = [0.0, 1.0]
+    for i in range(7):
+        b = 0.1 + np.arange(2**i + 1) * 0.9 / 2**i
+        exact += list(10.0 ** (i - 6) * (b[:-1] + b[1:]) / 2) + list(-(10.0 ** (i - 6)) * (b[:-1] + b[1:]) / 2)
+    exact = np.sort(exact)
+    assert code.dtype == np.float32 and code.shape == (256,) and np.all(np.diff(code) > 0)
+    np.testing.assert_allclose(code, exact, rtol=2 * np.finfo(np.float32).eps, atol=0)
+    assert (code < 0).sum() == 127 and code[127] == 0 and code[-1] == 1 and code[-2] == np.float32(0.99296875)
+    # the top decade's half step, to the float32 rounding of the two code values it lies between
+    assert max_half_gap_dynamic() == pytest.approx(0.9 / 64 / 2, abs=2 * float(np.finfo(np.float32).eps))
+
+
+def _bnb_reference(absmax: np.ndarray, offset: np.float32, blocksize: int):
+    """(codes, nested absmax, dequantized constants) as bitsandbytes computes them on the CPU: create_dynamic_map,
+    the default quantize_blockwise / dequantize_blockwise kernels and quantize_4bit's nested step, transcribed from
+    bitsandbytes' functional.py and backends/default/ops.py, given the same mean `offset`."""
+    torch = pytest.importorskip("torch")
+    data = []
+    for i in range(7):                                        # create_dynamic_map(signed=True, 7, 8)
+        boundaries = torch.linspace(0.1, 1, 2**i + 1)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        data += ((10 ** (-6 + i)) * means).tolist()
+        data += (-(10 ** (-6 + i)) * means).tolist()
+    data += [0, 1.0]
+    data.sort()
+    code = torch.Tensor(data)
+    A = torch.from_numpy(absmax) - torch.from_numpy(np.asarray([offset]))
+    n = A.numel()
+    rem = n % blocksize
+    has_rem = rem > 0
+    blocks = n // blocksize + has_rem
+    nested = torch.zeros((blocks,), dtype=torch.float32)
+    A_com = A[: n - rem].reshape(n // blocksize, blocksize)
+    nested[: blocks - has_rem] = torch.abs(A_com).max(dim=-1)[0]
+    scaled = torch.clamp(A_com * (1 / nested[: blocks - has_rem].view(-1, 1)), -1, 1).reshape(-1)
+    if has_rem:
+        nested[-1] = torch.abs(A[n - rem:]).max()
+        scaled = torch.cat([scaled, torch.clamp(A[n - rem:] * (1 / nested[-1]), -1, 1)], dim=0)
+    q = torch.argmin(torch.abs(scaled.unsqueeze(-1) - code), dim=-1).to(torch.uint8)
+    out = code[q.int()]
+    if rem:
+        out = torch.nn.functional.pad(out, (0, blocksize - rem), mode="constant", value=0)
+    out = (out.view(-1, blocksize) * nested.view(-1, 1)).reshape(-1)[:n] + torch.from_numpy(np.asarray([offset]))
+    return code.numpy(), q.numpy(), nested.numpy(), out.numpy()
+
+
+@pytest.mark.parametrize("n, nested", [(4096, 256), (700, 256), (37, 4)])
+def test_double_quantization_equals_bitsandbytes_bit_for_bit(n, nested):
+    rng = np.random.default_rng(n)
+    c = np.abs(rng.standard_normal(n) * 0.05).astype(np.float32)
+    q, s, m = (to_numpy(a) for a in quantize_absmax(dev(c), nested))
+    code, q_ref, s_ref, c_ref = _bnb_reference(c, m[0], nested)
+    np.testing.assert_array_equal(dynamic_map(), code)
+    np.testing.assert_array_equal(s, s_ref)
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(to_numpy(dequantize_absmax(dev(q), dev(s), dev(m), nested)), c_ref)
+
+
+def test_double_quantized_weights_equal_bitsandbytes_dequantization():
+    """A Linear4bit's dequantized weight: NF4 codes (bit-identical to bitsandbytes, tested above) times the
+    double-quantized scales, which equal bitsandbytes' for the same mean; so the weights are equal too."""
+    w = np.random.default_rng(5).standard_normal((64, 256)).astype(np.float32) * 0.02
+    layer = Linear4bit.from_linear(_linear(w), blocksize=64, double_quant=True, nested_blocksize=256)
+    plain = Linear4bit.from_linear(_linear(w), blocksize=64, double_quant=False)
+    *_, c_ref = _bnb_reference(to_numpy(plain.absmax.data), to_numpy(layer.offset.data)[0], 256)
+    want = to_numpy(dequantize_nf4(plain.weight.data, dev(c_ref), w.shape))
+    np.testing.assert_array_equal(to_numpy(layer.dequantize()), want)
+    assert to_numpy(layer.absmax.data).dtype == np.uint8
+
+
 @given(st.integers(1, 700), st.sampled_from([1, 3, 256]), st.integers(0, 2**31), st.booleans())
-def test_double_quantized_scales_are_within_half_a_step(n, nested, seed, zeros):
+def test_double_quantized_scales_are_within_half_a_gap_of_the_dynamic_map(n, nested, seed, zeros):
     rng = np.random.default_rng(seed)
     c = np.abs(rng.standard_normal(n) * 0.05).astype(np.float32)
     if zeros:
         c[rng.integers(0, n, size=max(1, n // 5))] = 0.0
     q, s, m = quantize_absmax(dev(c), nested)
     q, s, m = to_numpy(q), to_numpy(s), to_numpy(m)
-    assert q.dtype == np.int8 and q.shape == (n,) and np.abs(q.astype(int)).max() <= 127
+    assert q.dtype == np.uint8 and q.shape == (n,)
     assert s.shape == (-(-n // nested),) and m.shape == (1,) and s.dtype == m.dtype == np.float32
-    # The scales are the spec's, checked on their own: the bound below is s / 254, so a too-large s (a wasted
-    # half of the int8 range, twice the error) would loosen it as much as it loosens the error. m is the mean of
-    # the n constants, all >= 0, to float32 summation (relative error <= (n - 1) eps32 / 2 + eps32 / 2 for the
-    # division; n eps32 is twice that); s_j is max |c - m| over nested block j, the subtraction and the max done
-    # in float32 as the spec says, hence exactly equal.
+    # The scales are the spec's, checked on their own: the bound below is s times the map's half gap, so a
+    # too-large s would loosen it as much as it loosens the error. m is the mean of the n constants, all >= 0, to
+    # float32 summation (relative error <= (n - 1) eps32 / 2 + eps32 / 2 for the division; n eps32 is twice
+    # that); s_j is max |c - m| over nested block j, the subtraction and the max done in float32 as the spec
+    # says, hence exactly equal.
     mean64 = float(c.astype(np.float64).mean())
     assert abs(float(m[0]) - mean64) <= n * np.finfo(np.float32).eps * mean64
     r = np.concatenate([c - m, np.zeros(-n % nested, np.float32)])
     np.testing.assert_array_equal(s, np.abs(r).reshape(-1, nested).max(axis=1))
     c_hat = to_numpy(dequantize_absmax(dev(q), dev(s), dev(m), nested))
-    bound = np.repeat(s / 254, nested)[:n]
+    bound = np.repeat(s * max_half_gap_dynamic(), nested)[:n]
     np.testing.assert_allclose(to_numpy(absmax_error_bound(dev(s), n, nested)), bound, rtol=1e-7)
     slack = FLOAT_SLACK * np.finfo(np.float32).eps * (np.abs(c).max() + np.abs(m[0]))
     assert np.all(np.abs(c_hat - c) <= bound + slack)
@@ -210,7 +285,8 @@ def test_double_quantized_scales_are_within_half_a_step(n, nested, seed, zeros):
 
 @given(weights())
 def test_double_quantization_adds_at_most_its_scale_error_to_each_weight(case):
-    """|w - code * c_hat| <= half_gap(code) * c + |c - c_hat| <= max_half_gap * c + s_j / 254 (|code| <= 1)."""
+    """|w - code * c_hat| <= half_gap(code) * c + |c - c_hat| <= max_half_gap * c + s_j * max_half_gap_dynamic()
+    (|code| <= 1)."""
     w, bs = case
     w = w.astype(np.float32)
     layer = Linear4bit.from_linear(_linear(w), blocksize=bs, double_quant=True, nested_blocksize=4)
@@ -296,7 +372,9 @@ def test_bad_packed_arrays_and_shapes_raise():
     with pytest.raises(ValueError, match="do not fit shape"):
         dequantize_nf4(packed, absmax, (4, 32))
     with pytest.raises(ValueError, match="nested scales"):
-        dequantize_absmax(dev(np.zeros(5, np.int8)), dev(np.ones(1, np.float32)), dev(np.zeros(1, np.float32)), 2)
+        dequantize_absmax(dev(np.zeros(5, np.uint8)), dev(np.ones(1, np.float32)), dev(np.zeros(1, np.float32)), 2)
+    with pytest.raises(TypeError, match="uint8 indices into the dynamic map"):
+        dequantize_absmax(dev(np.zeros(5, np.int8)), dev(np.ones(3, np.float32)), dev(np.zeros(1, np.float32)), 2)
     with pytest.raises(ValueError, match="does not divide"):
         Linear4bit(10, 3)
 

@@ -19,7 +19,7 @@ import minipeft
 from minipeft import Tensor, backend, to_numpy
 from minipeft.generate import context_left, generate
 from minipeft.nn import GPT, GPTConfig
-from minipeft.peft import AdapterError, PeftModel, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from minipeft.peft import AdapterError, ConfigError, PeftModel, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from minipeft.peft.tuners.prefix_tuning import prefix_projection
 
 D, L = 16, 2   # the "test" preset's d_model and n_layer
@@ -135,13 +135,92 @@ def test_saving_folds_the_mlp_and_a_projected_adapter_cannot_be_loaded_for_train
         PeftModel.from_pretrained(build_gpt(7), str(tmp_path), is_trainable=True)
 
 
-def test_a_prefix_takes_no_positions_and_zero_prefix_tokens_is_the_identity():
+def test_a_prefix_takes_the_first_positions_and_the_tokens_follow_it():
+    """Hugging Face's placement: after n prefix entries the T tokens sit at positions n..n+T-1, so the prefix counts
+    against the context (generation and the data loaders leave it room through virtual_positions)."""
     peft = tuned(5)
-    assert peft.base_model.virtual_positions == 0 and context_left(peft) == 16
-    assert logits(peft, np.zeros((1, 16), np.int64)).shape == (1, 16, 64)    # 5 prefix + 16 tokens fit
-    zero = get_peft_model(build_gpt(0), PrefixTuningConfig(num_virtual_tokens=0))
-    ids = batch(9)[0]
-    np.testing.assert_array_equal(logits(zero, ids), logits(build_gpt(0), ids))
+    assert peft.base_model.virtual_positions == 5 and context_left(peft) == 11
+    wpe = peft.get_base_model().wpe.weight
+    wpe.requires_grad = True                                # to see which position rows the tokens read
+    peft(batch(0)[0][:, :6])[0].sum().backward()
+    used = to_numpy(wpe.grad).any(axis=1)
+    assert used[5:11].all() and not used[:5].any() and not used[11:].any()
+    wpe.requires_grad, wpe.grad = False, None
+    assert logits(peft, np.zeros((1, 11), np.int64)).shape == (1, 11, 64)    # 5 prefix + 11 tokens fit
+    with pytest.raises(ValueError, match=r"a prefix of 5 entries \+ 12 tokens = 17 positions exceed"):
+        peft(np.zeros((1, 12), np.int64))
+    assert len(generate(peft, [1, 2, 3], 8)) == 8                            # 3 + 8 = the 11 positions left
+    with pytest.raises(ValueError, match="its 5 virtual tokens"):
+        generate(peft, [1, 2, 3], 9)
+
+
+def _gpt2_pair(seed: int = 0):
+    """A tiny transformers GPT-2 (float64, no dropout) and a minipeft GPT holding the same weights."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    C, V = D, 64
+    torch.manual_seed(seed)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=V, n_positions=16, n_embd=C, n_layer=L, n_head=2, n_inner=4 * C, resid_pdrop=0, embd_pdrop=0,
+        attn_pdrop=0, bos_token_id=0, eos_token_id=0)).double().eval()
+    sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    gpt = GPT(GPTConfig(vocab_size=V, context_length=16, d_model=C, n_layer=L, n_head=2, d_ff=4 * C)).to(np.float64)
+
+    def put(p, a):
+        p.data = np.ascontiguousarray(a)
+
+    put(gpt.wte.weight, sd["transformer.wte.weight"])
+    put(gpt.wpe.weight, sd["transformer.wpe.weight"])
+    for i, b in enumerate(gpt.blocks):   # GPT-2's Conv1D holds W^T; c_attn is q, k, v side by side
+        h = f"transformer.h.{i}."
+        for mod, name in ((b.ln_1, "ln_1"), (b.ln_2, "ln_2")):
+            put(mod.weight, sd[h + name + ".weight"])
+            put(mod.bias, sd[h + name + ".bias"])
+        W, bias = sd[h + "attn.c_attn.weight"], sd[h + "attn.c_attn.bias"]
+        for j, lin in enumerate((b.attn.q_proj, b.attn.k_proj, b.attn.v_proj)):
+            put(lin.weight, W[:, j * C:(j + 1) * C].T)
+            put(lin.bias, bias[j * C:(j + 1) * C])
+        for lin, name in ((b.attn.out_proj, "attn.c_proj"), (b.mlp.fc1, "mlp.c_fc"), (b.mlp.fc2, "mlp.c_proj")):
+            put(lin.weight, sd[h + name + ".weight"].T)
+            put(lin.bias, sd[h + name + ".bias"])
+    put(gpt.ln_f.weight, sd["transformer.ln_f.weight"])
+    put(gpt.ln_f.bias, sd["transformer.ln_f.bias"])
+    return hf, gpt
+
+
+@pytest.mark.filterwarnings("ignore:Unexpected keyword arguments")   # HF PEFT on our fingerprint fields
+def test_a_hugging_face_prefix_adapter_gives_hugging_faces_outputs_and_ours_loads_there(tmp_path):
+    """Hugging Face PEFT's prefix tuning on GPT-2 (its prefix is past_key_values: the tokens sit at n..n+T-1) and
+    minipeft's agree to float64 rounding on the same weights, through the adapter files in both directions."""
+    torch = pytest.importorskip("torch")
+    hf_peft = pytest.importorskip("peft")
+    hf, gpt = _gpt2_pair()
+    ids = np.random.default_rng(0).integers(0, 64, (2, 7))
+    with torch.no_grad():
+        base_ref = hf(torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(logits(gpt, ids), base_ref, rtol=0, atol=1e-12)      # the same base
+    theirs = hf_peft.get_peft_model(hf, hf_peft.PrefixTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        theirs.prompt_encoder.default.embedding.weight.copy_(torch.randn(3, 2 * L * D, dtype=torch.float64))
+        want = theirs(input_ids=torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(want - base_ref).max() > 1e-2                                      # the prefix matters
+    theirs.save_pretrained(str(tmp_path / "hf"))
+    with pytest.warns(UserWarning, match="init_weights"):
+        ours = PeftModel.from_pretrained(gpt, str(tmp_path / "hf"))
+    np.testing.assert_allclose(logits(ours, ids), want, rtol=0, atol=1e-12)          # float64: ~1e-16 measured
+    ours.save_pretrained(str(tmp_path / "ours"))
+    hf2, _ = _gpt2_pair()
+    back = hf_peft.PeftModel.from_pretrained(hf2, str(tmp_path / "ours"))
+    with torch.no_grad():
+        np.testing.assert_allclose(back(input_ids=torch.from_numpy(ids)).logits.numpy(), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("config_cls", [PrefixTuningConfig, PromptTuningConfig])
+def test_zero_virtual_tokens_is_refused_as_it_would_train_nothing(config_cls):
+    with pytest.raises(ConfigError, match=r"num_virtual_tokens must be an int >= 1 .*got 0"):
+        config_cls(num_virtual_tokens=0)
+    with pytest.raises(ConfigError, match="num_virtual_tokens"):
+        config_cls.from_dict({"peft_type": config_cls.PEFT_TYPE, "num_virtual_tokens": 0})
 
 
 def test_training_leaves_the_base_bit_identical():
@@ -165,9 +244,9 @@ def test_outputs_at_the_input_positions_do_not_depend_on_the_batchs_padding():
 
 def test_generation_with_the_kv_cache_equals_without_and_differs_from_the_base():
     peft = tuned(3, seed=12, std=10.0)                    # loud keys draw attention away: greedy output changes
-    out = generate(peft, [5, 6, 7], 12)
-    assert out == generate(peft, [5, 6, 7], 12, use_cache=False)
-    assert out != generate(build_gpt(12), [5, 6, 7], 12)
+    out = generate(peft, [5, 6, 7], 10)                  # 3 prefix + 3 prompt + 10 new = the 16 positions
+    assert out == generate(peft, [5, 6, 7], 10, use_cache=False)
+    assert out != generate(build_gpt(12), [5, 6, 7], 10)
 
 
 def test_passing_prefix_kv_to_a_prefix_tuned_model_raises():

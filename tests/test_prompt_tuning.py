@@ -88,14 +88,6 @@ def test_virtual_tokens_take_the_first_positions_and_their_outputs_are_dropped()
     assert logits(peft, ids).shape == (2, 6, 64)
 
 
-def test_zero_virtual_tokens_is_the_identity():
-    base, ids = build_gpt(0), batch(1)[0]
-    peft = get_peft_model(build_gpt(0), PromptTuningConfig(num_virtual_tokens=0))
-    assert peft.get_nb_trainable_parameters()[0] == 0 and peft.base_model.virtual_positions == 0
-    np.testing.assert_array_equal(logits(peft, ids), logits(base, ids))
-    assert generate(peft, [1, 2, 3], 8) == generate(base, [1, 2, 3], 8)
-
-
 def test_training_leaves_the_base_bit_identical_and_forms_no_gradient_for_the_embedding_table():
     peft = tuned(4)
     base = peft.get_base_model()
@@ -210,9 +202,9 @@ def test_sample_vocab_init_takes_rows_of_the_embedding_table_and_random_is_stand
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(), "num_virtual_tokens must be an int >= 0"),
-    (dict(num_virtual_tokens=-1), "num_virtual_tokens must be an int >= 0"),
-    (dict(num_virtual_tokens=True), "num_virtual_tokens must be an int >= 0"),
+    (dict(), "num_virtual_tokens must be an int >= 1"),
+    (dict(num_virtual_tokens=-1), "num_virtual_tokens must be an int >= 1"),
+    (dict(num_virtual_tokens=True), "num_virtual_tokens must be an int >= 1"),
     (dict(num_virtual_tokens=4, prompt_tuning_init="VOCAB"), "prompt_tuning_init must be 'RANDOM' or 'SAMPLE_VOCAB'"),
     (dict(num_virtual_tokens=4, prompt_tuning_init="TEXT", tokenizer_name_or_path="t"), "prompt_tuning_init_text"),
     (dict(num_virtual_tokens=4, prompt_tuning_init="TEXT", prompt_tuning_init_text="hi"), "tokenizer_name_or_path"),

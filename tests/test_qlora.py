@@ -104,7 +104,7 @@ def test_quantized_arrays_refuse_training_and_keep_their_codes():
     codes = to_numpy(q.weight.data).copy()
     w32 = to_numpy(q.dequantize())
     q.to(np.float64)                                        # scales become float64, the codes stay uint8
-    assert q.weight.dtype == np.uint8 and q.absmax.dtype == np.int8 and q.compute_dtype == np.float64
+    assert q.weight.dtype == np.uint8 and q.absmax.dtype == np.uint8 and q.compute_dtype == np.float64
     np.testing.assert_array_equal(to_numpy(q.weight.data), codes)
     np.testing.assert_allclose(to_numpy(q.dequantize()), w32, rtol=2 * np.finfo(np.float32).eps)
 
@@ -141,6 +141,24 @@ def test_quantize_model_checks_every_layer_before_replacing_any():
     peft = get_peft_model(build_gpt(0), LoraConfig())
     with pytest.raises(ValueError, match="already holds adapter layers"):
         quantize_model(peft.get_base_model())
+
+
+def test_quantizing_again_with_another_format_is_refused_and_changes_nothing():
+    model = quantize_model(build_gpt(0), BitsAndBytesConfig(blocksize=64))
+    first = model.quantization_config
+    before = {p: to_numpy(m.absmax.data).copy() for p, m in quantized_layers(model).items()}
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.q_proj is already in 4 bits with blocksize=64, but the "
+                                         r"config asks for blocksize=32.*dequantize_model\(model\) first"):
+        quantize_model(model, BitsAndBytesConfig(blocksize=32))
+    assert model.quantization_config is first
+    assert all(m.blocksize == 64 and np.array_equal(to_numpy(m.absmax.data), before[p])
+               for p, m in quantized_layers(model).items())
+    with pytest.raises(ValueError, match="double_quant=False, but the config asks for double_quant=True"):
+        quantize_model(model, qlora_config())
+    assert quantize_model(model, BitsAndBytesConfig(blocksize=64)) is model     # the same format: nothing to do
+    requantized = quantize_model(dequantize_model(model), BitsAndBytesConfig(blocksize=32))
+    assert {m.blocksize for m in quantized_layers(requantized).values()} == {32}
+    assert requantized.quantization_config.blocksize == 32
 
 
 def test_quantizing_a_float64_model_casts_to_the_compute_dtype_and_leaves_the_original_linear(float64):
@@ -265,7 +283,7 @@ def test_merge_is_exact_in_float_and_unmerge_restores_the_4bit_layer():
 
 def test_merge_and_unload_then_requantize_loses_at_most_the_nf4_bound():
     """merge_and_unload() is exact (float Linears at the adapted places); quantize_model() on the result
-    re-quantizes them, each weight within max_half_gap * block absmax (+ the scale's int8 error)."""
+    re-quantizes them, each weight within max_half_gap * block absmax (+ the scale's 8-bit error)."""
     peft = get_peft_model(quantized_gpt(), LoraConfig(r=2, target_modules=["q_proj", "fc1"], init_lora_weights=False))
     ids, _ = batch(6)
     out = logits(peft, ids)
@@ -316,6 +334,15 @@ def test_save_load_quantized_is_bit_exact(tmp_path, double_quant):
     ids, _ = batch(8)
     np.testing.assert_array_equal(logits(loaded, ids), logits(model, ids))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.safetensors"]      # no temp file left
+
+
+def test_a_file_with_the_earlier_uniform_int8_scales_is_refused_with_the_fix(tmp_path):
+    model = quantized_gpt()
+    for layer in quantized_layers(model).values():    # the earlier format: int8 codes of a uniform grid
+        layer.absmax._data = layer.absmax.data.astype(np.int8)
+    save_quantized(model, tmp_path / "old.safetensors")
+    with pytest.raises(CheckpointError, match=r"holds double-quantized scales as int8.*quantize_model"):
+        load_quantized(tmp_path / "old.safetensors")
 
 
 def test_quantized_files_are_told_apart_from_float_checkpoints(tmp_path):
@@ -377,7 +404,7 @@ def test_a_qlora_training_step_moves_nothing_to_the_host():
             x, y = rng.integers(0, 64, (2, 8)), rng.integers(0, 64, (2, 8))
             y[:, :3] = -100
             with no_grad():
-                model(xp.asarray(x))      # the first dequantization uploads the 16-value code book, once
+                model(xp.asarray(x))      # the first dequantization uploads the code books (NF4, dynamic map), once
             reads, to_host, to_device = test_strict._step_reads(model, xp.asarray(x), xp.asarray(y))
             assert to_host == 0 and to_device == 0
             assert {k: v for k, v in reads.items() if v} == test_strict.STEP_READS

@@ -56,7 +56,7 @@ from minipeft.quant import (
     quantize_model,
     quantized_layers,
 )
-from minipeft.quant.double_quant import absmax_error_bound
+from minipeft.quant.double_quant import absmax_error_bound, max_half_gap_dynamic
 from minipeft.quant.storage import bytes_from_shapes, llama_matrices
 
 # ---- config -------------------------------------------------------------------------------------
@@ -86,8 +86,9 @@ def base_copy(quick: bool, config: BitsAndBytesConfig | None = None):
 
 
 def worst_bound_ratio(quantized, reference) -> float:
-    """max over weights of |w - w_hat| / its bound: max_half_gap * block absmax, plus s_j / 254 (the int8 scale's
-    own error) with double quantization. At most 1 by construction (float32 rounding aside)."""
+    """max over weights of |w - w_hat| / its bound: max_half_gap * block absmax, plus with double quantization the
+    8-bit scale's own error, s_j times the dynamic map's half gap. At most 1 by construction (float32 rounding
+    aside)."""
     worst = 0.0
     for path, layer in quantized_layers(quantized).items():
         w = to_numpy(reference.get_submodule(path).weight.data).reshape(-1, layer.blocksize).astype(np.float64)
@@ -172,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:<16}{e['mean_abs']:>11.2e}{e['rms']:>11.2e}{e['max_abs']:>11.2e}{e['relative_rms']:>15.3f}"
               f"{e['bound_ratio']:>17.3f}")
     print(f"bound: half the widest gap between codes ({max_half_gap():.4f}) times the block's absmax, plus with DQ the "
-          "int8 scale's own\nerror bound s_j / 254 (s_j: its block of 256 scales' largest distance from their mean)")
+          f"8-bit scale's own\nerror bound s_j * {max_half_gap_dynamic():.5f} (half the widest gap of the dynamic map; "
+          "s_j: its block of 256 scales' largest distance from their mean)")
 
     cfg = QUICK if q else FULL
     val = encode_corpus(make_corpus(cfg.n_val_docs, seed=cfg.seed + 10_000), tok)

@@ -15,16 +15,21 @@ from minipeft.nn.module import Module
 class KVCache:
     """Per-layer keys and values seen so far (Tensors, so a cached forward carries gradients).
 
-    k[i] and v[i] are (B, prefix_length + length, C): first a prefix (prefix_kv of the first call,
-    keys and values with no position), then one entry per real position. `length` is the number of
-    real positions, so the next token's position; the prefix does not count against the context.
+    k[i] and v[i] are (B, prefix_length + length, Ckv): first a prefix (prefix_kv of the first call),
+    then one entry per real token. Every entry takes a position, the prefix's too, as in Hugging Face
+    transformers' cache: the next token's position is `next_position`, the number of entries so far.
     """
 
     def __init__(self, n_layer: int):
         self.k: list[Tensor | None] = [None] * n_layer     # per layer (B, prefix_length + length, C)
         self.v: list[Tensor | None] = [None] * n_layer
         self.prefix_length = 0                              # leading entries that came from prefix_kv
-        self.length = 0                                     # real token positions stored after the prefix
+        self.length = 0                                     # real tokens stored after the prefix
+
+    @property
+    def next_position(self) -> int:
+        """The position of the next token: prefix entries and earlier tokens each took one."""
+        return self.prefix_length + self.length
 
     @property
     def empty(self) -> bool:
@@ -81,6 +86,13 @@ class CausalLM(Module):
             raise ValueError(f"{self.name}: sequence of {past + T} {what} exceeds the context length "
                              f"{self.config.context_length}; truncate the input to at most "
                              f"{self.config.context_length - past} {what}")
+
+    def _check_prefix_fits(self, P: int, T: int) -> None:
+        ctx = self.config.context_length
+        if P + T > ctx:
+            raise ValueError(f"{self.name}: a prefix of {P} entries + {T} tokens = {P + T} positions exceed the "
+                             f"context length {ctx} (the prefix takes positions 0..{P - 1}); truncate the input to "
+                             f"at most {ctx - P} tokens, or use a shorter prefix")
 
     def _embed(self, ids, inputs_embeds, past: int) -> Tensor:
         """Token embeddings (B, T, C): wte(ids), or inputs_embeds checked for shape and dtype."""
@@ -149,12 +161,20 @@ class CausalLM(Module):
                 kv_cache: KVCache | None = None, ignore_index: int = -100):
         """(logits (B, T, vocab), loss): loss is the mean cross-entropy over targets != ignore_index, or None.
 
-        inputs_embeds (B, T, C) replaces wte(ids) (exactly one of the two); position embeddings are still
-        added, so virtual tokens (prompt tuning) take positions and count against context_length.
-        prefix_kv: n_layer pairs (k, v), each (B, P, C) or (P, C), put in front of each layer's keys and
-        values (prefix tuning); they take no positions, and every query sees the whole prefix.
+        Positions: a token's position is the number of keys before it in its layer's attention, prefix entries
+        and cached tokens included (Hugging Face transformers' rule, a position per cache entry), so a model
+        given a prefix or a cache computes what the same weights compute in transformers. Every decoder in
+        minipeft.nn follows this rule (learned position rows or rotary angles alike).
+        inputs_embeds (B, T, C) replaces the token embeddings of ids (exactly one of the two); positions
+        still apply, so virtual tokens (prompt tuning) take positions and count against context_length.
+        prefix_kv: n_layer pairs (k, v), each (B, P, Ckv) or (P, Ckv), put in front of each layer's keys and
+        values (prefix tuning); every query sees the whole prefix. The P entries take positions 0..P-1 (the
+        keys themselves carry no position: no rotation, no position embedding), and the T tokens take
+        P..P+T-1, as Hugging Face PEFT's prefix tuning places them (its prefix is transformers' past_key_values),
+        so a prefix counts against context_length.
         kv_cache: keys and values of earlier calls are reused and this call's appended; a prefix enters
-        the cache on the first call (kv_cache.empty), so a tuner passes prefix_kv only then.
+        the cache on the first call (kv_cache.empty), so a tuner passes prefix_kv only then. The next token's
+        position is kv_cache.next_position.
         For training on target positions only, see minipeft.loss.causal_lm_loss.
         """
         h = self.hidden_states(ids, inputs_embeds=inputs_embeds, prefix_kv=prefix_kv, kv_cache=kv_cache)

@@ -194,8 +194,8 @@ class LlamaModel(Module):
 class LlamaForCausalLM(CausalLM):
     """Llama decoder with its LM head: `logits, loss = model(ids, targets)` (forward: nn/causal_lm.py).
 
-    Positions follow transformers: with a prefix of P keys and values (prefix tuning) or P cached ones, the
-    tokens of a call sit at positions P .. P + T - 1, so a cache or prefix written by either means the same.
+    Positions follow transformers (see CausalLM.forward): with a prefix of P keys and values (prefix tuning) or
+    P cached ones, the tokens of a call sit at positions P .. P + T - 1.
     """
 
     name = "Llama"
@@ -218,22 +218,23 @@ class LlamaForCausalLM(CausalLM):
 
     def hidden_states(self, ids=None, *, inputs_embeds=None, prefix_kv=None, kv_cache: KVCache | None = None):
         """The last hidden states norm(x), (B, T, C), of token ids or of inputs_embeds (see forward)."""
-        past = 0 if kv_cache is None else kv_cache.prefix_length + kv_cache.length
+        past = 0 if kv_cache is None else kv_cache.next_position
         x = self._embed(ids, inputs_embeds, past)                           # (B, T, C)
         B, T = x.shape[:2]
         if kv_cache is not None and not kv_cache.empty and kv_cache.k[0].shape[0] != B:
             raise ValueError(f"Llama: the KV cache holds a batch of {kv_cache.k[0].shape[0]} sequences but the "
                              f"input has {B}; use one cache per batch (model.new_kv_cache())")
         prefix = self._check_prefix(prefix_kv, B, kv_cache)
-        P = 0 if prefix is None else prefix[0][0].shape[1]
-        self._check_fits(T, past + P, "positions (prefix and tokens)")
-        pos = backend.xp().arange(past + P, past + P + T)                   # after the prefix, as transformers
+        if prefix is not None:     # a new prefix of P entries takes positions 0..P-1; the tokens come after it
+            past = prefix[0][0].shape[1]
+            self._check_prefix_fits(past, T)
+        pos = backend.xp().arange(past, past + T)                           # (T,) the tokens' positions
         for i, layer in enumerate(self.model.layers):
             x = layer(x, kv_cache, i, None if prefix is None else prefix[i], pos)
         if kv_cache is not None:
             kv_cache.length += T
             if prefix is not None:
-                kv_cache.prefix_length = P
+                kv_cache.prefix_length = prefix[0][0].shape[1]
         return self.model.norm(x)
 
     def head(self, h: Tensor) -> Tensor:

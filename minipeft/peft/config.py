@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
@@ -120,14 +121,18 @@ class PeftConfig(metaclass=_TakesHFOffValues):
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        """The fields as JSON, in field order: dict fields keep their keys' order, which rank_pattern and
+        alpha_pattern need (the first key that matches a module wins)."""
+        return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, d: dict) -> PeftConfig:
         """Rebuild from a dict (e.g. adapter_config.json, ours or Hugging Face's).
 
         Informational fields are ignored; a field this method does not implement is accepted only at the
-        value that means "off", otherwise refused with its name, as is any field we do not know.
+        value that means "off", otherwise refused with its name. A field we do not know at all (each Hugging Face
+        PEFT release adds some, written as null) is accepted when it is off (null, false or empty), with one
+        warning naming them all, as Hugging Face's own loader drops unknown keys; at any other value it is refused.
         """
         if not isinstance(d, dict):
             raise ConfigError(f"{cls.__name__}.from_dict needs a dict of fields, got a {type(d).__name__}")
@@ -135,13 +140,25 @@ class PeftConfig(metaclass=_TakesHFOffValues):
             raise ConfigError(f"{cls.__name__}.from_dict: peft_type is {d.get('peft_type')!r}, "
                               f"expected {cls.PEFT_TYPE!r}")
         known = {f.name for f in fields(cls) if f.init}
+        ignored = []
         for key, value in d.items():
             if key in known or key in INFORMATIONAL_FIELDS or key == "peft_type":
                 continue
             if key in cls.UNSUPPORTED_FIELDS:
                 check_unsupported_off(cls, key, value)
                 continue
-            raise ConfigError(f"adapter config has a field {key!r} (= {value!r}) that {cls.__name__} does not know; "
-                              f"its fields are {sorted(known)}. If a newer Hugging Face PEFT wrote it at its "
-                              "default, remove it from adapter_config.json")
-        return cls(**{k: v for k, v in d.items() if k in known})
+            if not is_off(value):
+                raise ConfigError(f"adapter config has a field {key!r} (= {value!r}) that {cls.__name__} does not "
+                                  f"know; its fields are {sorted(known)}. minipeft accepts an unknown field only "
+                                  "when it is off (null, false or empty): train the adapter without that option")
+            ignored.append(key)
+        config = cls(**{k: v for k, v in d.items() if k in known})
+        if ignored:
+            warnings.warn(f"{cls.__name__}: ignoring fields minipeft does not know, all off (null, false or empty) "
+                          f"in this adapter config: {', '.join(sorted(ignored))}", UserWarning, stacklevel=3)
+        return config
+
+
+def is_off(value) -> bool:
+    """A value that means "option not used": None, False, or an empty string, list or dict."""
+    return value is None or value is False or (isinstance(value, (str, list, tuple, dict)) and len(value) == 0)

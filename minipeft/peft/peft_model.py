@@ -152,9 +152,11 @@ class PeftModel(Module):
                 self.base_model.merge()
 
     # ---- files -----------------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str, selected_adapters: list[str] | None = None) -> None:
-        """Write adapter_config.json + adapter_model.safetensors (subfolders for non-default adapters)."""
-        save_load.save_adapters(self, save_directory, selected_adapters)
+    def save_pretrained(self, save_directory: str, selected_adapters: list[str] | None = None, *,
+                        extra_files: dict[str, bytes] | None = None) -> None:
+        """Write adapter_config.json + adapter_model.safetensors (subfolders for non-default adapters); extra_files
+        {name: bytes} go into save_directory in the same crash-safe unit as the adapter saved there."""
+        save_load.save_adapters(self, save_directory, selected_adapters, extra_files)
 
     def load_adapter(self, directory: str, adapter_name: str, is_trainable: bool = False,
                      check_base_model: bool = True) -> None:

@@ -10,7 +10,9 @@ A folder is replaced as a unit (`minipeft.io_utils.write_files_as_unit`): both f
 small commit marker is written, then both are renamed into place. A save killed at any moment leaves
 the folder holding one whole save (the old one, or the new one once the next read or write finishes
 the committed renames), never the config of one save beside the weights of another; the finished
-folder holds exactly Hugging Face's two files. (A reader other than minipeft, such as Hugging Face
+folder holds exactly Hugging Face's two files, plus any `extra_files` the caller saves with the adapter
+in the same unit (the CLI's run record). The same adapter always saves to the same bytes, so folders can be
+compared by hash. (A reader other than minipeft, such as Hugging Face
 PEFT, opening a folder whose killed save was committed but not finished could still see the mix, until
 minipeft next reads or writes that folder.) The weights file's metadata carries a sha256 of its
 tensors, checked on load; a file without one (written by Hugging Face PEFT or an older minipeft)
@@ -24,8 +26,7 @@ import json
 import os
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import save
+from safetensors import SafetensorError, safe_open
 
 from minipeft import backend
 from minipeft.io_utils import (
@@ -33,6 +34,8 @@ from minipeft.io_utils import (
     ChecksumMismatch,
     read_checked_tensors,
     recover_files,
+    safetensors_bytes,
+    staged_names,
     tensors_sha256,
     write_files_as_unit,
 )
@@ -101,11 +104,15 @@ def adapter_state_dict(peft_model, name: str) -> dict[str, np.ndarray]:
     return {disk: backend.to_numpy(a) for disk, a in arrays.items()}
 
 
-def save_adapters(peft_model, root: str, selected: list[str] | None = None) -> None:
+def save_adapters(peft_model, root: str, selected: list[str] | None = None,
+                  extra_files: dict[str, bytes] | None = None) -> None:
     """Write each selected adapter's config and weights; each adapter folder is replaced as a unit.
 
-    Every adapter's files are built before any is written, so an adapter that cannot be saved leaves the others'
-    folders as they were too (a failure of the disk itself between two folders can still leave the first new)."""
+    extra_files {name: bytes} are written into `root` in the same unit as the adapter saved there (a record of how
+    it was trained, say), so a crash never leaves a new adapter beside an old record. Every adapter's files are
+    built before any is written, so an adapter that cannot be saved leaves the others' folders as they were too (a
+    failure of the disk itself between two folders can still leave the first new)."""
+    extra = _check_extra_files(extra_files)
     tuner = peft_model.base_model
     if tuner.unloaded_by is not None:
         raise AdapterError(f"save_pretrained: this PeftModel has no adapters left, {tuner.unloaded_by} removed them; "
@@ -133,20 +140,52 @@ def save_adapters(peft_model, root: str, selected: list[str] | None = None) -> N
         if hasattr(base, "config") and hasattr(base.config, "to_dict"):
             cfg["base_model_config"] = base.config.to_dict()
         arrays = adapter_state_dict(peft_model, name)
+        check_finite(arrays, f"save_pretrained: adapter {name!r}", "the training diverged; lower the learning rate "
+                     "and train again, or save an earlier checkpoint")
         meta = {"format": "np", "peft_type": cfg["peft_type"], "base_model_fingerprint": peft_model.base_fingerprint,
                 CHECKSUM_KEY: tensors_sha256(arrays)}
         staged[adapter_dir(root, name)] = {
-            WEIGHTS_NAME: save(arrays, metadata=meta),
-            CONFIG_NAME: json.dumps(cfg, indent=2, sort_keys=True).encode(),
+            WEIGHTS_NAME: safetensors_bytes(arrays, meta),     # the same adapter saves to the same bytes
+            CONFIG_NAME: json.dumps(cfg, indent=2).encode(),   # in field order: rank_pattern's order is its meaning
         }
+    if extra:
+        staged[root] = {**staged.get(root, {}), **extra}
     for directory, files in staged.items():
         write_files_as_unit(directory, files)
+
+
+def _check_extra_files(extra_files) -> dict[str, bytes]:
+    """extra_files as {plain file name: bytes}, refusing a name that is a path, hidden, or one of the adapter's own."""
+    if extra_files is None:
+        return {}
+    if not isinstance(extra_files, dict):
+        raise TypeError(f"save_pretrained: extra_files must be a dict {{file name: bytes}}, got "
+                        f"{type(extra_files).__name__}")
+    for name, data in extra_files.items():
+        if (not isinstance(name, str) or not name or name.startswith(".") or os.path.basename(name) != name
+                or name in (CONFIG_NAME, WEIGHTS_NAME)):
+            raise ValueError(f"save_pretrained: extra file name {name!r} must be a plain file name, not hidden, not "
+                             f"a path and not {CONFIG_NAME} or {WEIGHTS_NAME}, e.g. 'run.json'")
+        if not isinstance(data, bytes):
+            raise TypeError(f"save_pretrained: extra file {name!r} must be bytes, got {type(data).__name__}; "
+                            "encode text with .encode()")
+    return dict(extra_files)
+
+
+def check_finite(arrays: dict, where: str, fix: str) -> None:
+    """Raise an AdapterError naming the first float array that holds NaN or inf (no adapter means anything then)."""
+    for key, a in arrays.items():
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            bad = "NaN" if np.isnan(a).any() else "inf"
+            raise AdapterError(f"{where}: tensor {key!r} holds {bad} ({int((~np.isfinite(a)).sum())} of {a.size} "
+                               f"values are not finite); {fix}")
 
 
 def recover(directory: str) -> None:
     """Finish (or drop) a save into `directory` that a crash cut short, so the reader sees one whole save."""
     try:
-        recover_files(directory, (WEIGHTS_NAME, CONFIG_NAME))
+        # the names of any extra files saved with the adapter are read off their temps
+        recover_files(directory, {WEIGHTS_NAME, CONFIG_NAME, *staged_names(directory)})
     except OSError as e:
         raise AdapterError(f"{directory!r} holds a save that was interrupted, and finishing it failed ({e}); make the "
                            "folder writable and load again, or save the adapter again") from e
@@ -175,11 +214,24 @@ def read_config(directory: str) -> dict:
 
 
 def _check_base(saved: dict, actual: str, directory: str, check: bool) -> None:
+    """Refuse a base whose fingerprint differs from the one the config records, or else the weights file's metadata
+    (save_pretrained writes both; a config edited or written by hand may lack it)."""
     want = saved.get("base_model_fingerprint")
+    if want is None and check:
+        want = _weights_metadata(directory).get("base_model_fingerprint")
     if check and want is not None and want != actual:
         raise AdapterError(f"the adapter in {directory!r} was trained on a base model with fingerprint {want}, but "
                            f"this base model's fingerprint is {actual}; load the matching base model, or pass "
                            "check_base_model=False if you really mean to apply it to this one")
+
+
+def _weights_metadata(directory: str) -> dict:
+    """The weights file's safetensors metadata; empty when it cannot be read (load_weights then says why)."""
+    try:
+        with safe_open(os.path.join(directory, WEIGHTS_NAME), framework="numpy") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return {}
 
 
 def load_weights(peft_model, directory: str, name: str) -> None:
@@ -194,6 +246,7 @@ def load_weights(peft_model, directory: str, name: str) -> None:
     except (SafetensorError, OSError, ValueError) as e:
         raise AdapterError(f"{path} could not be read as safetensors ({e}); it is truncated or corrupted: "
                            "save the adapter again") from e
+    check_finite(arrays, path, "the adapter was saved from a diverged training run; train it again")
     params = dict(peft_model.named_parameters())
     expected = adapter_keys(peft_model, name)
     extras = peft_model.base_model.adapter_file_extras(name)   # arrays that are not parameters (sparse indices)

@@ -33,12 +33,12 @@ class BitsAndBytesConfig:
     load_in_4bit: bool = True                  # must be True: 4-bit NF4 is what minipeft implements
     load_in_8bit: bool = False                 # LLM.int8() is not implemented: must be False
     bnb_4bit_quant_type: str = "nf4"           # the 4-bit code: "nf4" (bitsandbytes' "fp4" is not implemented)
-    bnb_4bit_use_double_quant: bool = False    # quantize the float32 block scales again, to int8 (QLoRA's DQ)
+    bnb_4bit_use_double_quant: bool = False    # quantize the float32 block scales again, to 8 bits (QLoRA's DQ)
     bnb_4bit_compute_dtype: Any = "float32"    # the float dtype weights dequantize to: "float32" or "float64"
     llm_int8_skip_modules: list[str] | None = None  # module names kept in float (transformers' field name,
     #                                             used for 4-bit too); None: ["lm_head"], as transformers keeps it
     blocksize: int = 64                        # weights per NF4 block (bitsandbytes' default; not a transformers field)
-    nested_blocksize: int = 256                # block scales per int8 block of double quantization (likewise)
+    nested_blocksize: int = 256                # block scales per 8-bit block of double quantization (likewise)
     bnb_4bit_quant_storage: Any = "uint8"      # the dtype packed codes are stored in: uint8 only
     llm_int8_threshold: float = 6.0            # LLM.int8()'s outlier threshold (8-bit only): 6.0, no effect
     llm_int8_has_fp16_weight: bool = False     # LLM.int8() keeps float16 weights (8-bit only): must be False

@@ -54,7 +54,8 @@ def load_quantized(path: str | os.PathLike) -> GPT:
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: the stored model or quantization config is missing or invalid ({e}); "
                               "re-save it with save_quantized") from e
-    floats = {a.dtype for a in read_tensors(path).values() if a.dtype.kind == "f"}
+    tensors = read_tensors(path)
+    floats = {a.dtype for a in tensors.values() if a.dtype.kind == "f"}
     with backend.fork_rng():     # the init GPT() draws is overwritten: keep the caller's generator unmoved
         backend.manual_seed(0)
         model = GPT(config)
@@ -69,6 +70,12 @@ def load_quantized(path: str | os.PathLike) -> GPT:
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 raise CheckpointError(f"{path}: quantized module {p!r} cannot be rebuilt ({e}); re-save it with "
                                       "save_quantized") from e
+    old = [p for p, s in modules.items()
+           if s.get("double_quant") and getattr(tensors.get(f"{p}.absmax"), "dtype", None) == np.int8]
+    if old:   # an earlier minipeft stored the scales in a uniform int8 code, which the dynamic map cannot read
+        raise CheckpointError(f"{path}: {old[0]} holds double-quantized scales as int8, the uniform code of an "
+                              "earlier minipeft; this one uses bitsandbytes' dynamic 8-bit map (uint8). Quantize the "
+                              "float model again with quantize_model and save_quantized it")
     load_into(model, path, strict=True)
     if qcfg is not None:
         model.quantization_config = BitsAndBytesConfig.from_dict(qcfg)

@@ -3,8 +3,9 @@
 What the layer holds (all frozen, all saved by `state_dict` and fingerprinted like any parameter):
 
     weight          (out * in / 2,) uint8   two NF4 codes per byte (nf4.py)
-    absmax          (out * in / blocksize,) float block scales, or their int8 codes with double quantization
-    nested_absmax   (ceil(nblocks / 256),)  float scales of those int8 codes   (double quantization only)
+    absmax          (out * in / blocksize,) float block scales, or with double quantization their uint8 codes
+                                            (indices into bitsandbytes' dynamic 8-bit map, double_quant.py)
+    nested_absmax   (ceil(nblocks / 256),)  float scales of those 8-bit codes  (double quantization only)
     offset          (1,)                    float mean of the block scales     (double quantization only)
     bias            (out,)                  float, kept as it was (a normal Parameter)
 
@@ -76,7 +77,7 @@ class QuantState(NamedTuple):
     """The arrays and settings that define one quantized weight; `dequantize()` gives the float matrix back."""
 
     packed: Any                 # (n/2,) uint8 codes
-    absmax: Any                 # (n/blocksize,) float scales, or int8 codes of them (double quantization)
+    absmax: Any                 # (n/blocksize,) float scales, or uint8 codes of them (double quantization)
     nested_absmax: Any          # (ceil(nblocks/nested_blocksize),) float, or None
     offset: Any                 # (1,) float, or None
     shape: tuple[int, int]      # (out_features, in_features)
@@ -165,7 +166,7 @@ class Linear4bit(Linear):
         nblocks = n // blocksize
         self.weight = QuantParameter(xp.zeros(n // 2, dtype=np.uint8), counts_as=n)
         if double_quant:
-            self.absmax = QuantParameter(xp.zeros(nblocks, dtype=np.int8))
+            self.absmax = QuantParameter(xp.zeros(nblocks, dtype=np.uint8))
             self.nested_absmax = QuantParameter(xp.zeros(-(-nblocks // nested_blocksize), dtype=dt))
             self.offset = QuantParameter(xp.zeros(1, dtype=dt))
         else:
@@ -176,7 +177,7 @@ class Linear4bit(Linear):
     @classmethod
     def from_linear(cls, linear: Linear, blocksize: int = 64, double_quant: bool = True,
                     nested_blocksize: int = NESTED_BLOCKSIZE) -> Linear4bit:
-        """Quantize a float Linear's weight to NF4 (and its block scales to int8 with double_quant)."""
+        """Quantize a float Linear's weight to NF4 (and its block scales to 8 bits with double_quant)."""
         if not isinstance(linear, Linear) or isinstance(linear, Linear4bit):
             raise TypeError(f"Linear4bit.from_linear takes a float Linear, got {type(linear).__name__}")
         W = linear.weight.data

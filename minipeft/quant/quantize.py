@@ -46,6 +46,7 @@ def quantize_model(model: Module, config: BitsAndBytesConfig | None = None) -> M
     if any(isinstance(m, BaseTunerLayer) for _, m in model.named_modules()):
         raise ValueError("quantize_model: this model already holds adapter layers; quantize the base model first, "
                          "then call get_peft_model (QLoRA's order), or merge_and_unload() and quantize the result")
+    _check_same_format(model, config)
     paths = quantizable_paths(model, config)
     for path in paths:   # check every shape first
         m = model.get_submodule(path)
@@ -63,6 +64,24 @@ def quantize_model(model: Module, config: BitsAndBytesConfig | None = None) -> M
                                                          config.nested_blocksize))
     model.quantization_config = config
     return model
+
+
+def _check_same_format(model: Module, config: BitsAndBytesConfig) -> None:
+    """Refuse a config whose 4-bit format differs from the layers already quantized: they would keep theirs while
+    model.quantization_config claimed the new one."""
+    want = {"blocksize": config.blocksize, "double_quant": config.bnb_4bit_use_double_quant,
+            "nested_blocksize": config.nested_blocksize, "compute_dtype": np.dtype(config.compute_dtype).name}
+    for path, m in quantized_layers(model).items():
+        have = {"blocksize": m.blocksize, "double_quant": m.double_quant, "nested_blocksize": m.nested_blocksize,
+                "compute_dtype": np.dtype(m.compute_dtype).name}
+        diff = {k: (have[k], want[k]) for k in want if have[k] != want[k]
+                and not (k == "nested_blocksize" and not (have["double_quant"] or want["double_quant"]))}
+        if diff:
+            raise ValueError(f"quantize_model: {path} is already in 4 bits with "
+                             + ", ".join(f"{k}={v[0]!r}" for k, v in diff.items())
+                             + ", but the config asks for " + ", ".join(f"{k}={v[1]!r}" for k, v in diff.items())
+                             + "; a quantized layer is not quantized again. Pass the config it was quantized with, "
+                             "or dequantize_model(model) first to quantize every layer anew")
 
 
 def _cast(m: Linear, dtype) -> Linear:

@@ -3,7 +3,7 @@
 Per quantized weight of n values, blocks of B (64) and, with double quantization, nested blocks of B2 (256):
 
     plain NF4:  n/2 bytes of codes + 4 n/B bytes of float32 scales            -> 4 + 32/B bits per parameter
-    NF4 + DQ:   n/2 + n/B bytes of int8 scale codes + 4 ceil(n/(B B2)) bytes of nested float32 scales
+    NF4 + DQ:   n/2 + n/B bytes of 8-bit scale codes + 4 ceil(n/(B B2)) bytes of nested float32 scales
                 + 4 bytes of mean                                              -> 4 + 8/B + 32/(B B2) + 32/n bits
 
 With B = 64, B2 = 256: 4.5 and 4.126953125 (+ 32/n, the one mean per tensor, which QLoRA's figure of

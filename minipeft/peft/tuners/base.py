@@ -180,7 +180,7 @@ class BaseTuner(Module):
 
     @property
     def virtual_positions(self) -> int:
-        """Context positions the active adapter puts in front of every input (prompt tuning's virtual tokens)."""
+        """Context positions the active adapter puts in front of every input (soft prompts, prefix entries)."""
         return 0
 
     def adapter_parameters(self, name: str) -> dict[str, Parameter]:

@@ -37,7 +37,7 @@ class PromptLearningConfig(PeftConfig):
     that does not match the model is refused.
     """
 
-    num_virtual_tokens: int | None = None        # n, the number of virtual tokens (required; 0 is the identity)
+    num_virtual_tokens: int | None = None        # n >= 1, the number of virtual tokens (required)
     token_dim: int | None = None                 # d_model of the base model (filled in from the model)
     num_transformer_submodules: int | None = None  # 1 for a decoder-only model (the only kind here)
     num_attention_heads: int | None = None       # the base model's n_head (filled in)
@@ -47,8 +47,9 @@ class PromptLearningConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         name = type(self).__name__
-        check_field(self, "num_virtual_tokens", _is_count(self.num_virtual_tokens, 0),
-                    f"an int >= 0 (the soft prompt's length, e.g. {name}(num_virtual_tokens=20))")
+        # 0 would train nothing: a run at a constant loss that looks like a run
+        check_field(self, "num_virtual_tokens", _is_count(self.num_virtual_tokens, 1),
+                    f"an int >= 1 (the soft prompt's length, e.g. {name}(num_virtual_tokens=20))")
         for field_name in ("token_dim", "num_attention_heads", "num_layers"):
             v = getattr(self, field_name)
             check_field(self, field_name, v is None or _is_count(v, 1), "None (taken from the model) or an int >= 1")

@@ -3,7 +3,9 @@ and Hugging Face's per-module patterns (`rank_pattern`, `alpha_pattern`)."""
 
 from __future__ import annotations
 
+import difflib
 import re
+import warnings
 
 from minipeft.nn.module import Module
 
@@ -56,10 +58,24 @@ def find_targets(model: Module, target_modules: list[str] | str, layers_to_trans
             raise TypeError(f"{method} can wrap {kinds} modules, but target {path!r} is a {type(m).__name__}; "
                             "name its Linear children instead (e.g. 'q_proj', 'fc1')")
         found.append(path)
+    leaf = sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if p and (not allowed
+                                                                                    or isinstance(m, allowed))})
+    where = "" if layers_to_transform is None else f" in layers {layers_to_transform}"
     if not found:
-        leaf = sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if p and (not allowed
-                                                                                        or isinstance(m, allowed))})
-        where = "" if layers_to_transform is None else f" in layers {layers_to_transform}"
         raise ValueError(f"target_modules={target_modules!r} matched no module{where}. Module names that can "
                          f"be targeted: {leaf}")
+    if isinstance(target_modules, list):   # a misspelt name beside a right one would wrap fewer modules, silently
+        unmatched = [t for t in target_modules if not any(matches(p, [t]) for p in found)]
+        if unmatched:
+            warn_unmatched("target_modules", unmatched, leaf, where)
     return found
+
+
+def warn_unmatched(field: str, entries: list[str], names: list[str], where: str = "") -> None:
+    """One warning naming the entries of `field` that matched no module, each with the nearest module name."""
+    def nearest(entry: str) -> str:
+        close = difflib.get_close_matches(entry.rsplit(".", 1)[-1], names, n=1, cutoff=0.0)
+        return f"{entry!r} (nearest module name: {close[0]!r})" if close else repr(entry)
+
+    warnings.warn(f"{field}: {', '.join(nearest(e) for e in entries)} matched no module{where}, so it has no "
+                  f"effect; module names here are {names}", UserWarning, stacklevel=4)

@@ -8,6 +8,7 @@ from minipeft.peft.tuners.base import BaseTuner
 from minipeft.peft.tuners.lora.config import LoraConfig
 from minipeft.peft.tuners.lora.layer import LoraLinear
 from minipeft.peft.tuners.lora.quantized import LoraLinear4bit
+from minipeft.peft.tuners.targets import pattern_key, warn_unmatched
 from minipeft.quant.linear4bit import Linear4bit
 
 
@@ -25,6 +26,15 @@ class LoraModel(BaseTuner):
             self.model.set_submodule(path, target)
         target.update_layer(adapter_name, config.rank_for(path), config.alpha_for(path), config.lora_dropout,
                             config.init_lora_weights, config.use_rslora)
+
+    def _check_targets(self, config: LoraConfig, paths: list[str]) -> None:
+        """Warn about a rank_pattern or alpha_pattern key that matches none of the wrapped modules (it would leave
+        them at the default r or lora_alpha without a word; Hugging Face PEFT is silent here)."""
+        names = sorted({p.rsplit(".", 1)[-1] for p in paths})
+        for field in ("rank_pattern", "alpha_pattern"):
+            unmatched = [k for k in getattr(config, field) if not any(pattern_key([k], p) for p in paths)]
+            if unmatched:
+                warn_unmatched(f"LoraConfig.{field}", unmatched, names, " that this adapter wraps")
 
     def inject_adapter(self, name: str, config: LoraConfig) -> None:
         """BaseTuner's, with Hugging Face PEFT's rule for LoRA's bias option: an adapter with bias != 'none' trains

@@ -1,9 +1,12 @@
 """`PrefixTuningModel`: trainable keys and values in front of every attention layer's, through `prefix_kv`.
 
 In layer l every query attends over [K_prefix(l) ; K(x)] with values [V_prefix(l) ; V(x)]: the n prefix
-entries act like n extra tokens that every position sees, but they take no positions and no context, and
-they are not computed from any input. Only the prefix table trains; the base model stays frozen.
-With a KV cache the prefixes enter on the first call (cache empty) and stay in the cache after that.
+entries act like n extra tokens that every position sees, not computed from any input. As in Hugging Face
+PEFT, whose prefix is transformers' past_key_values, they take positions 0..n-1 and the input's T tokens
+n..n+T-1 (GPT.forward), so a prefix file means the same in both libraries, and n + T must fit the context
+(`virtual_positions` is n, which generation and the data loaders subtract). Only the prefix table trains;
+the base model stays frozen. With a KV cache the prefixes enter on the first call (cache empty) and stay in
+the cache after that.
 """
 
 from __future__ import annotations
@@ -68,8 +71,15 @@ class PrefixTuningModel(SoftPromptTuner):
     def _make_encoder(self, config: PrefixTuningConfig, name: str) -> PrefixEncoder:
         return PrefixEncoder(config, self.model.get_input_embeddings().weight.dtype)
 
+    @property
+    def virtual_positions(self) -> int:
+        """The n positions the active adapter's prefix takes before the tokens (Hugging Face's placement)."""
+        active = self._active()
+        return 0 if active is None else active[1].num_virtual_tokens
+
     def hidden_states(self, ids=None, *, inputs_embeds=None, prefix_kv=None, kv_cache=None):
-        """ln_f of the last block (B, T, C) with the active adapter's prefixes in every attention layer."""
+        """ln_f of the last block (B, T, C) with the active adapter's prefixes in every attention layer; the
+        tokens sit at positions n..n+T-1, after the n prefix entries."""
         active = self._active()
         if active is None or (kv_cache is not None and not kv_cache.empty):
             # no adapter, or the cache already holds the prefixes
