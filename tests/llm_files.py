@@ -1,4 +1,4 @@
-"""Where the real model's file is cached, for the tests that read it (skipped, with the reason, when absent)."""
+"""The real model for the tests: where its file is cached (tests skip, with the reason, when absent), its template."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ from minipeft.pretrain import minipeft_home
 
 REAL_NAME = "smollm2-135m-instruct"
 REAL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# the template SmolLM2-135M-Instruct carries (tokenizer.chat_template in its GGUF file, chat_template on the hub)
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' "
+    "+ message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}")
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
 def real_gguf_path() -> Path:

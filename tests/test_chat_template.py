@@ -4,16 +4,10 @@ and the rendering, checked against jinja2 running the template itself."""
 from __future__ import annotations
 
 import pytest
+from llm_files import SMOLLM2_SYSTEM, SMOLLM2_TEMPLATE
 
 from minipeft.llm.chat_template import chatml_default_system, chatml_pieces, chatml_template
 
-# the template SmolLM2-135M-Instruct carries (tokenizer.chat_template in its GGUF file, chat_template on the hub)
-SMOLLM2_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
-    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' "
-    "+ message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\n' }}{% endif %}")
-SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 # Hugging Face's documented ChatML template, without a default system message
 PLAIN_CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
                 "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"

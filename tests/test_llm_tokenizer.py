@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from llm_files import real_gguf_path
-from test_chat_template import SMOLLM2_SYSTEM, SMOLLM2_TEMPLATE
+from llm_files import SMOLLM2_SYSTEM, SMOLLM2_TEMPLATE, real_gguf_path
 from tokenizers import pre_tokenizers
 
 from minipeft.data import Tokenizer, collate_sft, encode_corpus, encode_sft

@@ -38,9 +38,10 @@ def chatml_default_system(template: str) -> str | None:
     prefix = _FOR + _DEFAULT_SYSTEM[0]
     m = re.fullmatch(re.escape(prefix) + r"([^'\\]*)" + re.escape(_DEFAULT_SYSTEM[1] + _TURN + _END), template)
     if m is None:
-        raise ValueError(f"unknown chat template {template[:160]!r}...: minipeft renders ChatML (SmolLM2's template, "
-                         "see minipeft.llm.tokenizer.chatml_template) without a template engine and refuses any other "
-                         "rather than render it wrong; format the conversation yourself and encode it")
+        raise ValueError(f"unknown chat template {template[:160]!r}...: minipeft renders ChatML (SmolLM2's "
+                         "template, see minipeft.llm.chat_template.chatml_template) without a template engine and "
+                         "refuses any other rather than render it wrong; format the conversation yourself and encode "
+                         "it")
     return m.group(1)
 
 
@@ -68,7 +69,10 @@ def chatml_pieces(messages, add_generation_prompt: bool, default_system: str | N
             pieces.append((text, special))
 
     def turn(role: str, content: str) -> None:
-        put(IM_START, True), put(f"{role}\n{content}"), put(IM_END, True), put("\n")
+        put(IM_START, True)
+        put(f"{role}\n{content}")
+        put(IM_END, True)
+        put("\n")
 
     messages = _check_messages(messages)
     if messages and messages[0]["role"] != "system" and default_system is not None:
@@ -76,5 +80,6 @@ def chatml_pieces(messages, add_generation_prompt: bool, default_system: str | N
     for m in messages:
         turn(m["role"], m["content"])
     if add_generation_prompt:
-        put(IM_START, True), put("assistant\n")
+        put(IM_START, True)
+        put("assistant\n")
     return pieces
