@@ -57,14 +57,19 @@ class PromptLearningConfig(PeftConfig):
         check_field(self, "modules_to_save", self.modules_to_save is None or is_str_list(self.modules_to_save),
                     "None or a list of module names")
 
+    def model_shape(self, model: Module) -> dict[str, int]:
+        """The model-shape fields as this method means them for `model`: its width, layers and heads."""
+        cfg = model.config
+        return {"token_dim": cfg.d_model, "num_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+                "num_transformer_submodules": 1}
+
     def fit_to(self, model: Module) -> None:
-        """Fill the model-shape fields from the GPT's config, or refuse ones that differ from it (naming both)."""
+        """Fill the model-shape fields from the model's config, or refuse ones that differ from it (naming both)."""
         cfg = getattr(model, "config", None)
-        if cfg is None or not hasattr(cfg, "d_model"):
-            raise TypeError(f"{self.peft_type}: the model must be a GPT (with .config.d_model/n_layer/n_head), got "
-                            f"{type(model).__name__}")
-        for field_name, value in (("token_dim", cfg.d_model), ("num_layers", cfg.n_layer),
-                                  ("num_attention_heads", cfg.n_head), ("num_transformer_submodules", 1)):
+        if cfg is None or not all(hasattr(cfg, f) for f in ("d_model", "n_layer", "n_head")):
+            raise TypeError(f"{self.peft_type}: the model must be a decoder-only language model (a GPT or a Llama, "
+                            f"with .config.d_model/n_layer/n_head), got {type(model).__name__}")
+        for field_name, value in self.model_shape(model).items():
             given = getattr(self, field_name)
             if given is not None and given != value:
                 raise ConfigError(f"{type(self).__name__}.{field_name}={given} does not fit the model, which has "

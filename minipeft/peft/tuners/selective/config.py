@@ -26,7 +26,8 @@ class SelectiveConfig(PeftConfig):
 
     PEFT_TYPE: ClassVar[str] = "SELECTIVE"
 
-    trainable_types: list[str] | None = None           # "bias" (BitFit), "norm" (LayerNorm scale and shift),
+    trainable_types: list[str] | None = None           # "bias" (BitFit), "norm" (LayerNorm scale and shift,
+    #                                                    RMSNorm scale),
     #                                                    "all" (every parameter); None: ["bias"] unless
     #                                                    target_modules is set, then []
     target_modules: list[str] | str | None = None      # every parameter of these modules and of their submodules:
@@ -66,12 +67,15 @@ def check_selection_fields(config, default_types: list[str]) -> None:
 
 # ---- the usual choices, by name ---------------------------------------------------------------------------
 def bitfit_config() -> SelectiveConfig:
-    """BitFit (Ben Zaken et al., 2022): every bias term trains, Linear and LayerNorm biases alike."""
+    """BitFit (Ben Zaken et al., 2022): every bias term trains, Linear and LayerNorm biases alike.
+
+    A model without biases (a Llama) is refused by name when the adapter is made: there is nothing to train."""
     return SelectiveConfig(trainable_types=["bias"])
 
 
 def layernorm_config() -> SelectiveConfig:
-    """LayerNorm tuning: the scale and shift of every LayerNorm (ln_1, ln_2 per block, ln_f) train."""
+    """Norm tuning: the scale and shift of every LayerNorm (GPT: ln_1, ln_2 per block, ln_f), or the scale of every
+    RMSNorm (Llama: input_layernorm, post_attention_layernorm per layer, model.norm), train."""
     return SelectiveConfig(trainable_types=["norm"])
 
 
