@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from minipeft.peft.config import ConfigError, PeftConfig, check_field, check_target_fields, is_index
 
-TRAINABLE_TYPES = ("bias", "norm", "all")   # what `trainable_types` may name
+TRAINABLE_TYPES = ("bias", "norm", "embedding", "all")   # what `trainable_types` may name
 
 
 @dataclass
@@ -27,7 +27,8 @@ class SelectiveConfig(PeftConfig):
     PEFT_TYPE: ClassVar[str] = "SELECTIVE"
 
     trainable_types: list[str] | None = None           # "bias" (BitFit), "norm" (LayerNorm scale and shift,
-    #                                                    RMSNorm scale),
+    #                                                    RMSNorm scale), "embedding" (the token embedding table,
+    #                                                    model.get_input_embeddings(): wte, embed_tokens),
     #                                                    "all" (every parameter); None: ["bias"] unless
     #                                                    target_modules is set, then []
     target_modules: list[str] | str | None = None      # every parameter of these modules and of their submodules:
@@ -87,8 +88,9 @@ def last_k_layers_config(k: int, n_layer: int) -> SelectiveConfig:
 
 
 def embeddings_config() -> SelectiveConfig:
-    """The token embedding table trains; with tied embeddings it is also the LM head's weight (one tensor)."""
-    return SelectiveConfig(trainable_types=[], target_modules=["wte"])
+    """The token embedding table trains (the GPT's wte, a Llama's embed_tokens: whatever get_input_embeddings()
+    returns); with tied embeddings it is also the LM head's weight (one tensor)."""
+    return SelectiveConfig(trainable_types=["embedding"])
 
 
 def full_finetune_config() -> SelectiveConfig:

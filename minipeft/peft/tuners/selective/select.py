@@ -1,4 +1,4 @@
-"""Which base parameters a selection names: by kind (bias, norm, all), by module pattern, by block index.
+"""Which base parameters a selection names: by kind (bias, norm, embedding, all), by module pattern, by layer index.
 
 Shared by selective fine-tuning (the selected tensors train) and sparse fine-tuning (the selected tensors are
 the candidates whose entries are scored). A module already wrapped by one of these methods counts as the
@@ -37,9 +37,17 @@ def parameter_modules(model: Module) -> Iterator[tuple[str, Module]]:
             yield path, m
 
 
-def _kind_selected(module: Module, pname: str, types: list[str]) -> bool:
+def input_embeddings(model: Module) -> Module | None:
+    """The token embedding table, model.get_input_embeddings() (the module it wraps, if an adapter wraps it)."""
+    get = getattr(model, "get_input_embeddings", None)
+    m = None if get is None else get()
+    return m.get_base_layer() if isinstance(m, BaseTunerLayer) else m
+
+
+def _kind_selected(module: Module, pname: str, types: list[str], embeddings: Module | None) -> bool:
     is_norm = isinstance(module, NORMS)
-    return "all" in types or ("bias" in types and pname == "bias") or ("norm" in types and is_norm)
+    return ("all" in types or ("bias" in types and pname == "bias") or ("norm" in types and is_norm)
+            or ("embedding" in types and module is embeddings))
 
 
 def _module_selected(path: str, target_modules) -> bool:
@@ -61,9 +69,10 @@ def select_parameters(model: Module, config, method: str) -> dict[str, list[str]
                          "none); choose another selection, e.g. trainable_types=['norm'] (the RMSNorm scales) or "
                          "target_modules=['v_proj']")
     chosen: dict[str, list[str]] = {}
+    embeddings = input_embeddings(model)
     for path, m in parameter_modules(model):
         by_module = targets is not None and _module_selected(path, targets)
-        names = [n for n in own_parameters(m) if by_module or _kind_selected(m, n, types)]
+        names = [n for n in own_parameters(m) if by_module or _kind_selected(m, n, types, embeddings)]
         if names and layers is not None and layer_index(path) not in layers:
             continue
         if names:
