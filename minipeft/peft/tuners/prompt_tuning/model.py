@@ -1,6 +1,6 @@
-"""`PromptTuningModel`: n virtual tokens in front of every input, through the GPT's `inputs_embeds` hook.
+"""`PromptTuningModel`: n virtual tokens in front of every input, through the model's `inputs_embeds` hook.
 
-    h = GPT([P ; wte(ids)])[:, n:]          P (n, C) trains; the base model, wte included, stays frozen
+    h = model([P ; embed(ids)])[:, n:]      P (n, C) trains; the base model, its embedding included, stays frozen
 
 The virtual tokens take positions 0..n-1 (and count against the context); the tokens follow at n...
 Outputs at the virtual positions are dropped, so hidden states, logits and the loss line up with `ids`
@@ -76,7 +76,7 @@ class PromptEmbedding(Module):
 
 
 class PromptTuningModel(SoftPromptTuner):
-    """The user's GPT with prompt-tuning adapters; the active one's virtual tokens precede every input."""
+    """The user's model with prompt-tuning adapters; the active one's virtual tokens precede every input."""
 
     def _make_encoder(self, config: PromptTuningConfig, name: str) -> PromptEmbedding:
         return PromptEmbedding(config, self.model.get_input_embeddings())
@@ -97,7 +97,7 @@ class PromptTuningModel(SoftPromptTuner):
                              "fewer virtual tokens (num_virtual_tokens)")
 
     def hidden_states(self, ids=None, *, inputs_embeds=None, prefix_kv=None, kv_cache=None):
-        """ln_f of the last block at the input positions (B, T, C), the virtual tokens' positions dropped."""
+        """The last hidden states at the input positions (B, T, C), the virtual tokens' positions dropped."""
         active = self._active()
         if active is None or (kv_cache is not None and not kv_cache.empty):
             # no prompt, or the cache already holds it (and counts its positions)
