@@ -9,9 +9,12 @@ import numpy as np
 import minipeft
 from minipeft import backend, to_numpy
 from minipeft.nn import GPT, GPTConfig
+from minipeft.nn.llama import LlamaConfig, LlamaForCausalLM
 from minipeft.optim import AdamW
 
 TEST = GPTConfig.from_preset("test")  # vocab 64, context 16, d_model 16, 2 layers, 2 heads, d_ff 32
+# a tiny random Llama of the same vocabulary: 4 query heads of 4, 2 key/value heads (grouped-query attention)
+TINY_LLAMA = dict(vocab_size=64, context_length=32, d_model=16, n_layer=2, n_head=4, n_kv_head=2, d_ff=24)
 
 
 @contextlib.contextmanager
@@ -26,6 +29,12 @@ def build_gpt(seed: int = 0, dtype=np.float32, **overrides) -> GPT:
     """A "test"-preset GPT built from its own seed: the same seed gives the same weights, bit for bit."""
     with seeded(seed):
         return GPT(GPTConfig.from_preset("test", **overrides)).to(dtype)
+
+
+def build_llama(seed: int = 0, dtype=np.float32, **overrides) -> LlamaForCausalLM:
+    """The tiny random Llama (TINY_LLAMA) built from its own seed: the same seed gives the same weights."""
+    with seeded(seed):
+        return LlamaForCausalLM(LlamaConfig(**{**TINY_LLAMA, **overrides})).to(dtype)
 
 
 def batch(seed: int, B: int = 2, T: int = 8, vocab: int = TEST.vocab_size):

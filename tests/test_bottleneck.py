@@ -26,7 +26,7 @@ from minipeft.optim import AdamW
 from minipeft.peft import AdapterError, BottleneckConfig, ConfigError, PeftModel, get_peft_model
 from minipeft.peft.save_load import base_named_parameters
 from minipeft.peft.tuners.bottleneck import BottleneckLayer, bottleneck_adapter
-from minipeft.peft.tuners.bottleneck.config import HOULSBY_TARGETS, PFEIFFER_TARGETS
+from minipeft.peft.tuners.bottleneck.config import SUBLAYER_OUTPUTS
 
 
 @pytest.fixture(autouse=True)
@@ -168,8 +168,11 @@ def test_layouts_put_the_adapters_where_the_papers_do():
     assert wrapped["houlsby"] == [f"base_model.model.blocks.{i}.{t}" for i in range(2)
                                   for t in ("attn.out_proj", "mlp.fc2")]
     assert wrapped["pfeiffer"] == [f"base_model.model.blocks.{i}.mlp.fc2" for i in range(2)]
-    assert HOULSBY_TARGETS == ["out_proj", "fc2"] and PFEIFFER_TARGETS == ["fc2"]
-    assert BottleneckConfig().target_modules == PFEIFFER_TARGETS
+    assert houlsby.peft_config["default"].target_modules == SUBLAYER_OUTPUTS["minipeft-gpt"] == ["out_proj", "fc2"]
+    assert pfeiffer.peft_config["default"].target_modules == ["fc2"]
+    default = BottleneckConfig()
+    assert default.target_modules is None and get_peft_model(build_gpt(0), default).peft_config["default"] is default
+    assert default.target_modules == ["fc2"]      # the default layout is Pfeiffer's, as AdapterHub's SeqBnConfig
 
 
 @pytest.mark.parametrize("layout", ["houlsby", "pfeiffer"])
@@ -244,6 +247,8 @@ def test_training_moves_the_adapter_from_identity_and_lowers_the_loss():
     ({"non_linearity": "tanh"}, "non_linearity must be 'gelu' or 'relu', got 'tanh'"),
     ({"target_modules": []}, "target_modules must be a non-empty list"),
     ({"layers_to_transform": [-1]}, "layers_to_transform must be None, a block index"),
+    ({"output_adapter": False}, "output_adapter must be True when mh_adapter is False and target_modules is None"),
+    ({"mh_adapter": 1}, "mh_adapter must be True or False"),
 ])
 def test_bad_configs_raise_a_named_config_error(fields, match):
     with pytest.raises(ConfigError, match=match):

@@ -204,17 +204,30 @@ def test_trainable_count_is_out_features_or_in_features_per_target(d_model, n_la
     assert peft.get_nb_trainable_parameters() == (want, n_base + want)
 
 
-def test_the_papers_default_is_keys_values_and_the_mlp_activation():
+def _filled(config):
+    """The config after get_peft_model on the test GPT filled what it left None."""
+    get_peft_model(build_gpt(0), config)
+    return config.target_modules, config.feedforward_modules
+
+
+def test_the_papers_default_is_keys_values_and_the_mlp_activation_filled_in_at_injection():
     config = IA3Config()
-    assert config.target_modules == ["k_proj", "v_proj", "fc2"] and config.feedforward_modules == ["fc2"]
+    assert config.target_modules is None and config.feedforward_modules is None   # as HF: the model decides
     peft = get_peft_model(build_gpt(0), config)
+    assert config.target_modules == ["k_proj", "v_proj", "fc2"] and config.feedforward_modules == ["fc2"]
     assert peft.get_nb_trainable_parameters()[0] == 2 * (16 + 16 + 32)   # (IA)^3: d_k + d_v + d_ff per block
-    assert IA3Config(target_modules=["q_proj", "fc2"]).feedforward_modules == ["fc2"]
-    assert IA3Config(target_modules=["q_proj", "fc1"]).feedforward_modules == []
+    assert _filled(IA3Config(target_modules=["q_proj", "fc2"])) == (["q_proj", "fc2"], ["fc2"])
+    assert _filled(IA3Config(target_modules=["q_proj", "fc1"])) == (["q_proj", "fc1"], [])
+    assert _filled(IA3Config(feedforward_modules=[])) == (["k_proj", "v_proj", "fc2"], [])
     regex = IA3Config(target_modules=r".*\.(k_proj|fc2)")
-    assert regex.feedforward_modules == r"(.*\.)?fc2"
     layers = get_peft_model(build_gpt(0), regex).get_base_model().blocks[0]
+    assert regex.feedforward_modules == r"(.*\.)?(fc2)"
     assert layers.mlp.fc2.is_feedforward["default"] and not layers.attn.k_proj.is_feedforward["default"]
+
+
+def test_a_feedforward_module_outside_the_default_targets_is_refused_at_injection():
+    with pytest.raises(ConfigError, match=r"feedforward_modules \['fc1'\] must be a subset of target_modules"):
+        get_peft_model(build_gpt(0), IA3Config(feedforward_modules=["fc1"]))
 
 
 def test_ones_at_init_leave_the_output_bit_identical():
@@ -264,7 +277,6 @@ def test_a_hugging_face_ia3_config_loads():
 
 # ---- bad configs ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("fields, match", [
-    ({"feedforward_modules": ["fc1"]}, r"feedforward_modules \['fc1'\] must be a subset of target_modules"),
     ({"target_modules": ["k_proj"], "feedforward_modules": ["fc2"]}, r"\['fc2'\] are not targets"),
     ({"feedforward_modules": "("}, "feedforward_modules '\\(' is not a valid regex"),
     ({"feedforward_modules": 3}, "feedforward_modules must be None, a list of module names, or one regex"),

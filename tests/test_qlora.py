@@ -8,6 +8,7 @@ few sums of ~20 terms of size ~1, ~1e-15 each, with orders of magnitude of margi
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import test_tuner_contract as contract
 from grad_check import grad_check
-from lora_helpers import batch, build_gpt, logits, seeded, snapshot, train_steps
+from lora_helpers import batch, build_gpt, build_llama, logits, seeded, snapshot, train_steps
 
 import minipeft
 from minipeft import Tensor, backend, fast_ops, no_grad, to_numpy
@@ -44,6 +45,12 @@ LINEARS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 def quantized_gpt(seed: int = 0, dtype=np.float32, **overrides):
     """The seed-`seed` test GPT with every block Linear in NF4 + double quantization, computing in `dtype`."""
     return quantize_model(build_gpt(seed, dtype=dtype, **overrides),
+                          qlora_config(bnb_4bit_compute_dtype=np.dtype(dtype).name, nested_blocksize=2))
+
+
+def quantized_llama(seed: int = 0, dtype=np.float32, **overrides):
+    """The tiny random Llama with every projection of its layers in NF4 + double quantization, computing in `dtype`."""
+    return quantize_model(build_llama(seed, dtype=dtype, **overrides),
                           qlora_config(bnb_4bit_compute_dtype=np.dtype(dtype).name, nested_blocksize=2))
 
 
@@ -364,12 +371,13 @@ def test_quantized_files_are_told_apart_from_float_checkpoints(tmp_path):
 
 
 # ---- the tuner contract, on a 4-bit base ------------------------------------------------------------------------
-# Every check of tests/test_tuner_contract.py that takes a method, run for LoRA with the contract's base model
-# replaced by its quantized version. The count check is replaced by test_all_params_count_the_values_...: its
-# "all params" is the base's element count, and a 4-bit base holds two weights per element (counted as such).
+# Every check of tests/test_tuner_contract.py that takes a method, run for LoRA on each family with the contract's
+# base model replaced by its quantized version. The count check is replaced by test_all_params_count_the_values_...:
+# its "all params" is the base's element count, and a 4-bit base holds two weights per element (counted as such).
 CONTRACT = {name: fn for name, fn in vars(contract).items() if name.startswith("test_") and callable(fn)
             and "method" in inspect.signature(fn).parameters
             and name != "test_inject_trains_exactly_the_closed_form_count_and_nothing_of_the_base"}
+QUANTIZED = {"gpt": quantized_gpt, "llama": quantized_llama}
 
 
 def _first_value(fn, arg: str):
@@ -379,12 +387,14 @@ def _first_value(fn, arg: str):
     raise AssertionError(f"contract test {fn.__name__} takes {arg!r}, which test_qlora.py cannot supply")
 
 
+@pytest.mark.parametrize("family", sorted(QUANTIZED))
 @pytest.mark.parametrize("name", sorted(CONTRACT))
-def test_contract_holds_for_lora_on_a_quantized_base(name, monkeypatch, tmp_path):
-    monkeypatch.setattr(contract, "build_gpt", quantized_gpt)
+def test_contract_holds_for_lora_on_a_quantized_base(name, family, monkeypatch, tmp_path):
+    quantized = dataclasses.replace(contract.FAMILIES[family], build=QUANTIZED[family])
+    monkeypatch.setitem(contract.FAMILIES, family, quantized)
     fn = CONTRACT[name]
-    args = {a: ("LORA" if a == "method" else tmp_path if a == "tmp_path" else _first_value(fn, a))
-            for a in inspect.signature(fn).parameters}
+    given = {"family": family, "method": "LORA", "tmp_path": tmp_path}
+    args = {a: given[a] if a in given else _first_value(fn, a) for a in inspect.signature(fn).parameters}
     with seeded(4321):
         fn(**args)
 

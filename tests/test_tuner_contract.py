@@ -1,5 +1,7 @@
-"""The tuner contract, checked for every registered PEFT method: inject, count, differ, save/load, fingerprint,
-merge (or a clear refusal), and adapter management. A method registered without a case here fails the suite."""
+"""The tuner contract, checked for every registered PEFT method on both model families, the "test" GPT and a tiny
+random Llama (grouped-query attention, RMSNorm, SwiGLU, no biases): inject, count, differ, save/load, fingerprint,
+merge (or a clear refusal), and adapter management. A method registered without a case here for each family fails
+the suite."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 import example_method  # noqa: F401 (registers EXAMPLE_PARALLEL, a non-mergeable method written outside the package)
 import numpy as np
 import pytest
-from lora_helpers import batch, build_gpt, logits, seeded, snapshot, train_steps
+from lora_helpers import batch, build_gpt, build_llama, logits, seeded, snapshot, train_steps
 
 from minipeft import backend, no_grad
 from minipeft.nn import Linear
@@ -35,7 +37,7 @@ from minipeft.peft.tuners.sparse import SparseConfig, select_sparse_entries
 
 @dataclass
 class Case:
-    config: Callable[[], object]             # a config of this method for the "test" GPT
+    config: Callable[[], object]             # a config of this method for the family's test model
     trainable: Callable[[object], int]       # the closed-form trainable count, from the base model's shapes
 
 
@@ -43,7 +45,7 @@ def _linears(model, names):
     return [m for p, m in model.named_modules() if isinstance(m, Linear) and p.rsplit(".", 1)[-1] in names]
 
 
-CASES = {
+GPT_CASES = {
     # LoRA: r (in + out) per adapted matrix, here with a rank_pattern so per-layer ranks are counted too
     "LORA": Case(lambda: LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "fc1"],
                                     rank_pattern={"blocks.1.mlp.fc1": 3}),
@@ -73,7 +75,63 @@ CASES = {
     "EXAMPLE_PARALLEL": Case(lambda: example_method.ParallelAdapterConfig(bottleneck=3, target_modules=["fc2"]),
                              lambda base: sum(3 * (m.in_features + m.out_features) for m in _linears(base, {"fc2"}))),
 }
+
+
+def _kv_width(base) -> int:
+    """n_kv_head * head_dim: the output width of a Llama's k_proj and v_proj (8 in the tiny one, d_model 16)."""
+    c = base.config
+    return c.n_kv_head * (c.d_model // c.n_head)
+
+
+def _llama_lora_count(L: int, d: int, kv: int, ff: int) -> int:
+    """r (in + out) summed: q_proj d -> d and v_proj d -> kv at r=2 in every layer, gate_proj d -> ff at r=2 in
+    layer 0 and r=3 in layer 1 (the rank_pattern)."""
+    return L * (2 * (d + d) + 2 * (d + kv)) + (2 + 3) * (d + ff)
+
+
+LLAMA_CASES = {
+    # LoRA on q, v (v_proj is d_model -> n_kv_head * head_dim) and gate_proj, a rank_pattern on layer 1's gate
+    "LORA": Case(lambda: LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "gate_proj"],
+                                    rank_pattern={"model.layers.1.mlp.gate_proj": 3}),
+                 lambda base: _llama_lora_count(base.config.n_layer, base.config.d_model, _kv_width(base),
+                                                base.config.d_ff)),
+    # Houlsby: after o_proj and after down_proj (the attention and MLP outputs, width d_model): 2 d m + d + m each
+    "BOTTLENECK": Case(lambda: BottleneckConfig.houlsby(bottleneck_size=3, non_linearity="gelu"),
+                       lambda base: 2 * base.config.n_layer * (2 * base.config.d_model * 3 + base.config.d_model + 3)),
+    # (IA)^3 with Hugging Face's Llama defaults: k_proj's and v_proj's outputs (kv width each), down_proj's input (d_ff)
+    "IA3": Case(lambda: IA3Config(),
+                lambda base: base.config.n_layer * (2 * _kv_width(base) + base.config.d_ff)),
+    # prompt tuning: n x d_model; prefix tuning: a key and a value of n_kv_head * head_dim per layer per token (HF)
+    "PROMPT_TUNING": Case(lambda: PromptTuningConfig(num_virtual_tokens=3), lambda base: 3 * base.config.d_model),
+    "PREFIX_TUNING": Case(lambda: PrefixTuningConfig(num_virtual_tokens=2),
+                          lambda base: 2 * 2 * base.config.n_layer * _kv_width(base)),
+    # selective: every RMSNorm's scale (2 per layer + the final norm), gate_proj's weight and the (tied) embedding
+    "SELECTIVE": Case(lambda: SelectiveConfig(trainable_types=["norm"], target_modules=["gate_proj", "embed_tokens"]),
+                      lambda base: (2 * base.config.n_layer + 1) * base.config.d_model
+                      + base.config.n_layer * base.config.d_model * base.config.d_ff
+                      + base.config.vocab_size * base.config.d_model),
+    "SPARSE": Case(lambda: select_sparse_entries(build_llama(0), SparseConfig(percent=10), [batch(0)]),
+                   lambda base: round(10 * base.num_parameters() / 100)),
+    "EXAMPLE_PARALLEL": Case(lambda: example_method.ParallelAdapterConfig(bottleneck=3, target_modules=["down_proj"]),
+                             lambda base: base.config.n_layer * 3 * (base.config.d_ff + base.config.d_model)),
+}
+
+
+@dataclass
+class Family:
+    build: Callable[..., object]             # (seed, dtype=) -> a fresh base model, the same weights per seed
+    cases: dict[str, Case]
+    norm_params: tuple[str, ...]             # two 1-D norm parameters of layer 1 (the fingerprint must cover them)
+
+
+FAMILIES = {
+    "gpt": Family(build_gpt, GPT_CASES, ("blocks.1.ln_1.weight", "blocks.1.ln_2.bias")),
+    "llama": Family(build_llama, LLAMA_CASES, ("model.layers.1.input_layernorm.weight",
+                                              "model.layers.1.post_attention_layernorm.weight")),
+}
 METHODS = sorted(PEFT_TYPE_TO_TUNER)
+# every test below runs once per (family, method)
+each = pytest.mark.parametrize("family, method", [(f, m) for f in FAMILIES for m in METHODS])
 
 
 @pytest.fixture(autouse=True)
@@ -82,10 +140,18 @@ def _own_generator():
         yield
 
 
-def make(method: str, seed: int = 0, dtype=np.float32):
-    """The seed-`seed` test GPT (of dtype) with one adapter of `method`; returns (base fingerprint, peft model)."""
-    base = build_gpt(seed, dtype=dtype)
-    return fingerprint(base), get_peft_model(base, CASES[method].config())
+def build(family: str, seed: int = 0, dtype=np.float32):
+    return FAMILIES[family].build(seed, dtype=dtype)
+
+
+def config(family: str, method: str):
+    return FAMILIES[family].cases[method].config()
+
+
+def make(family: str, method: str, seed: int = 0, dtype=np.float32):
+    """The family's seed-`seed` test model (of dtype) with one adapter of `method`; (base fingerprint, peft model)."""
+    base = build(family, seed, dtype=dtype)
+    return fingerprint(base), get_peft_model(base, config(family, method))
 
 
 def randomize_adapter(peft, name: str = "default", seed: int = 0) -> None:
@@ -95,16 +161,18 @@ def randomize_adapter(peft, name: str = "default", seed: int = 0) -> None:
         p.data = backend.asarray(rng.normal(0, 0.3, p.shape), dtype=p.dtype)
 
 
-def test_every_registered_method_has_a_case():
-    assert set(METHODS) == set(CASES), f"registered methods without a contract case: {set(METHODS) - set(CASES)}"
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_registered_method_has_a_case(family):
+    cases = FAMILIES[family].cases
+    assert set(METHODS) == set(cases), f"registered methods without a {family} case: {set(METHODS) - set(cases)}"
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_inject_trains_exactly_the_closed_form_count_and_nothing_of_the_base(method):
-    base = build_gpt(0)
-    want = CASES[method].trainable(base)
+@each
+def test_inject_trains_exactly_the_closed_form_count_and_nothing_of_the_base(family, method):
+    base = build(family)
+    want = FAMILIES[family].cases[method].trainable(base)
     base_params = {id(p) for _, p in base.named_parameters()}
-    peft = get_peft_model(base, CASES[method].config())
+    peft = get_peft_model(base, config(family, method))
     trainable, total = peft.get_nb_trainable_parameters()
     assert trainable == want > 0
     assert total == sum(p.size for _, p in base_named_parameters(base)) + want
@@ -113,21 +181,21 @@ def test_inject_trains_exactly_the_closed_form_count_and_nothing_of_the_base(met
     assert all(prefix in n for n, p in peft.named_parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_forward_differs_from_the_base_once_the_weights_are_non_zero(method):
+@each
+def test_forward_differs_from_the_base_once_the_weights_are_non_zero(family, method):
     ids, _ = batch(0)
-    _, peft = make(method)
-    ref = logits(build_gpt(0), ids)
+    _, peft = make(family, method)
+    ref = logits(build(family), ids)
     randomize_adapter(peft)
     assert np.abs(logits(peft, ids) - ref).max() > 1e-3
     with peft.disable_adapter():
         np.testing.assert_array_equal(logits(peft, ids), ref)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_training_moves_only_the_adapter(method):
+@each
+def test_training_moves_only_the_adapter(family, method):
     ids, tgt = batch(1)
-    _, peft = make(method)
+    _, peft = make(family, method)
     before = snapshot(peft.get_base_model(), skip=PEFT_TYPE_TO_TUNER[method].prefix)
     adapter_before = {k: p.data.copy() for k, p in peft.base_model.adapter_parameters("default").items()}
     losses = train_steps(peft, ids, tgt, steps=3)
@@ -139,14 +207,14 @@ def test_training_moves_only_the_adapter(method):
     assert moved, "training changed none of the adapter's weights"
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_save_load_round_trip_is_bit_exact(method, tmp_path):
+@each
+def test_save_load_round_trip_is_bit_exact(family, method, tmp_path):
     ids, _ = batch(2)
-    _, peft = make(method)
+    _, peft = make(family, method)
     randomize_adapter(peft, seed=1)
     out = logits(peft, ids)
     peft.save_pretrained(str(tmp_path))
-    loaded = PeftModel.from_pretrained(build_gpt(0), str(tmp_path))
+    loaded = PeftModel.from_pretrained(build(family), str(tmp_path))
     np.testing.assert_array_equal(logits(loaded, ids), out)
     want = {k: p.data for k, p in peft.base_model.adapter_parameters("default").items()}
     got = {k: p.data for k, p in loaded.base_model.adapter_parameters("default").items()}
@@ -155,24 +223,24 @@ def test_save_load_round_trip_is_bit_exact(method, tmp_path):
     assert loaded.get_nb_trainable_parameters()[0] == 0
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_fingerprint_covers_every_base_parameter_and_no_adapter_weight(method):
-    fp, peft = make(method)
+@each
+def test_fingerprint_covers_every_base_parameter_and_no_adapter_weight(family, method):
+    fp, peft = make(family, method)
     assert fingerprint(peft.get_base_model()) == fp == peft.base_fingerprint
     randomize_adapter(peft, seed=2)
     assert fingerprint(peft.get_base_model()) == fp
-    other = build_gpt(0)
-    with no_grad():
-        other.blocks[0].ln_1.bias.data[0] += 1e-3    # a 1-D parameter: once left out of the fingerprint
+    other = build(family)
+    with no_grad():   # a 1-D parameter: once left out of the fingerprint
+        dict(other.named_parameters())[FAMILIES[family].norm_params[0]].data[0] += 1e-3
     assert fingerprint(other) != fp
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_merge_equals_unmerged_or_is_refused_clearly(method):
+@each
+def test_merge_equals_unmerged_or_is_refused_clearly(family, method):
     ids, _ = batch(3)
-    _, peft = make(method, dtype=np.float64)
+    _, peft = make(family, method, dtype=np.float64)
     randomize_adapter(peft, seed=3)
-    base_out, out = logits(build_gpt(0, dtype=np.float64), ids), logits(peft, ids)
+    base_out, out = logits(build(family, dtype=np.float64), ids), logits(peft, ids)
     if not PEFT_TYPE_TO_TUNER[method].mergeable:
         for call in (peft.merge_adapter, peft.merge_and_unload):
             with pytest.raises(TypeError, match=f"{method} adapters cannot be merged"):
@@ -186,17 +254,17 @@ def test_merge_equals_unmerged_or_is_refused_clearly(method):
     peft.unmerge_adapter()
     np.testing.assert_allclose(logits(peft, ids), out, rtol=1e-10, atol=1e-10)
     plain = peft.merge_and_unload()
-    assert type(plain) is type(build_gpt(0))
+    assert type(plain) is type(build(family))
     np.testing.assert_allclose(logits(plain, ids), out, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_add_set_delete_enable_disable_adapters(method):
+@each
+def test_add_set_delete_enable_disable_adapters(family, method):
     ids, _ = batch(4)
-    _, peft = make(method)
+    _, peft = make(family, method)
     randomize_adapter(peft, seed=4)
     first = logits(peft, ids)
-    peft.add_adapter("second", CASES[method].config())
+    peft.add_adapter("second", config(family, method))
     randomize_adapter(peft, "second", seed=5)
     assert peft.active_adapter == "default"
     np.testing.assert_array_equal(logits(peft, ids), first)
@@ -207,7 +275,7 @@ def test_add_set_delete_enable_disable_adapters(method):
     # n + ".": a ParameterDict entry (IA3's ia3_l.second) ends in the adapter name, a ModuleDict's has more after it
     assert trainable and all(".second." in n + "." for n in trainable)
     peft.disable_adapter_layers()
-    np.testing.assert_array_equal(logits(peft, ids), logits(build_gpt(0), ids))
+    np.testing.assert_array_equal(logits(peft, ids), logits(build(family), ids))
     peft.enable_adapter_layers()
     np.testing.assert_array_equal(logits(peft, ids), second)
     peft.delete_adapter("second")
@@ -215,38 +283,38 @@ def test_add_set_delete_enable_disable_adapters(method):
     assert not any(".second." in n + "." for n, _ in peft.named_parameters())
     np.testing.assert_array_equal(logits(peft, ids), first)
     base = peft.unload()
-    np.testing.assert_array_equal(logits(base, ids), logits(build_gpt(0), ids))
+    np.testing.assert_array_equal(logits(base, ids), logits(build(family), ids))
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_a_second_peft_model_on_a_wrapped_base_is_refused(method):
-    _, peft = make(method)
+@each
+def test_a_second_peft_model_on_a_wrapped_base_is_refused(family, method):
+    _, peft = make(family, method)
     with pytest.raises(ValueError, match="already holds adapter layers"):
-        get_peft_model(peft.get_base_model(), CASES[method].config(), adapter_name="second")
+        get_peft_model(peft.get_base_model(), config(family, method), adapter_name="second")
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("param", ["ln_1.weight", "ln_2.bias"])
-def test_an_adapter_refuses_a_base_that_differs_only_in_a_layernorm(method, param, tmp_path):
-    _, peft = make(method)
+@each
+@pytest.mark.parametrize("which", [0, 1])
+def test_an_adapter_refuses_a_base_that_differs_only_in_a_norm(family, method, which, tmp_path):
+    _, peft = make(family, method)
     peft.save_pretrained(str(tmp_path))
-    other = build_gpt(0)
+    other = build(family)
     with no_grad():
-        dict(other.blocks[1].named_parameters())[param].data[0] += 1e-3
+        dict(other.named_parameters())[FAMILIES[family].norm_params[which]].data[0] += 1e-3
     with pytest.raises(AdapterError, match="was trained on a base model with fingerprint"):
         PeftModel.from_pretrained(other, str(tmp_path))
-    PeftModel.from_pretrained(build_gpt(0), str(tmp_path))   # the same base still loads
+    PeftModel.from_pretrained(build(family), str(tmp_path))   # the same base still loads
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_after_unload_the_peft_model_refuses_adapter_work_naming_what_happened(method, tmp_path):
+@each
+def test_after_unload_the_peft_model_refuses_adapter_work_naming_what_happened(family, method, tmp_path):
     # merge_and_unload() changes the base's weights: an adapter added afterwards would carry the old fingerprint
-    _, peft = make(method)
+    _, peft = make(family, method)
     unloaded_by = "merge_and_unload()" if PEFT_TYPE_TO_TUNER[method].mergeable else "unload()"
     plain = getattr(peft, unloaded_by[:-2])()
     assert not any(isinstance(m, BaseTunerLayer) for _, m in plain.named_modules())
     assert peft.peft_config == {} and peft.active_adapter is None
-    calls = {"add_adapter()": lambda: peft.add_adapter("second", CASES[method].config()),
+    calls = {"add_adapter()": lambda: peft.add_adapter("second", config(family, method)),
              "set_adapter()": lambda: peft.set_adapter("default"), "unload()": peft.unload}
     if PEFT_TYPE_TO_TUNER[method].mergeable:
         calls |= {"unmerge_adapter()": peft.unmerge_adapter, "merge_adapter()": peft.merge_adapter}
@@ -257,17 +325,17 @@ def test_after_unload_the_peft_model_refuses_adapter_work_naming_what_happened(m
     with pytest.raises(AdapterError, match=re.escape(f"no adapters left, {unloaded_by} removed them")):
         peft.save_pretrained(str(tmp_path))
     assert os.listdir(tmp_path) == []
-    again = get_peft_model(plain, CASES[method].config())      # the way forward: fingerprinted as it is now
+    again = get_peft_model(plain, config(family, method))      # the way forward: fingerprinted as it is now
     assert again.base_fingerprint == fingerprint(plain)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_saving_after_the_last_adapter_was_deleted_raises(method, tmp_path):
-    _, peft = make(method)
+@each
+def test_saving_after_the_last_adapter_was_deleted_raises(family, method, tmp_path):
+    _, peft = make(family, method)
     peft.delete_adapter("default")
     with pytest.raises(AdapterError, match="holds no adapter"):
         peft.save_pretrained(str(tmp_path))
     assert os.listdir(tmp_path) == []
-    peft.add_adapter("fresh", CASES[method].config())          # still usable: add one and save it
+    peft.add_adapter("fresh", config(family, method))          # still usable: add one and save it
     peft.save_pretrained(str(tmp_path))
     assert sorted(os.listdir(tmp_path / "fresh")) == ["adapter_config.json", "adapter_model.safetensors"]

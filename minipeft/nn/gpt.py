@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 from minipeft import backend, ops
 from minipeft.autograd import Tensor
@@ -16,6 +17,7 @@ from minipeft.nn.module import Module, ModuleList
 class GPTConfig:
     """Shape of a GPT model; every field validated in __post_init__."""
 
+    model_type: ClassVar[str] = "minipeft-gpt"   # the key of per-model defaults (transformers' config.model_type)
     vocab_size: int = 2048          # number of token ids (the tokenizer's vocabulary size)
     context_length: int = 256       # longest sequence the position table covers
     d_model: int = 128              # width of the residual stream

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 from minipeft import backend, ops
 from minipeft.autograd import Tensor
@@ -39,6 +40,7 @@ HF_FIELDS = {"vocab_size": "vocab_size", "context_length": "max_position_embeddi
 class LlamaConfig:
     """Shape of a Llama model, in the mini GPT's field names (HF_FIELDS maps them to transformers')."""
 
+    model_type: ClassVar[str] = "llama"   # transformers' config.model_type: Hugging Face PEFT's per-model defaults
     vocab_size: int = 49152         # token ids
     context_length: int = 8192      # longest sequence (max_position_embeddings)
     d_model: int = 576              # width of the residual stream (hidden_size)

@@ -53,10 +53,11 @@ def check_regex(config, what: str, pattern) -> None:
 def check_target_fields(config) -> None:
     """Check (and normalize) the targeting fields a method's config has, as every method means them.
 
-    target_modules: module names, one regex, or "all-linear"; layers_to_transform: a block index or a list
-    of them (an int becomes [int]); modules_to_save: None or module names.
+    target_modules: module names, one regex, or "all-linear" (None: a method's default for the model, filled in
+    at injection); layers_to_transform: a block index or a list of them (an int becomes [int]); modules_to_save:
+    None or module names.
     """
-    if hasattr(config, "target_modules"):
+    if getattr(config, "target_modules", None) is not None:
         t = config.target_modules
         check_field(config, "target_modules", isinstance(t, str) or is_str_list(t),
                     "a list of module names, one regex string, or 'all-linear'")

@@ -3,9 +3,10 @@ fields and a tuner that wraps no layer.
 
 A soft prompt changes no module of the base model. Its weights sit on the tuner itself, in the slot
 `prompt_encoder` (`prompt_encoder.<adapter>.embedding.weight`, the name Hugging Face PEFT gives them), and the
-tuner drives the GPT through its hooks instead of wrapping layers: `inputs_embeds` (virtual tokens in front
-of the token embeddings) or `prefix_kv` (keys and values in front of every attention layer's). Everything
-else (the adapter registry, freezing, counts, the fingerprint, modules_to_save) is the shared BaseTuner's.
+tuner drives the model (the GPT or a Llama, nn/causal_lm.py) through its hooks instead of wrapping layers:
+`inputs_embeds` (virtual tokens in front of the token embeddings) or `prefix_kv` (keys and values in front of
+every attention layer's, `model.kv_width` wide). Everything else (the adapter registry, freezing, counts, the
+fingerprint, modules_to_save) is the shared BaseTuner's.
 
 On disk Hugging Face saves a prompt-learning adapter's weights under one key, `prompt_embeddings`, not under
 the module path; `adapter_file_keys` maps that key to the live parameter.
@@ -58,14 +59,19 @@ class PromptLearningConfig(PeftConfig):
         check_field(self, "modules_to_save", self.modules_to_save is None or is_str_list(self.modules_to_save),
                     "None or a list of module names")
 
+    def model_shape(self, model: Module) -> dict[str, int]:
+        """The model-shape fields as this method means them for `model`: its width, layers and heads."""
+        cfg = model.config
+        return {"token_dim": cfg.d_model, "num_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+                "num_transformer_submodules": 1}
+
     def fit_to(self, model: Module) -> None:
-        """Fill the model-shape fields from the GPT's config, or refuse ones that differ from it (naming both)."""
+        """Fill the model-shape fields from the model's config, or refuse ones that differ from it (naming both)."""
         cfg = getattr(model, "config", None)
-        if cfg is None or not hasattr(cfg, "d_model"):
-            raise TypeError(f"{self.peft_type}: the model must be a GPT (with .config.d_model/n_layer/n_head), got "
-                            f"{type(model).__name__}")
-        for field_name, value in (("token_dim", cfg.d_model), ("num_layers", cfg.n_layer),
-                                  ("num_attention_heads", cfg.n_head), ("num_transformer_submodules", 1)):
+        if cfg is None or not all(hasattr(cfg, f) for f in ("d_model", "n_layer", "n_head")):
+            raise TypeError(f"{self.peft_type}: the model must be a decoder-only language model (a GPT or a Llama, "
+                            f"with .config.d_model/n_layer/n_head), got {type(model).__name__}")
+        for field_name, value in self.model_shape(model).items():
             given = getattr(self, field_name)
             if given is not None and given != value:
                 raise ConfigError(f"{type(self).__name__}.{field_name}={given} does not fit the model, which has "
@@ -77,7 +83,7 @@ class SoftPromptTuner(BaseTuner):
     """A tuner whose adapters are soft prompts held in `prompt_encoder` on the tuner; no base module is wrapped.
 
     Subclasses write `_make_encoder(config, adapter_name)` (the per-adapter Module, whose trained or folded
-    weight is `embedding.weight`) and the forward through the GPT's hooks.
+    weight is `embedding.weight`) and the forward through the model's hooks.
     """
 
     tuner_slot_names = ("prompt_encoder",)
@@ -121,7 +127,7 @@ class SoftPromptTuner(BaseTuner):
     # ---- running the model ---------------------------------------------------------------------------
     def forward(self, ids=None, targets=None, *, inputs_embeds=None, prefix_kv=None, kv_cache=None,
                 ignore_index: int = -100):
-        """(logits (B, T, vocab), loss) as GPT.forward gives them, with the active soft prompt applied."""
+        """(logits (B, T, vocab), loss) as the model's forward gives them, with the active soft prompt applied."""
         h = self.hidden_states(ids, inputs_embeds=inputs_embeds, prefix_kv=prefix_kv, kv_cache=kv_cache)
         logits = self.head(h)                                           # (B, T, vocab)
         loss = None if targets is None else ops.cross_entropy(logits, targets, ignore_index=ignore_index)

@@ -1,5 +1,11 @@
 """Which modules a method wraps: `target_modules` (names, one regex, or "all-linear"), `layers_to_transform`,
-and Hugging Face's per-module patterns (`rank_pattern`, `alpha_pattern`)."""
+and Hugging Face's per-module patterns (`rank_pattern`, `alpha_pattern`).
+
+A layer index is read from the path of the model's list of layers, in either family's name for it: the mini
+GPT's `blocks.3.attn.q_proj` and transformers' Llama `model.layers.3.self_attn.q_proj` (Hugging Face's
+`layers_pattern` "layers"). Defaults that depend on the model (IA3's targets) are looked up by
+`model.config.model_type`, as Hugging Face PEFT looks them up.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,10 @@ import warnings
 
 from minipeft.nn.module import Module
 
-_LAYER = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+LAYERS_PATTERNS = ("blocks", "layers")   # the list of layers: the mini GPT's, transformers' (Llama and most others)
+_LAYER = re.compile(rf"(?:^|\.)(?:{'|'.join(LAYERS_PATTERNS)})\.(\d+)\.")
+# layers_pattern values a config accepts: the ones that name the list layer_index reads (or none)
+LAYERS_PATTERN_VALUES = (None, [], *LAYERS_PATTERNS, *([p] for p in LAYERS_PATTERNS))
 ALL_LINEAR = "all-linear"   # Hugging Face's shorthand: every Linear except the output layer
 
 
@@ -29,8 +38,23 @@ def pattern_key(patterns, path: str) -> str | None:
 
 
 def layer_index(path: str) -> int | None:
+    """The index N of the layer a module path lies in (`blocks.N.` or `layers.N.`), or None outside the layers."""
     m = _LAYER.search(path)
     return None if m is None else int(m.group(1))
+
+
+def model_type(model: Module) -> str | None:
+    """`model.config.model_type` ("llama", "minipeft-gpt"), the key of Hugging Face PEFT's per-model defaults."""
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def default_for(table: dict[str, list[str]], model: Module, what: str) -> list[str]:
+    """The entry of a per-model-type defaults table for `model`, or an error naming the field to set."""
+    kind = model_type(model)
+    if kind not in table:
+        raise ValueError(f"{what} is None and there is no default for model_type {kind!r} (defaults exist for "
+                         f"{sorted(table)}); name the modules explicitly")
+    return list(table[kind])
 
 
 def find_targets(model: Module, target_modules: list[str] | str, layers_to_transform: list[int] | None = None,

@@ -3,7 +3,19 @@ classic layouts (Houlsby: after attention and after the MLP; Pfeiffer: after the
 
 Hugging Face PEFT has no bottleneck adapters; AdapterHub (the `adapters` library) calls them
 `DoubleSeqBnConfig` (Houlsby) and `SeqBnConfig` (Pfeiffer), and its field names are used here:
-`reduction_factor`, `non_linearity`. Saved as adapter_config.json with peft_type "BOTTLENECK".
+`reduction_factor`, `non_linearity`, and where the adapters go, `mh_adapter` (after the attention output) and
+`output_adapter` (after the MLP output). Saved as adapter_config.json with peft_type "BOTTLENECK".
+
+Where that is in each model (the Linear whose output the adapter follows, the last one of the sublayer, before
+the residual add):
+
+    place            mh_adapter: attention output    output_adapter: MLP output
+    mini GPT         attn.out_proj                   mlp.fc2
+    Llama            self_attn.o_proj                mlp.down_proj
+
+With target_modules None (the default) get_peft_model fills it from this table by `model.config.model_type`,
+so `houlsby()` and `pfeiffer()` mean the same layout on either model, and the saved adapter_config.json names
+the modules. Given target_modules, the adapters follow exactly those Linears, and the two flags are not used.
 
 One AdapterHub default differs: its DoubleSeqBnConfig (Houlsby) uses non_linearity="swish", while `houlsby()`
 here keeps this config's default, "relu" (SeqBnConfig's, the Pfeiffer layout's): swish is not among the
@@ -17,14 +29,16 @@ the first field it does not know, rather than loading it silently as a different
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
+from minipeft.nn.module import Module
 from minipeft.peft.config import ConfigError, PeftConfig, check_field, check_target_fields, is_number
 from minipeft.peft.tuners.bottleneck.op import NON_LINEARITIES
+from minipeft.peft.tuners.targets import default_for
 
-HOULSBY_TARGETS = ["out_proj", "fc2"]     # after the attention output and after the MLP output of each block
-PFEIFFER_TARGETS = ["fc2"]                # after the MLP output only
+# by model_type: [the Linear that ends the attention sublayer, the one that ends the MLP]
+SUBLAYER_OUTPUTS = {"minipeft-gpt": ["out_proj", "fc2"], "llama": ["o_proj", "down_proj"]}
 DEFAULT_REDUCTION_FACTOR = 16             # AdapterHub's default: m = d / 16 when neither size field is set
 
 
@@ -41,7 +55,9 @@ class BottleneckConfig(PeftConfig):
     bottleneck_size: int | None = None                # m, the adapter's hidden width, 1 <= m <= d (or reduction_factor)
     reduction_factor: int | float | None = None       # m = floor(d / reduction_factor), factor >= 1; neither set: 16
     non_linearity: str = "relu"                       # f between the projections: "relu" or "gelu" (see above)
-    target_modules: list[str] | str = field(default_factory=lambda: list(PFEIFFER_TARGETS))  # Linears to follow
+    mh_adapter: bool = False                          # target_modules None: an adapter after each attention output
+    output_adapter: bool = True                       # target_modules None: an adapter after each MLP output
+    target_modules: list[str] | str | None = None     # Linears to follow; None: the places the two flags name
     layers_to_transform: list[int] | int | None = None  # only these block indices (None: all)
     modules_to_save: list[str] | None = None          # extra modules trained in full and saved (copied)
 
@@ -59,6 +75,11 @@ class BottleneckConfig(PeftConfig):
                               f"{self.reduction_factor!r} both set the adapter's width; set one of them")
         check_field(self, "non_linearity", self.non_linearity in NON_LINEARITIES,
                     " or ".join(repr(k) for k in NON_LINEARITIES))
+        for name in ("mh_adapter", "output_adapter"):
+            check_field(self, name, isinstance(getattr(self, name), bool), "True or False")
+        if self.target_modules is None:
+            check_field(self, "output_adapter", self.mh_adapter or self.output_adapter,
+                        "True when mh_adapter is False and target_modules is None (else no adapter is placed)")
         check_target_fields(self)
 
     @classmethod
@@ -67,12 +88,19 @@ class BottleneckConfig(PeftConfig):
 
         non_linearity stays "relu" unless given; AdapterHub's DoubleSeqBnConfig uses "swish" (not available here).
         """
-        return cls(**{"target_modules": list(HOULSBY_TARGETS), **fields})
+        return cls(**{"mh_adapter": True, "output_adapter": True, **fields})
 
     @classmethod
     def pfeiffer(cls, **fields) -> BottleneckConfig:
         """Pfeiffer et al. (2020): one adapter per block, after the MLP output (half of Houlsby's parameters)."""
-        return cls(**{"target_modules": list(PFEIFFER_TARGETS), **fields})
+        return cls(**{"mh_adapter": False, "output_adapter": True, **fields})
+
+    def fill_targets(self, model: Module) -> None:
+        """target_modules left None: the Linears mh_adapter and output_adapter name in `model` (see the table)."""
+        if self.target_modules is None:
+            attention, mlp = default_for(SUBLAYER_OUTPUTS, model, "BottleneckConfig.target_modules")
+            self.target_modules = [name for name, on in ((attention, self.mh_adapter), (mlp, self.output_adapter))
+                                   if on]
 
     def size_for(self, d: int, path: str) -> int:
         """m for an adapter after a layer of output width d at `path`: bottleneck_size, or d // reduction_factor.

@@ -17,6 +17,11 @@ class BottleneckModel(BaseTuner):
     target_types = (Linear,)
     mergeable = False
 
+    def _inject(self, name: str, config: BottleneckConfig) -> None:
+        """Place the adapters where the config's layout says in this model (if it names no modules), then wrap."""
+        config.fill_targets(self.model)
+        super()._inject(name, config)
+
     def _check_targets(self, config: BottleneckConfig, paths: list[str]) -> None:
         """Every target's bottleneck width fits (1 <= m <= d) before any module is wrapped."""
         for path in paths:

@@ -19,6 +19,11 @@ class IA3Model(BaseTuner):
     target_types = (Linear,)
     mergeable = True
 
+    def _inject(self, name: str, config: IA3Config) -> None:
+        """Fill the model's default targets into a config that left them None (as HF does), then wrap them."""
+        config.fill_defaults(self.model)
+        super()._inject(name, config)
+
     def _check_targets(self, config: IA3Config, paths: list[str]) -> None:
         """A feedforward_modules name must name a target (HF checks name lists; this also covers regex targets)."""
         if isinstance(config.feedforward_modules, str):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from minipeft.peft.config import ConfigError, PeftConfig, check_field, check_regex, check_target_fields, is_number
-from minipeft.peft.tuners.targets import pattern_key
+from minipeft.peft.tuners.targets import LAYERS_PATTERN_VALUES, pattern_key
 
 
 @dataclass
@@ -17,7 +17,7 @@ class LoraConfig(PeftConfig):
     UNSUPPORTED_FIELDS: ClassVar[dict[str, tuple]] = {
         "use_dora": (False,), "fan_in_fan_out": (False,), "lora_bias": (False,), "use_qalora": (False,),
         "loftq_config": ({}, None), "megatron_config": (None,), "layer_replication": (None,),
-        "layers_pattern": (None, "blocks", ["blocks"], []), "exclude_modules": (None, []),
+        "layers_pattern": LAYERS_PATTERN_VALUES, "exclude_modules": (None, []),
         "trainable_token_indices": (None,), "eva_config": (None,), "corda_config": (None,),
         "target_parameters": (None, []), "alora_invocation_tokens": (None,), "arrow_config": (None,),
         "ensure_weight_tying": (False,), "megatron_core": ("megatron.core", None), "qalora_group_size": (16, None),

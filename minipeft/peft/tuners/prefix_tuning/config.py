@@ -15,7 +15,9 @@ class PrefixTuningConfig(PromptLearningConfig):
     """Prefix tuning (Li & Liang, 2021): n trainable keys and values in front of every attention layer's.
 
     The prefixes are one table of shape (n, 2 * num_layers * token_dim), Hugging Face's layout: row i holds,
-    for each layer l, that layer's key (columns 2l*d .. (2l+1)*d) then its value. With prefix_projection=True
+    for each layer l, that layer's key (columns 2l*d .. (2l+1)*d) then its value. d = token_dim is the width of
+    one layer's keys: d_model, or n_kv_head * head_dim with grouped-query attention (a Llama's k_proj output),
+    as Hugging Face fills it; num_attention_heads is then n_kv_head. With prefix_projection=True
     the table is made during training by a small MLP from n vectors of size token_dim (the paper's
     reparameterization, which it found steadier to train): tanh(E W1^T + b1) W2^T + b2, hidden width
     encoder_hidden_size. Saving folds the MLP into the plain table (as Hugging Face saves it), so an adapter
@@ -32,6 +34,13 @@ class PrefixTuningConfig(PromptLearningConfig):
         check_field(self, "prefix_projection", isinstance(self.prefix_projection, bool), "True or False")
         check_field(self, "encoder_hidden_size", self.encoder_hidden_size is None or _is_count(
             self.encoder_hidden_size, 1), "None (token_dim) or an int >= 1")
+
+    def model_shape(self, model: Module) -> dict[str, int]:
+        """As Hugging Face fills it: with grouped-query attention a layer's keys and values have n_kv_head heads, so
+        token_dim is their width n_kv_head * head_dim (`model.kv_width`) and num_attention_heads is n_kv_head."""
+        shape = super().model_shape(model)
+        head_dim = model.config.d_model // model.config.n_head
+        return {**shape, "token_dim": model.kv_width, "num_attention_heads": model.kv_width // head_dim}
 
     def fit_to(self, model: Module) -> None:
         super().fit_to(model)

@@ -1,6 +1,6 @@
-"""`PromptTuningModel`: n virtual tokens in front of every input, through the GPT's `inputs_embeds` hook.
+"""`PromptTuningModel`: n virtual tokens in front of every input, through the model's `inputs_embeds` hook.
 
-    h = GPT([P ; wte(ids)])[:, n:]          P (n, C) trains; the base model, wte included, stays frozen
+    h = model([P ; embed(ids)])[:, n:]      P (n, C) trains; the base model, its embedding included, stays frozen
 
 The virtual tokens take positions 0..n-1 (and count against the context); the tokens follow at n...
 Outputs at the virtual positions are dropped, so hidden states, logits and the loss line up with `ids`
@@ -31,9 +31,18 @@ def text_init_ids(text_ids: list[int], n: int) -> list[int]:
 
 
 def read_init_text(config: PromptTuningConfig) -> list[int]:
-    """The token ids of config.prompt_tuning_init_text, with the tokenizer config.tokenizer_name_or_path names."""
+    """The token ids of config.prompt_tuning_init_text: encoded by config.tokenizer (any object with encode()),
+    or by the tokenizer file config.tokenizer_name_or_path names."""
     from minipeft.data.tokenizer import Tokenizer  # noqa: PLC0415 (only TEXT init reads a tokenizer)
 
+    if config.tokenizer is not None:
+        return [int(i) for i in config.tokenizer.encode(config.prompt_tuning_init_text)]
+    if not config.tokenizer_name_or_path:
+        raise ValueError("PromptTuningConfig: prompt_tuning_init='TEXT' needs the base model's tokenizer to start the "
+                         "prompt from the text: pass tokenizer= (any object with encode(text)) or "
+                         "tokenizer_name_or_path= (a tokenizer.json); an adapter loaded with is_trainable=True is "
+                         "initialised before its weights are read, so set tokenizer_name_or_path in its "
+                         "adapter_config.json")
     try:
         tok = Tokenizer.from_file(config.tokenizer_name_or_path)
     except (FileNotFoundError, ValueError) as e:
@@ -55,9 +64,9 @@ class PromptEmbedding(Module):
                 ids = text_init_ids(read_init_text(config), n)
                 bad = [i for i in ids if not 0 <= i < W.shape[0]]
                 if bad:
-                    raise ValueError(f"PromptTuningConfig: the tokenizer {config.tokenizer_name_or_path!r} gives token "
-                                     f"ids {bad[:4]} outside the model's vocabulary of {W.shape[0]}; use the base "
-                                     "model's own tokenizer")
+                    which = config.tokenizer_name_or_path if config.tokenizer is None else config.tokenizer
+                    raise ValueError(f"PromptTuningConfig: the tokenizer {which!r} gives token ids {bad[:4]} outside "
+                                     f"the model's vocabulary of {W.shape[0]}; use the base model's own tokenizer")
             with no_grad():
                 self.embedding.weight.data = W.data[backend.asarray(ids, dtype="int64")].copy()   # (n, C) copies
         self.embedding.weight.data = self.embedding.weight.data.astype(W.dtype)
@@ -67,7 +76,7 @@ class PromptEmbedding(Module):
 
 
 class PromptTuningModel(SoftPromptTuner):
-    """The user's GPT with prompt-tuning adapters; the active one's virtual tokens precede every input."""
+    """The user's model with prompt-tuning adapters; the active one's virtual tokens precede every input."""
 
     def _make_encoder(self, config: PromptTuningConfig, name: str) -> PromptEmbedding:
         return PromptEmbedding(config, self.model.get_input_embeddings())
@@ -88,7 +97,7 @@ class PromptTuningModel(SoftPromptTuner):
                              "fewer virtual tokens (num_virtual_tokens)")
 
     def hidden_states(self, ids=None, *, inputs_embeds=None, prefix_kv=None, kv_cache=None):
-        """ln_f of the last block at the input positions (B, T, C), the virtual tokens' positions dropped."""
+        """The last hidden states at the input positions (B, T, C), the virtual tokens' positions dropped."""
         active = self._active()
         if active is None or (kv_cache is not None and not kv_cache.empty):
             # no prompt, or the cache already holds it (and counts its positions)

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from minipeft.peft.config import ConfigError, PeftConfig, check_field, check_target_fields, is_index
 
-TRAINABLE_TYPES = ("bias", "norm", "all")   # what `trainable_types` may name
+TRAINABLE_TYPES = ("bias", "norm", "embedding", "all")   # what `trainable_types` may name
 
 
 @dataclass
@@ -26,7 +26,9 @@ class SelectiveConfig(PeftConfig):
 
     PEFT_TYPE: ClassVar[str] = "SELECTIVE"
 
-    trainable_types: list[str] | None = None           # "bias" (BitFit), "norm" (LayerNorm scale and shift),
+    trainable_types: list[str] | None = None           # "bias" (BitFit), "norm" (LayerNorm scale and shift,
+    #                                                    RMSNorm scale), "embedding" (the token embedding table,
+    #                                                    model.get_input_embeddings(): wte, embed_tokens),
     #                                                    "all" (every parameter); None: ["bias"] unless
     #                                                    target_modules is set, then []
     target_modules: list[str] | str | None = None      # every parameter of these modules and of their submodules:
@@ -66,12 +68,15 @@ def check_selection_fields(config, default_types: list[str]) -> None:
 
 # ---- the usual choices, by name ---------------------------------------------------------------------------
 def bitfit_config() -> SelectiveConfig:
-    """BitFit (Ben Zaken et al., 2022): every bias term trains, Linear and LayerNorm biases alike."""
+    """BitFit (Ben Zaken et al., 2022): every bias term trains, Linear and LayerNorm biases alike.
+
+    A model without biases (a Llama) is refused by name when the adapter is made: there is nothing to train."""
     return SelectiveConfig(trainable_types=["bias"])
 
 
 def layernorm_config() -> SelectiveConfig:
-    """LayerNorm tuning: the scale and shift of every LayerNorm (ln_1, ln_2 per block, ln_f) train."""
+    """Norm tuning: the scale and shift of every LayerNorm (GPT: ln_1, ln_2 per block, ln_f), or the scale of every
+    RMSNorm (Llama: input_layernorm, post_attention_layernorm per layer, model.norm), train."""
     return SelectiveConfig(trainable_types=["norm"])
 
 
@@ -83,8 +88,9 @@ def last_k_layers_config(k: int, n_layer: int) -> SelectiveConfig:
 
 
 def embeddings_config() -> SelectiveConfig:
-    """The token embedding table trains; with tied embeddings it is also the LM head's weight (one tensor)."""
-    return SelectiveConfig(trainable_types=[], target_modules=["wte"])
+    """The token embedding table trains (the GPT's wte, a Llama's embed_tokens: whatever get_input_embeddings()
+    returns); with tied embeddings it is also the LM head's weight (one tensor)."""
+    return SelectiveConfig(trainable_types=["embedding"])
 
 
 def full_finetune_config() -> SelectiveConfig:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from minipeft import ops
 from minipeft.autograd import Tensor, no_grad
 from minipeft.nn.layers import Embedding, LayerNorm, Linear
+from minipeft.nn.llama import RMSNorm
 from minipeft.nn.module import Module, ParameterDict
 from minipeft.peft.tuners.base_layer import BaseTunerLayer
 
@@ -31,10 +32,12 @@ def forward_with(base: Module, weight: Tensor | None, bias: Tensor | None, x) ->
         return ops.linear(x, weight, bias)                  # x W^T + b
     if isinstance(base, LayerNorm):
         return ops.layer_norm(x, weight, bias, base.eps)    # (x - mean) / std * w + b
+    if isinstance(base, RMSNorm):
+        return ops.rms_norm(x, weight, base.eps)            # x / rms(x) * w
     if isinstance(base, Embedding):
         return ops.embedding(x, weight)                     # W[ids]
     raise TypeError(f"cannot substitute the parameters of a {type(base).__name__}; "
-                    "selective and sparse fine-tuning wrap Linear, LayerNorm and Embedding modules")
+                    "selective and sparse fine-tuning wrap Linear, LayerNorm, RMSNorm and Embedding modules")
 
 
 class SubstitutionLayer(BaseTunerLayer):

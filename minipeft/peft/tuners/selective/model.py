@@ -3,18 +3,17 @@ parameter in a `SelectiveLayer` and give it the adapter's copies."""
 
 from __future__ import annotations
 
-from minipeft.nn.layers import Embedding, LayerNorm, Linear
 from minipeft.peft.tuners.base import BaseTuner
 from minipeft.peft.tuners.selective.config import SelectiveConfig
 from minipeft.peft.tuners.selective.layer import SelectiveLayer
-from minipeft.peft.tuners.selective.select import select_parameters
+from minipeft.peft.tuners.selective.select import SUPPORTED, select_parameters
 
 
 class SelectiveModel(BaseTuner):
     """The user's model with the parameters a SelectiveConfig selects trained as per-adapter copies."""
 
     layer_classes = (SelectiveLayer,)
-    target_types = (Linear, LayerNorm, Embedding)
+    target_types = SUPPORTED
     mergeable = True
 
     def _inject(self, name: str, config: SelectiveConfig) -> None:

@@ -1,4 +1,4 @@
-"""Which base parameters a selection names: by kind (bias, norm, all), by module pattern, by block index.
+"""Which base parameters a selection names: by kind (bias, norm, embedding, all), by module pattern, by layer index.
 
 Shared by selective fine-tuning (the selected tensors train) and sparse fine-tuning (the selected tensors are
 the candidates whose entries are scored). A module already wrapped by one of these methods counts as the
@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from minipeft.nn.layers import Embedding, LayerNorm, Linear
+from minipeft.nn.llama import RMSNorm
 from minipeft.nn.module import Module, Parameter
 from minipeft.peft.tuners.base_layer import BaseTunerLayer
 from minipeft.peft.tuners.targets import layer_index, matches
 
-SUPPORTED = (Linear, LayerNorm, Embedding)   # the modules that hold parameters in our GPT
+NORMS = (LayerNorm, RMSNorm)                          # "norm" selects their parameters (RMSNorm has only a scale)
+SUPPORTED = (Linear, LayerNorm, RMSNorm, Embedding)   # the modules that hold parameters in the GPT and the Llama
 
 
 def own_parameters(module: Module) -> list[str]:
@@ -35,9 +37,17 @@ def parameter_modules(model: Module) -> Iterator[tuple[str, Module]]:
             yield path, m
 
 
-def _kind_selected(module: Module, pname: str, types: list[str]) -> bool:
-    is_norm = isinstance(module, LayerNorm)
-    return "all" in types or ("bias" in types and pname == "bias") or ("norm" in types and is_norm)
+def input_embeddings(model: Module) -> Module | None:
+    """The token embedding table, model.get_input_embeddings() (the module it wraps, if an adapter wraps it)."""
+    get = getattr(model, "get_input_embeddings", None)
+    m = None if get is None else get()
+    return m.get_base_layer() if isinstance(m, BaseTunerLayer) else m
+
+
+def _kind_selected(module: Module, pname: str, types: list[str], embeddings: Module | None) -> bool:
+    is_norm = isinstance(module, NORMS)
+    return ("all" in types or ("bias" in types and pname == "bias") or ("norm" in types and is_norm)
+            or ("embedding" in types and module is embeddings))
 
 
 def _module_selected(path: str, target_modules) -> bool:
@@ -52,10 +62,17 @@ def select_parameters(model: Module, config, method: str) -> dict[str, list[str]
     config has trainable_types, target_modules, layers_to_transform (see SelectiveConfig).
     """
     types, targets, layers = config.trainable_types, config.target_modules, config.layers_to_transform
+    if "bias" in types and "all" not in types and not any(p == "bias" for _, m in parameter_modules(model)
+                                                           for p in own_parameters(m)):
+        raise ValueError(f"{method}: trainable_types={types!r} asks for the bias terms (BitFit), but this "
+                         f"{type(model).__name__} has no bias parameter (a Llama's Linear and RMSNorm layers have "
+                         "none); choose another selection, e.g. trainable_types=['norm'] (the RMSNorm scales) or "
+                         "target_modules=['v_proj']")
     chosen: dict[str, list[str]] = {}
+    embeddings = input_embeddings(model)
     for path, m in parameter_modules(model):
         by_module = targets is not None and _module_selected(path, targets)
-        names = [n for n in own_parameters(m) if by_module or _kind_selected(m, n, types)]
+        names = [n for n in own_parameters(m) if by_module or _kind_selected(m, n, types, embeddings)]
         if names and layers is not None and layer_index(path) not in layers:
             continue
         if names:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from minipeft.nn.layers import Embedding, LayerNorm, Linear
 from minipeft.peft.tuners.base import BaseTuner
+from minipeft.peft.tuners.selective.select import SUPPORTED
 from minipeft.peft.tuners.sparse.config import SparseConfig, check_total
 from minipeft.peft.tuners.sparse.layer import SparseLayer
 from minipeft.peft.tuners.sparse.score import candidate_parameters
@@ -18,7 +18,7 @@ class SparseModel(BaseTuner):
     """The user's model with the entries a SparseConfig chose trained as per-adapter sparse diffs."""
 
     layer_classes = (SparseLayer,)
-    target_types = (Linear, LayerNorm, Embedding)
+    target_types = SUPPORTED
     mergeable = True
 
     def _inject(self, name: str, config: SparseConfig) -> None:
