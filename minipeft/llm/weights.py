@@ -100,6 +100,9 @@ def llama_from_state(state: dict[str, np.ndarray], cfg: LlamaConfig, source: str
     if cfg.tie_embeddings:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     own = dict(model.named_parameters())
+    dtypes = {str(w.dtype) for w in state.values()}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in ("float32", "float64"):
+        raise ValueError(f"{source}: the weights must all be float32 or all float64, got {sorted(dtypes)}")
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         raise ValueError(f"{source}: the weights do not fit a Llama of this config: missing {missing[:5]}, "
@@ -108,7 +111,7 @@ def llama_from_state(state: dict[str, np.ndarray], cfg: LlamaConfig, source: str
         w = state[name]
         if tuple(w.shape) != tuple(p.shape):
             raise ValueError(f"{source}: {name} has shape {tuple(w.shape)}, the config needs {tuple(p.shape)}")
-        p.data = backend.xp().asarray(w, dtype=p.dtype)
+        p.data = backend.xp().asarray(w)            # the file's values in the dtype they were read as
     return model
 
 
