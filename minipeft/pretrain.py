@@ -24,6 +24,7 @@ from minipeft.checkpoint import load_checkpoint, save_checkpoint
 from minipeft.data.batching import encode_corpus, lm_batches
 from minipeft.data.generator import DATA_VERSION, make_corpus
 from minipeft.data.tokenizer import Tokenizer
+from minipeft.io_utils import file_in_the_way
 from minipeft.nn.gpt import GPT, PRESETS, GPTConfig
 from minipeft.optim import AdamW, cosine_schedule
 from minipeft.probes import list_copy_accuracy, repeat_accuracy
@@ -32,7 +33,14 @@ from minipeft.train import TrainResult, train
 
 def minipeft_home() -> Path:
     """Where cached artifacts live: $MINIPEFT_HOME, default ~/.cache/minipeft."""
-    return Path(os.environ.get("MINIPEFT_HOME") or Path.home() / ".cache" / "minipeft")
+    home = Path(os.environ.get("MINIPEFT_HOME") or Path.home() / ".cache" / "minipeft")
+    blocker = home if home.exists() and not home.is_dir() else file_in_the_way(home)
+    if blocker is not None:
+        source = "MINIPEFT_HOME" if os.environ.get("MINIPEFT_HOME") else "the default cache folder"
+        raise NotADirectoryError(f"{source} is {home}, but {blocker} is a file, so the cached base model cannot be "
+                                 "kept there; set MINIPEFT_HOME to a folder (it is made if missing), or unset it for "
+                                 "~/.cache/minipeft")
+    return home
 
 
 @dataclass(frozen=True)
