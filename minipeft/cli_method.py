@@ -121,6 +121,12 @@ def plan_method(args) -> Plan:
         if (config is not None or overrides) and recipe.config is None:
             raise ValueError(f"--method {method} builds its model itself and takes no --config, --r, --alpha or "
                              "--targets; pick a registered peft_type (e.g. --method lora) to set them")
+        if overrides and config is None:     # the fields checked now on a tiny GPT: the recipe's config class
+            from minipeft.nn import GPT, GPTConfig  # noqa: PLC0415
+
+            with_overrides(recipe.config(GPT(GPTConfig.from_preset("test"))), overrides, method)
+        elif overrides:
+            with_overrides(config, overrides, method)
         return Plan(method, recipe, config, overrides, recipe.quantization, args.lr or recipe.lr)
     if method.upper() not in PEFT_TYPE_TO_CONFIG:
         raise ValueError(f"--method {method!r} is neither a recipe ({', '.join(METHOD_RECIPES)}) nor a registered "
