@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,13 +38,25 @@ from minipeft.data.generator import TASKS, Task, get_task, make_splits
 from minipeft.data.jsonl import load_jsonl
 
 RUN_FILE = "minipeft_run.json"      # beside an adapter: the method, task and base it was trained with
+QUICK_BASE_VAR = "MINIPEFT_QUICK_BASE"   # which base --quick means: small (default) or tiny (the test suite's)
+
+
+def base_name(quick: bool) -> str:
+    """The base a command runs on: full, or with --quick $MINIPEFT_QUICK_BASE (small, the default, or tiny)."""
+    if not quick:
+        return "full"
+    name = os.environ.get(QUICK_BASE_VAR) or "small"
+    if name not in ("small", "tiny"):
+        raise ValueError(f"{QUICK_BASE_VAR}={name!r}: --quick runs on the small base (default) or the tiny one; set "
+                         f"{QUICK_BASE_VAR} to small or tiny, or unset it")
+    return name
 
 
 # ---- the commands ----------------------------------------------------------------------------------------------
 def cmd_pretrain(args) -> None:
-    from minipeft.pretrain import load_base_model  # noqa: PLC0415
+    from minipeft.pretrain import BASES, load_base_model  # noqa: PLC0415
 
-    base = load_base_model(quick=args.quick, rebuild=args.rebuild, progress=True)
+    base = load_base_model(cfg=BASES[base_name(args.quick)], rebuild=args.rebuild, progress=True)
     info = base.info
     print(f"base model: {base.model.num_parameters():,d} parameters at {base.path}")
     print(f"validation perplexity {info['val_perplexity']:.3f} (from {info['val_perplexity_init']:.1f} at "
@@ -75,7 +88,7 @@ def cmd_finetune(args) -> None:
     from minipeft.generate import context_left  # noqa: PLC0415
     from minipeft.io_utils import atomic_write_text, json_safe  # noqa: PLC0415
     from minipeft.peft import get_peft_model  # noqa: PLC0415
-    from minipeft.pretrain import load_base_model  # noqa: PLC0415
+    from minipeft.pretrain import BASES, load_base_model  # noqa: PLC0415
     from minipeft.quant import quantize_model  # noqa: PLC0415
 
     plan = args.plan
@@ -91,10 +104,10 @@ def cmd_finetune(args) -> None:
     if len(train) < args.batch_size:
         raise ValueError(f"{len(train)} training rows are fewer than --batch-size {args.batch_size}; pass a smaller "
                          "--batch-size, or more rows (with --data, a fifth of them, at most --n-test, is held out)")
-    base = load_base_model(quick=args.quick, progress=True)
+    base = load_base_model(cfg=BASES[base_name(args.quick)], progress=True)
     tok = base.tokenizer
     mp.manual_seed(args.seed)
-    fresh = load_base_model(quick=args.quick, progress=False).model
+    fresh = load_base_model(cfg=BASES[base_name(args.quick)], progress=False).model
     config = plan.build_config(fresh)
     if config is None:
         sampler = sft_sampler(train, task, tok, args.batch_size, context_left(base.model), args.seed)
@@ -109,7 +122,8 @@ def cmd_finetune(args) -> None:
                    progress=True, measure_memory=False, desc=plan.name)
     scores = evaluate(model, tok, test, task, args.max_new_tokens, metric=metric)[0] if test else {}
     model.save_pretrained(str(args.out))
-    run = {"method": plan.name, "task": task.name, "quick": args.quick, "base": str(base.path), "lr": lr,
+    run = {"method": plan.name, "task": task.name, "quick": args.quick, "base_name": base_name(args.quick),
+           "base": str(base.path), "lr": lr,
            "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "n_train": len(train),
            "n_test": len(test), "final_loss": res.final_loss, "train_s": res.wall_time_s, "scores": scores,
            "data": None if args.data is None else str(args.data), "metric": metric,
@@ -150,12 +164,16 @@ def load_adapted(adapter: Path, quick: bool):
     from minipeft.cli_method import import_methods  # noqa: PLC0415
     from minipeft.compare.recipes import NF4_DQ  # noqa: PLC0415
     from minipeft.peft import PeftModel  # noqa: PLC0415
-    from minipeft.pretrain import load_base_model  # noqa: PLC0415
+    from minipeft.pretrain import BASES, load_base_model  # noqa: PLC0415
     from minipeft.quant import BitsAndBytesConfig, quantize_model  # noqa: PLC0415
 
     run = read_run(adapter)
     import_methods(run.get("imports"))
-    base = load_base_model(quick=run.get("quick", quick), progress=True)
+    name = run.get("base_name") or base_name(run.get("quick", quick))
+    if name not in BASES:
+        raise ValueError(f"{adapter / RUN_FILE}: base_name {name!r} is not one of {sorted(BASES)}; run finetune --out "
+                         f"{adapter} again")
+    base = load_base_model(cfg=BASES[name], progress=True)
     qcfg = run.get("quantization")
     if qcfg is not None:
         model = quantize_model(base.model, BitsAndBytesConfig.from_dict(qcfg))
@@ -168,7 +186,7 @@ def cmd_generate(args) -> None:
     from minipeft.checkpoint import load_checkpoint  # noqa: PLC0415
     from minipeft.data.tokenizer import Tokenizer  # noqa: PLC0415
     from minipeft.generate import generate_text  # noqa: PLC0415
-    from minipeft.pretrain import load_base_model  # noqa: PLC0415
+    from minipeft.pretrain import BASES, load_base_model  # noqa: PLC0415
 
     if args.adapter is not None:
         model, tok, _ = load_adapted(args.adapter, args.quick)
@@ -179,7 +197,7 @@ def cmd_generate(args) -> None:
         model = load_checkpoint(args.model / "model.safetensors")
         tok = Tokenizer.from_file(args.model / "tokenizer.json")
     else:
-        base = load_base_model(quick=args.quick, progress=True)
+        base = load_base_model(cfg=BASES[base_name(args.quick)], progress=True)
         model, tok = base.model, base.tokenizer
     prompt = args.prompt
     if args.task is not None:
@@ -245,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_, formatter_class=_Help)
         sp.set_defaults(fn=fn)
-        sp.add_argument("--quick", action="store_true", help="the tiny base model (seconds; for trying things out)")
+        sp.add_argument("--quick", action="store_true", help="a small base model (built in about a minute; "
+                        f"{QUICK_BASE_VAR}=tiny: the test suite's, in seconds)" if name != "compare" else
+                        "the tiny base, few rows and steps (seconds; for trying things out)")
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,   # also after the command
                         help="print the full traceback when the command fails")
         return sp
@@ -316,6 +336,7 @@ def check_before_work(parser: argparse.ArgumentParser, args) -> None:
 
     try:
         minipeft_home()
+        base_name(getattr(args, "quick", False))
         if args.command == "finetune":
             from minipeft.cli_method import plan_method  # noqa: PLC0415
 

@@ -100,6 +100,15 @@ QUICK = PretrainConfig(preset="test", n_docs=600, n_val_docs=50, vocab_size=384,
                        seq_len=64, lr=1e-2, min_lr=1e-3, warmup=5, corpus_weights=READING["corpus_weights"],
                        overrides=(("context_length", 384), ("d_model", 32), ("d_ff", 64), *READING["overrides"]))
 
+# The base for trying the whole loop (the command line's --quick): big enough to learn a toy task in a short
+# fine-tune (sentiment, scored by exact match), small enough to build in about a minute on 2 cores; the figures,
+# measured once, are in the README's "Command line" section.
+SMALL = PretrainConfig(preset="mini", n_docs=3000, n_val_docs=100, vocab_size=512, steps=300, batch_size=8,
+                       seq_len=128, lr=1e-2, min_lr=1e-3, warmup=20, corpus_weights=READING["corpus_weights"],
+                       overrides=(("context_length", 256), ("d_model", 64), ("n_layer", 2), ("n_head", 4),
+                                  ("d_ff", 256), *READING["overrides"]))
+BASES = {"full": FULL, "small": SMALL, "tiny": QUICK}   # the bases by name, as the command line records them
+
 
 @dataclass
 class BaseModel:

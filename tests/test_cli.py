@@ -23,6 +23,7 @@ PROMPT = "#Person1#: Shall we meet at the library on Friday? #Person2#: Yes, at 
 def home(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MINIPEFT_HOME", str(tmp_path_factory.mktemp("minipeft_home")))
+    mp.setenv("MINIPEFT_QUICK_BASE", "tiny")          # --quick on the tiny base: the suite runs in seconds
     yield
     mp.undo()
 
@@ -242,3 +243,29 @@ def test_finetune_without_progress_prints_nothing(home, capsys):
              progress=False, measure_memory=False)
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""                   # was: "finetune step 10/10: loss ..."
+
+
+@pytest.mark.parametrize("env, built", [(None, "small"), ("tiny", "tiny"), ("small", "small")])
+def test_quick_means_the_small_base_unless_told_tiny(env, built, tmp_path, capsys, monkeypatch):
+    """--quick builds the small base, which learns a toy task in a short fine-tune (the README's figures); the suite
+    keeps the tiny one with MINIPEFT_QUICK_BASE=tiny."""
+    from minipeft import pretrain
+
+    seen = []
+
+    def stop(cfg=None, **kwargs):
+        seen.append(cfg)
+        raise RuntimeError("stopped before building")
+
+    monkeypatch.setenv("MINIPEFT_HOME", str(tmp_path))
+    if env is None:
+        monkeypatch.delenv("MINIPEFT_QUICK_BASE", raising=False)
+    else:
+        monkeypatch.setenv("MINIPEFT_QUICK_BASE", env)
+    monkeypatch.setattr(pretrain, "load_base_model", stop)
+    code, _, err = run(["pretrain", "--quick"], capsys)
+    assert code == 1 and "stopped before building" in err
+    assert seen == [pretrain.BASES[built]] and pretrain.SMALL != pretrain.QUICK
+    monkeypatch.setenv("MINIPEFT_QUICK_BASE", "huge")
+    code, _, err = run(["pretrain", "--quick"], capsys)
+    assert code == 2 and "MINIPEFT_QUICK_BASE='huge'" in err and len(seen) == 1
