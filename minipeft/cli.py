@@ -6,7 +6,9 @@ on stderr naming what went wrong (pass --debug for the traceback); 130 interrupt
 
     python -m minipeft pretrain                          # build (or find) the cached base model
     python -m minipeft finetune --method lora-all --task dialogsum --out my_adapter
-    python -m minipeft finetune --method ia3 --data my_rows.jsonl --out my_adapter   # your own JSONL
+    python -m minipeft finetune --method ia3 --data my_rows.jsonl --metric exact --out my_adapter   # your own JSONL
+    python -m minipeft finetune --method lora-qv --r 4 --alpha 8 --targets q_proj,v_proj --out my_adapter
+    python -m minipeft finetune --import my_method.py --config my_config.json --lr 1e-2 --out my_adapter
     python -m minipeft generate --adapter my_adapter --task dialogsum --prompt "#Person1#: ..."
     python -m minipeft merge --adapter my_adapter --out merged_model
     python -m minipeft compare --quick                   # every method, one table

@@ -24,7 +24,7 @@ from minipeft.checkpoint import load_checkpoint, save_checkpoint
 from minipeft.data.batching import encode_corpus, lm_batches
 from minipeft.data.generator import DATA_VERSION, make_corpus
 from minipeft.data.tokenizer import Tokenizer
-from minipeft.io_utils import file_in_the_way
+from minipeft.io_utils import file_in_the_way, json_safe
 from minipeft.nn.gpt import GPT, PRESETS, GPTConfig
 from minipeft.optim import AdamW, cosine_schedule
 from minipeft.probes import list_copy_accuracy, repeat_accuracy
@@ -197,7 +197,7 @@ def load_base_model(quick: bool = False, cfg: PretrainConfig | None = None, prog
     try:
         save_checkpoint(base.model, tmp / "model.safetensors")
         base.tokenizer.save(tmp / "tokenizer.json")
-        (tmp / "pretrain.json").write_text(json.dumps(base.info))
+        (tmp / "pretrain.json").write_text(json.dumps(json_safe(base.info), allow_nan=False))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)  # the folder appears complete or not at all
