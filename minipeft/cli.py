@@ -171,7 +171,12 @@ def load_adapted(adapter: Path, quick: bool):
 
     run = read_run(adapter)
     import_methods(run.get("imports"))
-    name = run.get("base_name") or base_name(run.get("quick", quick))
+    if "base_name" in run:
+        name = run["base_name"]
+    elif "quick" in run:         # a record from before the small base: its --quick meant the tiny base
+        name = "tiny" if run["quick"] else "full"
+    else:
+        name = base_name(quick)
     if name not in BASES:
         raise ValueError(f"{adapter / RUN_FILE}: base_name {name!r} is not one of {sorted(BASES)}; run finetune --out "
                          f"{adapter} again")

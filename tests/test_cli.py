@@ -269,3 +269,15 @@ def test_quick_means_the_small_base_unless_told_tiny(env, built, tmp_path, capsy
     monkeypatch.setenv("MINIPEFT_QUICK_BASE", "huge")
     code, _, err = run(["pretrain", "--quick"], capsys)
     assert code == 2 and "MINIPEFT_QUICK_BASE='huge'" in err and len(seen) == 1
+
+
+def test_a_record_without_base_name_loads_on_the_tiny_base_its_quick_meant(home, tmp_path, capsys, monkeypatch):
+    code, _, err = run(["finetune", "--method", "lora-qv", "--out", str(tmp_path / "a"), *TINY], capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "a" / RUN_FILE).read_text())
+    assert record.pop("base_name") == "tiny"
+    (tmp_path / "a" / RUN_FILE).write_text(json.dumps(record))
+    monkeypatch.delenv("MINIPEFT_QUICK_BASE")        # --quick now means the small base, which is not built here
+    code, out, err = run(["generate", "--adapter", str(tmp_path / "a"), "--prompt", "Hi", "--max-new-tokens", "2"],
+                         capsys)
+    assert code == 0 and "building" not in out, err
