@@ -25,6 +25,7 @@ from minipeft.io_utils import (
     CHECKSUM_KEY,
     ChecksumMismatch,
     atomic_write_bytes,
+    check_folder_path,
     read_checked_tensors,
     remove_stale_temps,
     tensors_sha256,
@@ -41,6 +42,7 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(model: Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
     """Write every parameter of `model` and its config to a safetensors file at `path`, atomically."""
+    check_folder_path(path, "save_checkpoint")
     if hasattr(model, "peft_config"):
         raise TypeError(f"save_checkpoint: got a {type(model).__name__} (a base model with adapters); save the "
                         "adapter alone with model.save_pretrained(directory), or fold it into the base with "

@@ -6,7 +6,9 @@ on stderr naming what went wrong (pass --debug for the traceback); 130 interrupt
 
     python -m minipeft pretrain                          # build (or find) the cached base model
     python -m minipeft finetune --method lora-all --task dialogsum --out my_adapter
-    python -m minipeft finetune --method ia3 --data my_rows.jsonl --out my_adapter   # your own JSONL
+    python -m minipeft finetune --method ia3 --data my_rows.jsonl --metric exact --out my_adapter   # your own JSONL
+    python -m minipeft finetune --method lora-qv --r 4 --alpha 8 --targets q_proj,v_proj --out my_adapter
+    python -m minipeft finetune --import my_method.py --config my_config.json --lr 1e-2 --out my_adapter
     python -m minipeft generate --adapter my_adapter --task dialogsum --prompt "#Person1#: ..."
     python -m minipeft merge --adapter my_adapter --out merged_model
     python -m minipeft compare --quick                   # every method, one table
@@ -15,85 +17,48 @@ on stderr naming what went wrong (pass --debug for the traceback); 130 interrupt
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import math
+import os
 import sys
 from pathlib import Path
 
+from minipeft.cli_args import (
+    comma_list,
+    existing_dir,
+    existing_file,
+    method_list,
+    metric_name,
+    non_negative_float,
+    non_negative_int,
+    numbers_as_values,
+    out_dir,
+    positive_float,
+    positive_int,
+)
 from minipeft.data.generator import TASKS, Task, get_task, make_splits
 from minipeft.data.jsonl import load_jsonl
 
 RUN_FILE = "minipeft_run.json"      # beside an adapter: the method, task and base it was trained with
+QUICK_BASE_VAR = "MINIPEFT_QUICK_BASE"   # which base --quick means: small (default) or tiny (the test suite's)
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
-    return v
-
-
-def non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else positive_int(text)
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return v
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return v
-
-
-def out_dir(text: str) -> Path:
-    """A folder to write: new, or an existing folder (refused before any work if a file has the name)."""
-    if Path(text).exists() and not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file; --out names a folder to write")
-    return Path(text)
-
-
-def existing_file(text: str) -> Path:
-    if not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text}")
-    return Path(text)
-
-
-def existing_dir(text: str) -> Path:
-    if not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"no such folder: {text}")
-    return Path(text)
-
-
-def method_list(text: str) -> tuple[str, ...]:
-    from minipeft.compare import METHOD_RECIPES  # noqa: PLC0415 (imports every method: only when needed)
-
-    names = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in names if m not in METHOD_RECIPES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown or text!r}; choose from {list(METHOD_RECIPES)}")
-    return names
+def base_name(quick: bool) -> str:
+    """The base a command runs on: full, or with --quick $MINIPEFT_QUICK_BASE (small, the default, or tiny)."""
+    if not quick:
+        return "full"
+    name = os.environ.get(QUICK_BASE_VAR) or "small"
+    if name not in ("small", "tiny"):
+        raise ValueError(f"{QUICK_BASE_VAR}={name!r}: --quick runs on the small base (default) or the tiny one; set "
+                         f"{QUICK_BASE_VAR} to small or tiny, or unset it")
+    return name
 
 
 # ---- the commands ----------------------------------------------------------------------------------------------
 def cmd_pretrain(args) -> None:
-    from minipeft.pretrain import load_base_model  # noqa: PLC0415
+    from minipeft.pretrain import BASES, load_base_model  # noqa: PLC0415
 
-    base = load_base_model(quick=args.quick, rebuild=args.rebuild, progress=True)
+    base = load_base_model(cfg=BASES[base_name(args.quick)], rebuild=args.rebuild, progress=True)
     info = base.info
     print(f"base model: {base.model.num_parameters():,d} parameters at {base.path}")
     print(f"validation perplexity {info['val_perplexity']:.3f} (from {info['val_perplexity_init']:.1f} at "
@@ -120,11 +85,15 @@ def jsonl_task(path: Path, task_name: str | None) -> tuple[Task, list[dict]]:
 
 def cmd_finetune(args) -> None:
     import minipeft as mp  # noqa: PLC0415
-    from minipeft.compare import METHOD_RECIPES, BuildContext  # noqa: PLC0415
+    from minipeft.compare import BuildContext  # noqa: PLC0415
     from minipeft.finetune import evaluate, finetune, sft_sampler  # noqa: PLC0415
     from minipeft.generate import context_left  # noqa: PLC0415
-    from minipeft.pretrain import load_base_model  # noqa: PLC0415
+    from minipeft.io_utils import json_safe  # noqa: PLC0415
+    from minipeft.peft import get_peft_model  # noqa: PLC0415
+    from minipeft.pretrain import BASES, load_base_model  # noqa: PLC0415
+    from minipeft.quant import quantize_model  # noqa: PLC0415
 
+    plan = args.plan
     if args.data is not None:
         task, rows = jsonl_task(args.data, args.task)
         n_test = min(args.n_test, len(rows) // 5)               # hold out up to a fifth of the user's rows
@@ -133,46 +102,92 @@ def cmd_finetune(args) -> None:
         task = get_task(args.task or "dialogsum")
         splits = make_splits(task.name, args.n_train, 0, args.n_test, seed=args.seed)
         train, test = splits["train"], splits["test"]
+    metric = args.metric or (task.metric if args.data is not None else None)   # your data: no dialogue metric
     if len(train) < args.batch_size:
         raise ValueError(f"{len(train)} training rows are fewer than --batch-size {args.batch_size}; pass a smaller "
                          "--batch-size, or more rows (with --data, a fifth of them, at most --n-test, is held out)")
-    recipe = METHOD_RECIPES[args.method]
-    base = load_base_model(quick=args.quick, progress=True)
+    base = load_base_model(cfg=BASES[base_name(args.quick)], progress=True)
     tok = base.tokenizer
     mp.manual_seed(args.seed)
-    sampler = sft_sampler(train, task, tok, args.batch_size, context_left(base.model), args.seed)
-    model = recipe.make(load_base_model(quick=args.quick, progress=False).model,
-                        BuildContext(batches=lambda n: [sampler(i) for i in range(n)], full_model_adapter=True))
+    fresh = load_base_model(cfg=BASES[base_name(args.quick)], progress=False).model
+    config = plan.build_config(fresh)
+    if config is None:
+        sampler = sft_sampler(train, task, tok, args.batch_size, context_left(base.model), args.seed)
+        model = plan.recipe.make(fresh, BuildContext(batches=lambda n: [sampler(i) for i in range(n)],
+                                                     full_model_adapter=True))
+    else:
+        model = get_peft_model(fresh if plan.quantization is None else quantize_model(fresh, plan.quantization),
+                               config)
     model.print_trainable_parameters()
-    lr = args.lr or recipe.lr
+    lr = plan.lr
     res = finetune(model, tok, task, train, steps=args.steps, batch_size=args.batch_size, lr=lr, seed=args.seed,
-                   progress=True, measure_memory=False, desc=args.method)
-    scores = evaluate(model, tok, test, task, args.max_new_tokens)[0] if test else {}
-    run = {"method": args.method, "task": task.name, "quick": args.quick, "base": str(base.path), "lr": lr,
+                   progress=True, measure_memory=False, desc=plan.name)
+    scores = evaluate(model, tok, test, task, args.max_new_tokens, metric=metric)[0] if test else {}
+    run = {"method": plan.name, "task": task.name, "quick": args.quick, "base_name": base_name(args.quick),
+           "base": str(base.path), "lr": lr,
            "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "n_train": len(train),
            "n_test": len(test), "final_loss": res.final_loss, "train_s": res.wall_time_s, "scores": scores,
-           "data": None if args.data is None else str(args.data)}
+           "data": None if args.data is None else str(args.data), "metric": metric,
+           "quantization": None if plan.quantization is None else plan.quantization.to_dict(),
+           "imports": [str(Path(m).resolve()) if m.endswith(".py") else m for m in args.imports or []],
+           "losses": res.losses}
     # the record is written in the adapter's own unit: a crash leaves both old or both new, never a mix
-    model.save_pretrained(str(args.out), extra_files={RUN_FILE: (json.dumps(run, indent=1) + "\n").encode()})
+    record = json.dumps(json_safe(run), indent=1, allow_nan=False) + "\n"
+    model.save_pretrained(str(args.out), extra_files={RUN_FILE: record.encode()})
     print(f"trained {args.steps} steps in {res.wall_time_s:.1f} s, final loss {res.final_loss:.4f} (the mean of the "
           "last 10 steps' losses)")
     if scores:
         print(f"on {len(test)} held-out rows: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    if args.plot:
+        from minipeft.plots import save_loss_plot  # noqa: PLC0415
+
+        print(f"loss curve: {save_loss_plot(res.losses, Path(args.out) / 'loss.png', title=plan.name)}")
     print(f"adapter written to {args.out}")
+
+
+def read_run(adapter: Path) -> dict:
+    """The run record beside an adapter ({} when there is none), refused by name when it is not one."""
+    run_file = adapter / RUN_FILE
+    if not run_file.is_file():
+        return {}
+    try:
+        run = json.loads(run_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{run_file} is not valid JSON ({e}); it says which base the adapter was trained on: run "
+                         f"finetune --out {adapter} again, or delete the file to load the adapter on the default "
+                         "(float) base") from None
+    if not isinstance(run, dict):
+        raise ValueError(f"{run_file} holds a JSON {type(run).__name__}, not the run record finetune writes; run "
+                         f"finetune --out {adapter} again, or delete the file")
+    return run
 
 
 def load_adapted(adapter: Path, quick: bool):
     """(model, tokenizer, run info) of an adapter folder on the base it was trained on (4-bit for QLoRA)."""
+    from minipeft.cli_method import import_methods  # noqa: PLC0415
     from minipeft.compare.recipes import NF4_DQ  # noqa: PLC0415
     from minipeft.peft import PeftModel, save_load  # noqa: PLC0415
-    from minipeft.pretrain import load_base_model  # noqa: PLC0415
-    from minipeft.quant import quantize_model  # noqa: PLC0415
+    from minipeft.pretrain import BASES, load_base_model  # noqa: PLC0415
+    from minipeft.quant import BitsAndBytesConfig, quantize_model  # noqa: PLC0415
 
     save_load.recover(str(adapter))   # finish a save a crash cut short before reading its record
-    run_file = adapter / RUN_FILE
-    run = json.loads(run_file.read_text()) if run_file.is_file() else {}
-    base = load_base_model(quick=run.get("quick", quick), progress=True)
-    model = quantize_model(base.model, NF4_DQ) if run.get("method") == "qlora" else base.model
+    run = read_run(adapter)
+    import_methods(run.get("imports"))
+    if "base_name" in run:
+        name = run["base_name"]
+    elif "quick" in run:         # a record from before the small base: its --quick meant the tiny base
+        name = "tiny" if run["quick"] else "full"
+    else:
+        name = base_name(quick)
+    if name not in BASES:
+        raise ValueError(f"{adapter / RUN_FILE}: base_name {name!r} is not one of {sorted(BASES)}; run finetune --out "
+                         f"{adapter} again")
+    base = load_base_model(cfg=BASES[name], progress=True)
+    qcfg = run.get("quantization")
+    if qcfg is not None:
+        model = quantize_model(base.model, BitsAndBytesConfig.from_dict(qcfg))
+    else:
+        model = quantize_model(base.model, NF4_DQ) if run.get("method") == "qlora" else base.model
     return PeftModel.from_pretrained(model, str(adapter)), base.tokenizer, run
 
 
@@ -180,7 +195,7 @@ def cmd_generate(args) -> None:
     from minipeft.checkpoint import load_checkpoint  # noqa: PLC0415
     from minipeft.data.tokenizer import Tokenizer  # noqa: PLC0415
     from minipeft.generate import generate_text  # noqa: PLC0415
-    from minipeft.pretrain import load_base_model  # noqa: PLC0415
+    from minipeft.pretrain import BASES, load_base_model  # noqa: PLC0415
 
     if args.adapter is not None:
         model, tok, _ = load_adapted(args.adapter, args.quick)
@@ -191,7 +206,7 @@ def cmd_generate(args) -> None:
         model = load_checkpoint(args.model / "model.safetensors")
         tok = Tokenizer.from_file(args.model / "tokenizer.json")
     else:
-        base = load_base_model(quick=args.quick, progress=True)
+        base = load_base_model(cfg=BASES[base_name(args.quick)], progress=True)
         model, tok = base.model, base.tokenizer
     prompt = args.prompt
     if args.task is not None:
@@ -257,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_, formatter_class=_Help)
         sp.set_defaults(fn=fn)
-        sp.add_argument("--quick", action="store_true", help="the tiny base model (seconds; for trying things out)")
+        sp.add_argument("--quick", action="store_true", help="a small base model (built in about a minute; "
+                        f"{QUICK_BASE_VAR}=tiny: the test suite's, in seconds)" if name != "compare" else
+                        "the tiny base, few rows and steps (seconds; for trying things out)")
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,   # also after the command
                         help="print the full traceback when the command fails")
         return sp
@@ -265,11 +282,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("pretrain", cmd_pretrain, "build the base model (or report the cached one)")
     sp.add_argument("--rebuild", action="store_true", help="retrain even if a cached model exists")
     sp = add("finetune", cmd_finetune, "fine-tune the base with one method and write an adapter folder")
-    sp.add_argument("--method", required=True, choices=methods, help="the PEFT method")
+    sp.add_argument("--method", help=f"a recipe ({','.join(methods)}), or a registered peft_type (lora, ia3, ...; "
+                    "your own with --import) configured by --config/--r/--alpha/--targets; default: --config's")
+    sp.add_argument("--config", type=existing_file, help="the method's config as JSON, in adapter_config.json's form "
+                    '(e.g. {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})')
+    sp.add_argument("--r", type=positive_int, help="rank (LoRA's r), on top of the recipe's or --config's")
+    sp.add_argument("--alpha", type=positive_float, help="scaling numerator (LoRA's lora_alpha)")
+    sp.add_argument("--targets", type=comma_list, help="modules to adapt: q_proj,v_proj or all-linear")
+    sp.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                    help="a module or .py file to import first (registers a method of your own; repeatable)")
     sp.add_argument("--task", choices=sorted(TASKS), help="a generated task (default dialogsum), or the shape of "
                     "--data's rows")
     sp.add_argument("--data", type=existing_file, help="your own JSONL: the task's fields, or prompt/completion")
+    sp.add_argument("--metric", type=metric_name, help="how the held-out rows are scored: rouge, exact (exact_match) "
+                    "or accuracy (default: the task's; with --data, ROUGE for prompt/completion rows)")
     sp.add_argument("--out", type=out_dir, required=True, help="the adapter folder to write")
+    sp.add_argument("--plot", action="store_true", help="also write loss.png, the training loss per step (needs "
+                    "matplotlib: pip install 'minipeft[plots]')")
     sp.add_argument("--steps", type=positive_int, default=150, help="optimizer steps")
     sp.add_argument("--batch-size", type=positive_int, default=16, help="rows per step")
     sp.add_argument("--lr", type=positive_float, help="peak learning rate (default: the method's recipe)")
@@ -284,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=positive_int)
     sp.add_argument("--n-test", type=positive_int)
     sp.add_argument("--seed", type=int)
-    sp.add_argument("--out", type=Path, default=Path("compare_out"), help="folder for compare.csv/.json/.png")
+    sp.add_argument("--out", type=out_dir, default=Path("compare_out"), help="folder for compare.csv/.json/.png")
     sp.add_argument("--no-plot", action="store_true", help="skip the PNG")
     sp = add("generate", cmd_generate, "continue a prompt with the base, an adapter, or a merged model")
     sp.add_argument("--prompt", required=True, help="the text to continue (with --task: the task's input)")
@@ -309,9 +338,30 @@ def _method_names() -> list[str]:
     return list(METHOD_RECIPES)
 
 
+def check_before_work(parser: argparse.ArgumentParser, args) -> None:
+    """What can be refused before any work starts, with argparse's exit code 2: the cache folder, the method and
+    its config, the plotting extra."""
+    from minipeft.pretrain import minipeft_home  # noqa: PLC0415
+
+    try:
+        minipeft_home()
+        base_name(getattr(args, "quick", False))
+        if args.command == "finetune":
+            from minipeft.cli_method import plan_method  # noqa: PLC0415
+
+            args.plan = plan_method(args)
+            if args.plot and importlib.util.find_spec("matplotlib") is None:
+                raise ValueError("--plot needs matplotlib, which is not installed: pip install 'minipeft[plots]' (or "
+                                 "pip install matplotlib), or leave --plot out (the run record keeps the losses)")
+    except (ValueError, TypeError, OSError) as e:
+        parser.error(" ".join(str(e).split()))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (argparse exits with 2 itself on bad arguments)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(numbers_as_values(sys.argv[1:] if argv is None else list(argv)))
+    check_before_work(parser, args)
     try:
         args.fn(args)
     except KeyboardInterrupt:

@@ -41,19 +41,26 @@ def finetune(model, tok, task: str, rows: Sequence[dict], *, steps: int, batch_s
              weight_decay: float = 0.0, warmup: int = 20, max_len: int | None = None, seed: int = 0,
              progress: bool = True, measure_memory: bool = True, log_every: int = 10,
              desc: str = "finetune") -> TrainResult:
-    """AdamW on the model's trainable parameters, loss on completion tokens only, cosine learning rate."""
+    """AdamW on the model's trainable parameters, loss on completion tokens only, cosine learning rate.
+
+    progress=True shows a progress bar (the loss every log_every steps); progress=False prints nothing."""
     if not hasattr(tok, "encode_batch"):
         raise TypeError(f"finetune: tok must be the tokenizer the model was trained with (load_base_model().tokenizer, "
                         f"a minipeft Tokenizer), got {type(tok).__name__}")
     params = model.parameters(trainable_only=True)
     if not params:
+        frozen = [n for n, c in getattr(model, "peft_config", {}).items() if c.inference_mode]
+        if frozen:
+            raise ValueError(f"finetune: adapter(s) {frozen} were loaded for inference (inference_mode=True), so "
+                             "nothing trains; load the adapter with PeftModel.from_pretrained(base, path, "
+                             "is_trainable=True) (or load_adapter(path, name, is_trainable=True)) to train it further")
         raise ValueError("finetune: the model has no trainable parameters (did you freeze everything?)")
     max_len = _max_len(model, max_len, "finetune")
     opt = AdamW(params, lr=lr, weight_decay=weight_decay)
     return train(model, sft_sampler(rows, task, tok, batch_size, max_len, seed), steps=steps, optimizer=opt,
                  schedule=lambda s: cosine_schedule(s, steps, min(warmup, steps // 2), lr, lr / 10),
                  grad_clip=1.0, progress=progress, seed=seed, measure_memory=measure_memory, desc=desc,
-                 log_every=log_every)
+                 log_every=log_every if progress else 0)
 
 
 def validation_loss(model, tok, rows: Sequence[dict], task: str, max_len: int | None = None,
@@ -113,21 +120,35 @@ def predict(model, tok, rows: Sequence[dict], task: str, max_new_tokens: int = 4
     return out
 
 
-def score(task: str, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """The task's metric: ROUGE-1/2/L, exact match, or accuracy (first word vs label)."""
-    metric = get_task(task).metric
-    if metric == "rouge":
-        by_kind = fact_recall_by_kind(predictions, references, fact_kind)
-        return {**rouge(predictions, references), "fact_recall": fact_recall(predictions, references),
-                **{f"facts_{k}": v for k, v in by_kind.items()}}
-    if metric == "exact_match":
+METRICS = ("rouge", "exact_match", "accuracy")   # what score() computes; the task names its own
+
+
+def score(task: str, predictions: Sequence[str], references: Sequence[str],
+          metric: str | None = None) -> dict[str, float]:
+    """The task's metric (or `metric`): ROUGE-1/2/L, exact match, or accuracy (first word vs label).
+
+    The generated dialogues' task also gets fact recall (which facts of the dialogue the summary states), when
+    scored by its own metric: the facts are what its generator writes, so other text has none to recall."""
+    t = get_task(task)
+    if metric is not None and metric not in METRICS:
+        raise ValueError(f"score: metric must be one of {METRICS}, got {metric!r}")
+    chosen = metric or t.metric
+    if chosen == "rouge":
+        scores = rouge(predictions, references)
+        if metric is None and t is get_task("dialogsum"):
+            by_kind = fact_recall_by_kind(predictions, references, fact_kind)
+            scores |= {"fact_recall": fact_recall(predictions, references),
+                       **{f"facts_{k}": v for k, v in by_kind.items()}}
+        return scores
+    if chosen == "exact_match":
         return {"exact_match": exact_match(predictions, references)}
     first = [p.split()[0].strip(".,!").lower() if p.split() else "" for p in predictions]
     return {"accuracy": accuracy(first, references)}
 
 
-def evaluate(model, tok, rows: Sequence[dict], task: str, max_new_tokens: int = 48) -> tuple[dict, list[str]]:
-    """(metrics, predictions) of greedy generation on rows."""
+def evaluate(model, tok, rows: Sequence[dict], task: str, max_new_tokens: int = 48,
+             metric: str | None = None) -> tuple[dict, list[str]]:
+    """(metrics, predictions) of greedy generation on rows, scored by the task's metric or `metric`."""
     t = get_task(task)
     preds = predict(model, tok, rows, task, max_new_tokens)
-    return score(task, preds, [r[t.completion_field] for r in rows]), preds
+    return score(task, preds, [r[t.completion_field] for r in rows], metric), preds

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -150,6 +151,34 @@ def _write_synced(tmp: Path, write_fn: Callable[[str], None]) -> None:
         os.fsync(f.fileno())
 
 
+def json_safe(value):
+    """`value` with every float that is not finite (NaN, inf) replaced by None, so it is written as JSON's null: JSON
+    has no NaN, and Python's `NaN` in a file makes it unreadable to other JSON readers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The nearest existing ancestor of `path` if it is a file (so no folder can be made there), else None."""
+    for parent in Path(os.path.abspath(path)).parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_folder_path(path: str | os.PathLike, what: str) -> None:
+    """Raise NotADirectoryError naming `what` if a file stands where `path`'s folders would have to be made."""
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise NotADirectoryError(f"{what}: cannot write {path}: {blocker} is a file, not a folder; pass a path whose "
+                                 "folders are folders (or move that file)")
+
+
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Path:
     """Call write_fn(temp_path) to write the file, then move it onto `path` in one step.
 
@@ -160,6 +189,7 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Pa
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a directory; pass a file path")
+    check_folder_path(path, "atomic_write")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     tmp = temp_path_for(path)

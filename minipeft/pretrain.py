@@ -24,6 +24,7 @@ from minipeft.checkpoint import load_checkpoint, save_checkpoint
 from minipeft.data.batching import encode_corpus, lm_batches
 from minipeft.data.generator import DATA_VERSION, make_corpus
 from minipeft.data.tokenizer import Tokenizer
+from minipeft.io_utils import file_in_the_way, json_safe
 from minipeft.nn.gpt import GPT, PRESETS, GPTConfig
 from minipeft.optim import AdamW, cosine_schedule
 from minipeft.probes import list_copy_accuracy, repeat_accuracy
@@ -32,7 +33,14 @@ from minipeft.train import TrainResult, train
 
 def minipeft_home() -> Path:
     """Where cached artifacts live: $MINIPEFT_HOME, default ~/.cache/minipeft."""
-    return Path(os.environ.get("MINIPEFT_HOME") or Path.home() / ".cache" / "minipeft")
+    home = Path(os.environ.get("MINIPEFT_HOME") or Path.home() / ".cache" / "minipeft")
+    blocker = home if home.exists() and not home.is_dir() else file_in_the_way(home)
+    if blocker is not None:
+        source = "MINIPEFT_HOME" if os.environ.get("MINIPEFT_HOME") else "the default cache folder"
+        raise NotADirectoryError(f"{source} is {home}, but {blocker} is a file, so the cached base model cannot be "
+                                 "kept there; set MINIPEFT_HOME to a folder (it is made if missing), or unset it for "
+                                 "~/.cache/minipeft")
+    return home
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,15 @@ QUICK_NOTE = ("--quick: a tiny model, a few rows and steps, to show the code run
 QUICK = PretrainConfig(preset="test", n_docs=600, n_val_docs=50, vocab_size=384, steps=40, batch_size=8,
                        seq_len=64, lr=1e-2, min_lr=1e-3, warmup=5, corpus_weights=READING["corpus_weights"],
                        overrides=(("context_length", 384), ("d_model", 32), ("d_ff", 64), *READING["overrides"]))
+
+# The base for trying the whole loop (the command line's --quick): big enough to learn a toy task in a short
+# fine-tune (sentiment, scored by exact match), small enough to build in about a minute on 2 cores; the figures,
+# measured once, are in the README's "Command line" section.
+SMALL = PretrainConfig(preset="mini", n_docs=3000, n_val_docs=100, vocab_size=512, steps=300, batch_size=8,
+                       seq_len=128, lr=1e-2, min_lr=1e-3, warmup=20, corpus_weights=READING["corpus_weights"],
+                       overrides=(("context_length", 256), ("d_model", 64), ("n_layer", 2), ("n_head", 4),
+                                  ("d_ff", 256), *READING["overrides"]))
+BASES = {"full": FULL, "small": SMALL, "tiny": QUICK}   # the bases by name, as the command line records them
 
 
 @dataclass
@@ -180,7 +197,7 @@ def load_base_model(quick: bool = False, cfg: PretrainConfig | None = None, prog
     try:
         save_checkpoint(base.model, tmp / "model.safetensors")
         base.tokenizer.save(tmp / "tokenizer.json")
-        (tmp / "pretrain.json").write_text(json.dumps(base.info))
+        (tmp / "pretrain.json").write_text(json.dumps(json_safe(base.info), allow_nan=False))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)  # the folder appears complete or not at all

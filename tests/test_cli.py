@@ -7,10 +7,12 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from minipeft.cli import RUN_FILE, main
+from minipeft.data.generator import make_splits
 
 COMMANDS = ("pretrain", "finetune", "compare", "generate", "merge")
 TINY = ["--quick", "--steps", "2", "--batch-size", "4", "--n-train", "8", "--n-test", "1"]
@@ -21,6 +23,7 @@ PROMPT = "#Person1#: Shall we meet at the library on Friday? #Person2#: Yes, at 
 def home(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MINIPEFT_HOME", str(tmp_path_factory.mktemp("minipeft_home")))
+    mp.setenv("MINIPEFT_QUICK_BASE", "tiny")          # --quick on the tiny base: the suite runs in seconds
     yield
     mp.undo()
 
@@ -167,3 +170,131 @@ def test_a_failed_save_leaves_the_earlier_adapter_and_its_record_usable(home, tm
     assert json.loads((out / RUN_FILE).read_text())["method"] == "qlora"
     code, _, err = run(["generate", "--adapter", str(out), "--prompt", "Hi", "--max-new-tokens", "2"], capsys)
     assert code == 0, err
+
+
+def strict_json(path):
+    """The file's JSON, refusing NaN and Infinity, which JSON does not have (Python writes them unless told not to)."""
+    def refuse(token):
+        raise ValueError(f"{path} holds {token}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def rows_file(tmp_path, n=12):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Repeat {i}: ", "completion": f"{i} {i}."}) + "\n"
+                            for i in range(n)))
+    return data
+
+
+@pytest.mark.parametrize("metric, keys", [(None, {"rouge1", "rouge2", "rougeL"}), ("exact", {"exact_match"}),
+                                          ("accuracy", {"accuracy"})])
+def test_your_own_data_is_scored_by_its_metric_not_the_dialogue_one(home, tmp_path, capsys, metric, keys):
+    argv = ["finetune", "--method", "bitfit", "--data", str(rows_file(tmp_path)), "--out", str(tmp_path / "a"),
+            "--quick", "--steps", "2", "--batch-size", "4", "--n-test", "2"]
+    code, out, err = run([*argv, *(["--metric", metric] if metric else [])], capsys)
+    assert code == 0, err
+    record = strict_json(tmp_path / "a" / RUN_FILE)          # was: "fact_recall": NaN, which no JSON reader takes
+    assert set(record["scores"]) == keys and "fact_recall" not in out
+    assert record["metric"] == {"exact": "exact_match"}.get(metric, metric or "rouge")
+
+
+def test_the_run_record_keeps_the_loss_of_every_step(home, tmp_path, capsys):
+    code, _, err = run(["finetune", "--method", "lora-qv", "--out", str(tmp_path / "a"), *TINY, "--steps", "3"], capsys)
+    assert code == 0, err
+    losses = strict_json(tmp_path / "a" / RUN_FILE)["losses"]
+    assert len(losses) == 3 and all(isinstance(v, float) and v > 0 for v in losses)
+
+
+def test_r_alpha_and_targets_set_the_adapters_config(home, tmp_path, capsys):
+    code, out, err = run(["finetune", "--method", "lora-all", "--r", "2", "--alpha", "6", "--targets", "q_proj,fc1",
+                          "--out", str(tmp_path / "a"), *TINY], capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], sorted(config["target_modules"])) == (2, 6, ["fc1", "q_proj"])
+    code, _, err = run(["finetune", "--method", "ia3", "--r", "2", "--out", str(tmp_path / "b"), *TINY], capsys)
+    assert code == 2 and "--r sets r, which IA3Config (--method ia3) does not have" in err
+
+
+def test_config_file_gives_any_registered_methods_config(home, tmp_path, capsys):
+    cfg = tmp_path / "lora.json"
+    cfg.write_text(json.dumps({"peft_type": "LORA", "r": 3, "lora_alpha": 3, "target_modules": "all-linear"}))
+    code, _, err = run(["finetune", "--config", str(cfg), "--lr", "1e-2", "--out", str(tmp_path / "a"), *TINY], capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["r"]) == ("LORA", 3)
+    assert strict_json(tmp_path / "a" / RUN_FILE)["method"] == "lora"
+    code, _, err = run(["finetune", "--method", "lora", "--config", str(cfg), "--out", str(tmp_path / "b"), *TINY],
+                       capsys)
+    assert code == 2 and "--method lora has no recipe with a learning rate; pass --lr" in err
+
+
+def test_a_method_registered_outside_the_package_reaches_the_cli_not_the_table(home, tmp_path, capsys):
+    """A student's method (registered by tests/example_method.py) trains, saves and generates through the command
+    line with --import and --config, and the comparison table's recipes stay as they were."""
+    from minipeft.compare import METHOD_RECIPES
+
+    cfg = tmp_path / "parallel.json"
+    cfg.write_text(json.dumps({"peft_type": "EXAMPLE_PARALLEL", "bottleneck": 2, "target_modules": ["fc1"]}))
+    plugin = str(Path(__file__).with_name("example_method.py"))
+    code, out, err = run(["finetune", "--import", plugin, "--method", "example_parallel", "--config", str(cfg),
+                          "--lr", "1e-2", "--out", str(tmp_path / "a"), *TINY], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["peft_type"] == "EXAMPLE_PARALLEL"
+    code, out, err = run(["generate", "--adapter", str(tmp_path / "a"), "--prompt", "Hi", "--max-new-tokens", "2"],
+                         capsys)
+    assert code == 0, err
+    assert "example_parallel" not in METHOD_RECIPES
+    code, _, err = run(["finetune", "--method", "nope", "--out", str(tmp_path / "b"), *TINY], capsys)
+    assert code == 2 and "--import your_module.py" in err
+
+
+def test_finetune_without_progress_prints_nothing(home, capsys):
+    from minipeft.finetune import finetune
+    from minipeft.peft import LoraConfig, get_peft_model
+    from minipeft.pretrain import load_base_model
+
+    base = load_base_model(quick=True, progress=False)
+    rows = make_splits("dialogsum", 4, 0, 0, seed=0)["train"]
+    capsys.readouterr()
+    finetune(get_peft_model(base.model, LoraConfig(r=2)), base.tokenizer, "dialogsum", rows, steps=10, batch_size=2,
+             progress=False, measure_memory=False)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""                   # was: "finetune step 10/10: loss ..."
+
+
+@pytest.mark.parametrize("env, built", [(None, "small"), ("tiny", "tiny"), ("small", "small")])
+def test_quick_means_the_small_base_unless_told_tiny(env, built, tmp_path, capsys, monkeypatch):
+    """--quick builds the small base, which learns a toy task in a short fine-tune (the README's figures); the suite
+    keeps the tiny one with MINIPEFT_QUICK_BASE=tiny."""
+    from minipeft import pretrain
+
+    seen = []
+
+    def stop(cfg=None, **kwargs):
+        seen.append(cfg)
+        raise RuntimeError("stopped before building")
+
+    monkeypatch.setenv("MINIPEFT_HOME", str(tmp_path))
+    if env is None:
+        monkeypatch.delenv("MINIPEFT_QUICK_BASE", raising=False)
+    else:
+        monkeypatch.setenv("MINIPEFT_QUICK_BASE", env)
+    monkeypatch.setattr(pretrain, "load_base_model", stop)
+    code, _, err = run(["pretrain", "--quick"], capsys)
+    assert code == 1 and "stopped before building" in err
+    assert seen == [pretrain.BASES[built]] and pretrain.SMALL != pretrain.QUICK
+    monkeypatch.setenv("MINIPEFT_QUICK_BASE", "huge")
+    code, _, err = run(["pretrain", "--quick"], capsys)
+    assert code == 2 and "MINIPEFT_QUICK_BASE='huge'" in err and len(seen) == 1
+
+
+def test_a_record_without_base_name_loads_on_the_tiny_base_its_quick_meant(home, tmp_path, capsys, monkeypatch):
+    code, _, err = run(["finetune", "--method", "lora-qv", "--out", str(tmp_path / "a"), *TINY], capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "a" / RUN_FILE).read_text())
+    assert record.pop("base_name") == "tiny"
+    (tmp_path / "a" / RUN_FILE).write_text(json.dumps(record))
+    monkeypatch.delenv("MINIPEFT_QUICK_BASE")        # --quick now means the small base, which is not built here
+    code, out, err = run(["generate", "--adapter", str(tmp_path / "a"), "--prompt", "Hi", "--max-new-tokens", "2"],
+                         capsys)
+    assert code == 0 and "building" not in out, err

@@ -4,6 +4,7 @@ each method's closed form says."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -116,3 +117,14 @@ def test_config_names_bad_values():
 def test_every_recipe_says_where_its_learning_rate_comes_from():
     for key, r in METHOD_RECIPES.items():
         assert r.lr > 0 and r.lr_source and r.label, key
+
+
+def test_json_output_writes_a_nan_score_as_null(result, tmp_path):
+    """JSON has no NaN: a score that could not be computed is null, so any JSON reader takes the file."""
+    rows = [dict(r, scores={**r["scores"], "fact_recall": math.nan}) for r in result.rows]
+    path = write_outputs(dataclasses.replace(result, rows=rows), tmp_path, plot=False)["json"]
+
+    def refuse(token):
+        raise ValueError(f"compare.json holds {token}")
+    data = json.loads(path.read_text(), parse_constant=refuse)
+    assert all(r["scores"]["fact_recall"] is None for r in data["rows"])

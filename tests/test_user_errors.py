@@ -3,6 +3,7 @@ written where it should not be: found by probing the public API (session 9), one
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import minipeft
+from minipeft.checkpoint import save_checkpoint
 from minipeft.cli import main
 from minipeft.data import Tokenizer
 from minipeft.finetune import finetune, predict, validation_loss
@@ -19,12 +21,17 @@ from minipeft.optim import AdamW
 from minipeft.peft import (
     AdapterError,
     BottleneckConfig,
+    ConfigError,
     IA3Config,
     LoraConfig,
     PeftModel,
+    PrefixTuningConfig,
     PromptTuningConfig,
+    SparseConfig,
     get_peft_model,
+    select_sparse_entries,
 )
+from minipeft.pretrain import minipeft_home
 from minipeft.quant import quantize_model
 from minipeft.train import train
 
@@ -231,3 +238,104 @@ def test_quantize_model_and_finetune_name_a_wrong_argument(tok):
         quantize_model(None)
     with pytest.raises(TypeError, match="finetune: tok must be the tokenizer.*got NoneType"):
         finetune(get_peft_model(gpt(), LoraConfig(r=2)), None, "dialogsum", [ROW] * 4, steps=1, batch_size=2)
+
+
+# ---- errors that say the fix: each refused before any work, naming the thing, the value and the fix --------------
+def test_finetune_of_an_adapter_loaded_for_inference_says_is_trainable(tmp_path, tok):
+    get_peft_model(gpt(), LoraConfig(r=2)).save_pretrained(str(tmp_path))
+    loaded = PeftModel.from_pretrained(gpt(), str(tmp_path))
+    with pytest.raises(ValueError, match=r"\['default'\] were loaded for inference.*is_trainable=True"):
+        finetune(loaded, tok, "dialogsum", [ROW] * 4, steps=1, batch_size=2)
+
+
+def test_a_qlora_adapter_on_the_float_base_and_the_reverse_mention_quantization(tmp_path):
+    get_peft_model(quantize_model(gpt()), LoraConfig(r=2)).save_pretrained(str(tmp_path / "q"))
+    get_peft_model(gpt(), LoraConfig(r=2)).save_pretrained(str(tmp_path / "f"))
+    with pytest.raises(AdapterError, match=r"fingerprint.*this base is not quantized.*quantize_model\(base"):
+        PeftModel.from_pretrained(gpt(), str(tmp_path / "q"))
+    with pytest.raises(AdapterError, match=r"fingerprint.*this base is 4-bit quantized.*loads onto the float base"):
+        PeftModel.from_pretrained(quantize_model(gpt()), str(tmp_path / "f"))
+
+
+def test_a_folder_relabelled_with_another_methods_peft_type_names_the_type(tmp_path):
+    get_peft_model(gpt(), LoraConfig(r=2)).save_pretrained(str(tmp_path))
+    path = tmp_path / "adapter_config.json"
+    path.write_text(path.read_text().replace('"LORA"', '"IA3"'))
+    with pytest.raises(AdapterError, match=r"peft_type is 'IA3', but the fields are those of a 'LORA' config.*"
+                                           r"Set \"peft_type\": 'LORA'"):
+        PeftModel.from_pretrained(gpt(), str(tmp_path))
+
+
+@pytest.mark.parametrize("config", [PromptTuningConfig, PrefixTuningConfig])
+def test_a_soft_prompt_larger_than_the_base_is_refused_before_it_is_allocated(config):
+    with pytest.raises(ConfigError, match=r"num_virtual_tokens=1000000000 .*GiB in float32\), more than the whole "
+                                          r"base model's 5,760 parameters.*at most 15 here"):
+        get_peft_model(gpt(), config(num_virtual_tokens=10**9))   # was numpy's MemoryError for 59.6 GiB
+
+
+def test_save_checkpoint_under_a_file_names_the_file(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"save_checkpoint: cannot write .*f.*is a file, not a folder"):
+        save_checkpoint(gpt(), tmp_path / "f" / "sub" / "model.safetensors")
+
+
+def test_minipeft_home_pointing_at_a_file_names_the_variable(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("")
+    monkeypatch.setenv("MINIPEFT_HOME", str(tmp_path / "f"))
+    with pytest.raises(NotADirectoryError, match=r"MINIPEFT_HOME is .*f, but .*f is a file.*set MINIPEFT_HOME to a "
+                                                 r"folder"):
+        minipeft_home()
+
+
+@pytest.mark.parametrize("batches, error", [
+    ([np.arange(8) % 64], TypeError),                                # a sequence of ids, not a batch
+    ([(np.arange(8) % 64, np.arange(8) % 64)], ValueError),          # a pair of 1-D ids
+    ([{"input_ids": np.zeros((2, 4), int), "targets": np.zeros((2, 3), int)}], ValueError),
+])
+def test_select_sparse_entries_given_1d_ids_says_what_a_batch_is(batches, error):
+    with pytest.raises(error, match=r"select_sparse_entries: batch 0 .*pair \(x, y\), both int arrays of shape "
+                                    r"\(batch, time\)"):
+        select_sparse_entries(gpt(), SparseConfig(percent=1.0), batches)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["finetune", "--method", "lora-all", "--out", "", "--quick"], r"argument --out: an empty path would write into "
+                                                                    r"the current folder"),
+    (["finetune", "--method", "lora-all", "--out", "{file}/sub", "--quick"], r"argument --out: .* is a file, not a "
+                                                                             r"folder"),
+    (["finetune", "--method", "lora-all", "--out", "o", "--lr", "-1e-3"], r"argument --lr: expected a finite number "
+                                                                          r"> 0, got -1e-3"),
+    (["compare", "--quick", "--out", "{file}"], r"argument --out: .* is a file"),
+    (["finetune", "--method", "lora-all", "--out", "{dir}/o", "--quick", "--plot"], r"--plot needs matplotlib.*"
+                                                                                   r"minipeft\[plots\]"),
+])
+def test_cli_refuses_before_any_work(argv, match, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MINIPEFT_HOME", str(tmp_path / "home"))   # were the check missing, work would start here
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f").write_text("")
+    argv = [a.format(file=tmp_path / "f", dir=tmp_path) for a in argv]
+    if "--plot" in argv and importlib.util.find_spec("matplotlib") is not None:
+        pytest.skip("matplotlib is installed: --plot is accepted")
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]          # nothing written, no base built
+
+
+def test_cli_minipeft_home_pointing_at_a_file_exits_2_before_any_work(tmp_path, capsys, monkeypatch):
+    (tmp_path / "f").write_text("")
+    monkeypatch.setenv("MINIPEFT_HOME", str(tmp_path / "f"))
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "--quick"])
+    assert e.value.code == 2 and "MINIPEFT_HOME is" in capsys.readouterr().err
+
+
+def test_cli_a_corrupt_run_record_is_named_before_the_base_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MINIPEFT_HOME", str(tmp_path / "home"))
+    get_peft_model(gpt(), LoraConfig(r=2)).save_pretrained(str(tmp_path / "a"))
+    (tmp_path / "a" / "minipeft_run.json").write_text('{"method": "qlo')
+    assert main(["generate", "--adapter", str(tmp_path / "a"), "--prompt", "hi"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"minipeft_run.json is not valid JSON .*run finetune --out .*a again, or delete the file", err)
+    assert not (tmp_path / "home").exists()

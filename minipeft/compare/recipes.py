@@ -21,6 +21,7 @@ from minipeft.peft import (
     BottleneckConfig,
     IA3Config,
     LoraConfig,
+    PeftConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
     SparseConfig,
@@ -60,6 +61,9 @@ class Recipe:
     make: Callable[[Module, BuildContext], Module]      # (fresh base, context) -> the model to fine-tune
     family: str                                         # "full", "reparameterized", "additive", "selective", "soft
     #                                                     prompt": how the method changes the model (for plots)
+    config: Callable[[Module], PeftConfig] | None = None  # base -> the adapter config make() uses (None: make()
+    #                                                     builds more than a config, e.g. sparse's scoring)
+    quantization: BitsAndBytesConfig | None = None      # the base is quantized with this first (QLoRA)
 
 
 def lora_budget(base: Module) -> int:
@@ -77,13 +81,13 @@ def _full(base: Module, ctx: BuildContext) -> Module:
     return get_peft_model(base, full_finetune_config()) if ctx.full_model_adapter else base
 
 
-def _bottleneck(layout: str) -> Callable[[Module, BuildContext], Module]:
-    def make(base: Module, ctx: BuildContext) -> Module:
+def _bottleneck(layout: str) -> Callable[[Module], PeftConfig]:
+    def config(base: Module) -> PeftConfig:
         cfg = base.config
         per_block = 2 if layout == "houlsby" else 1                     # Houlsby: after attention and MLP
         m = matched_width(lora_budget(base), per_block * cfg.n_layer, cfg.d_model)
-        return get_peft_model(base, getattr(BottleneckConfig, layout)(bottleneck_size=m, non_linearity="relu"))
-    return make
+        return getattr(BottleneckConfig, layout)(bottleneck_size=m, non_linearity="relu")
+    return config
 
 
 def _sparse(base: Module, ctx: BuildContext) -> Module:
@@ -92,13 +96,16 @@ def _sparse(base: Module, ctx: BuildContext) -> Module:
     return get_peft_model(base, config)
 
 
-def _qlora(base: Module, ctx: BuildContext) -> Module:
-    return get_peft_model(quantize_model(base, NF4_DQ), LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA,
-                                                                   target_modules=ALL_LINEAR))
+def peft_recipe(label: str, lr: float, lr_source: str, config: Callable[[Module], PeftConfig], family: str,
+                quantization: BitsAndBytesConfig | None = None) -> Recipe:
+    """A recipe that is an adapter config on the base (quantized first when `quantization` is given)."""
+    def make(base: Module, ctx: BuildContext) -> Module:
+        return get_peft_model(base if quantization is None else quantize_model(base, quantization), config(base))
+    return Recipe(label, lr, lr_source, make, family, config, quantization)
 
 
-def _peft(make_config: Callable[[Module], object]) -> Callable[[Module, BuildContext], Module]:
-    return lambda base, ctx: get_peft_model(base, make_config(base))
+def _lora(targets: list[str]) -> Callable[[Module], PeftConfig]:
+    return lambda base: LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=targets)
 
 
 T06 = "tutorial 06 (60-step validation-loss grid)"
@@ -107,26 +114,23 @@ T07_LR = " (best of 4 in bench/lr_probe.py, 60 steps of 8)"
 T08, PROBE = "tutorial 08", " in bench/lr_probe.py; AdamW, not Lester et al.'s Adafactor)"
 METHOD_RECIPES: dict[str, Recipe] = {
     "full": Recipe("full fine-tuning", 1e-3, "tutorial 03 (also 07-09)", _full, "full"),
-    "lora-qv": Recipe("LoRA r=8 q,v", 1e-2, T06 + " (module docstring)", _peft(
-        lambda b: LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=["q_proj", "v_proj"])),
-        "reparameterized"),
-    "lora-all": Recipe("LoRA r=8 all linear", 1e-2, T06, _peft(
-        lambda b: LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=ALL_LINEAR)), "reparameterized"),
-    "qlora": Recipe("QLoRA r=8 (NF4+DQ)", 1e-2, T06 + ", as LoRA all linear", _qlora, "reparameterized"),
-    "houlsby": Recipe("Houlsby adapters", 1e-2, T06, _bottleneck("houlsby"), "additive"),
-    "pfeiffer": Recipe("Pfeiffer adapters", 1e-2, T06, _bottleneck("pfeiffer"), "additive"),
-    "ia3": Recipe("(IA)^3", 3e-1, T06 + " (loss fell at every step up to 3e-1)", _peft(
-        lambda b: IA3Config(target_modules=IA3_TARGETS, feedforward_modules=["fc2"])), "additive"),
-    "bitfit": Recipe("BitFit", 1e-1, T07 + T07_LR, _peft(lambda b: bitfit_config()),
-                     "selective"),
-    "layernorm": Recipe("LayerNorm only", 3e-1, T07 + T07_LR, _peft(lambda b: layernorm_config()),
-                        "selective"),
-    "last-layer": Recipe("last block", 1e-2, T07 + T07_LR, _peft(
-        lambda b: last_k_layers_config(1, b.config.n_layer)), "selective"),
+    "lora-qv": peft_recipe("LoRA r=8 q,v", 1e-2, T06 + " (module docstring)", _lora(["q_proj", "v_proj"]),
+                           "reparameterized"),
+    "lora-all": peft_recipe("LoRA r=8 all linear", 1e-2, T06, _lora(ALL_LINEAR), "reparameterized"),
+    "qlora": peft_recipe("QLoRA r=8 (NF4+DQ)", 1e-2, T06 + ", as LoRA all linear", _lora(ALL_LINEAR),
+                         "reparameterized", quantization=NF4_DQ),
+    "houlsby": peft_recipe("Houlsby adapters", 1e-2, T06, _bottleneck("houlsby"), "additive"),
+    "pfeiffer": peft_recipe("Pfeiffer adapters", 1e-2, T06, _bottleneck("pfeiffer"), "additive"),
+    "ia3": peft_recipe("(IA)^3", 3e-1, T06 + " (loss fell at every step up to 3e-1)",
+                       lambda b: IA3Config(target_modules=IA3_TARGETS, feedforward_modules=["fc2"]), "additive"),
+    "bitfit": peft_recipe("BitFit", 1e-1, T07 + T07_LR, lambda b: bitfit_config(), "selective"),
+    "layernorm": peft_recipe("LayerNorm only", 3e-1, T07 + T07_LR, lambda b: layernorm_config(), "selective"),
+    "last-layer": peft_recipe("last block", 1e-2, T07 + T07_LR, lambda b: last_k_layers_config(1, b.config.n_layer),
+                              "selective"),
     "sparse": Recipe("sparse 1% (Fisher)", 3e-2, T07 + T07_LR, _sparse, "selective"),
-    "prompt-tuning": Recipe(f"prompt tuning n={VIRTUAL_TOKENS}", 30.0, T08 + " (best of 10" + PROBE, _peft(
-        lambda b: PromptTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS, prompt_tuning_init="SAMPLE_VOCAB")),
-        "soft prompt"),
-    "prefix-tuning": Recipe(f"prefix tuning n={VIRTUAL_TOKENS}", 3e-1, T08 + " (best of 6" + PROBE, _peft(
-        lambda b: PrefixTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS)), "soft prompt"),
+    "prompt-tuning": peft_recipe(f"prompt tuning n={VIRTUAL_TOKENS}", 30.0, T08 + " (best of 10" + PROBE,
+                                 lambda b: PromptTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS,
+                                                              prompt_tuning_init="SAMPLE_VOCAB"), "soft prompt"),
+    "prefix-tuning": peft_recipe(f"prefix tuning n={VIRTUAL_TOKENS}", 3e-1, T08 + " (best of 6" + PROBE,
+                                 lambda b: PrefixTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS), "soft prompt"),
 }

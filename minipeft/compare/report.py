@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from minipeft.io_utils import atomic_write_text
+from minipeft.io_utils import atomic_write_text, json_safe
 from minipeft.memory import format_bytes
 
 COMPONENTS = ("weights", "optimizer_state", "gradients", "activations")   # the memory plot's stack, bottom up
@@ -84,8 +84,9 @@ def write_outputs(result, out_dir: str | os.PathLike, plot: bool = True) -> dict
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": atomic_write_text(out / "compare.csv", to_csv(result)),
-             "json": atomic_write_text(out / "compare.json", json.dumps(
-                 {"meta": result.meta, "rows": result.rows}, indent=1, default=float) + "\n")}
+             "json": atomic_write_text(out / "compare.json", json.dumps(     # a score that is NaN is written null
+                 json_safe({"meta": result.meta, "rows": result.rows}), indent=1, default=float, allow_nan=False) +
+                 "\n")}
     if plot:
         png = save_plot(result, out / "compare.png")
         if png is not None:

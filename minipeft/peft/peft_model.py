@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 
+from minipeft import backend
 from minipeft.nn.module import Module
 from minipeft.peft import save_load
 from minipeft.peft.config import PeftConfig
@@ -51,6 +52,12 @@ class PeftModel(Module):
     def active_adapters(self) -> list[str]:
         """The active adapter as a list, as Hugging Face PEFT names it (one is active at a time here)."""
         return [] if self.active_adapter is None else [self.active_adapter]
+
+    @property
+    def device(self) -> str:
+        """Where the model's arrays live: "cpu" (NumPy) or "cuda" (CuPy), as minipeft.get_device() says (Hugging
+        Face PEFT's is the base model's torch.device)."""
+        return backend.get_device()
 
     @property
     def config(self):

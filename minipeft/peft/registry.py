@@ -45,4 +45,22 @@ def config_from_dict(d: dict) -> PeftConfig:
     if not isinstance(kind, str) or kind not in PEFT_TYPE_TO_CONFIG:
         raise ConfigError(f"unknown peft_type {kind!r} in adapter config; minipeft implements "
                           f"{sorted(PEFT_TYPE_TO_CONFIG)}")
-    return PEFT_TYPE_TO_CONFIG[kind].from_dict(d)
+    try:
+        return PEFT_TYPE_TO_CONFIG[kind].from_dict(d)
+    except ConfigError as e:
+        fits = [t for t, cls in PEFT_TYPE_TO_CONFIG.items() if t != kind and _builds(cls, {**d, "peft_type": t})]
+        if not fits:
+            raise
+        raise ConfigError(f"peft_type is {kind!r}, but the fields are those of a {' or '.join(map(repr, fits))} "
+                          f"config; was the peft_type edited? Set \"peft_type\": {fits[0]!r} if the adapter was "
+                          f"trained with that method, else save it again from a {PEFT_TYPE_TO_CONFIG[kind].__name__}"
+                          f" ({e})") from e
+
+
+def _builds(cls: type[PeftConfig], d: dict) -> bool:
+    """Whether config class `cls` accepts the fields of `d` (naming no field it does not know)."""
+    try:
+        cls.from_dict(d)
+    except (ConfigError, TypeError, ValueError):
+        return False
+    return True

@@ -213,7 +213,7 @@ def read_config(directory: str) -> dict:
     return saved
 
 
-def _check_base(saved: dict, actual: str, directory: str, check: bool) -> None:
+def _check_base(saved: dict, actual: str, directory: str, check: bool, model: Module) -> None:
     """Refuse a base whose fingerprint differs from the one the config records, or else the weights file's metadata
     (save_pretrained writes both; a config edited or written by hand may lack it)."""
     want = saved.get("base_model_fingerprint")
@@ -221,8 +221,19 @@ def _check_base(saved: dict, actual: str, directory: str, check: bool) -> None:
         want = _weights_metadata(directory).get("base_model_fingerprint")
     if check and want is not None and want != actual:
         raise AdapterError(f"the adapter in {directory!r} was trained on a base model with fingerprint {want}, but "
-                           f"this base model's fingerprint is {actual}; load the matching base model, or pass "
-                           "check_base_model=False if you really mean to apply it to this one")
+                           f"this base model's fingerprint is {actual}; load the matching base model"
+                           f"{_quantization_hint(model)}, or pass check_base_model=False if you really mean to apply "
+                           "it to this one")
+
+
+def _quantization_hint(model: Module) -> str:
+    """The likeliest mix-up when the weights differ: a QLoRA adapter on the float base, or the reverse."""
+    if any(p.dtype.kind != "f" for _, p in base_named_parameters(model)):
+        return (" (this base is 4-bit quantized: an adapter trained on the float base, such as LoRA's, loads onto "
+                "the float base; a QLoRA adapter loads onto the base quantized with the BitsAndBytesConfig it was "
+                "trained on)")
+    return (" (this base is not quantized: if the adapter is QLoRA's, it was trained on the 4-bit base; load it onto "
+            "quantize_model(base, the BitsAndBytesConfig it was trained with))")
 
 
 def _weights_metadata(directory: str) -> dict:
@@ -304,7 +315,7 @@ def from_pretrained(cls, model: Module, directory: str, name: str, is_trainable:
                         f"it call peft_model.load_adapter({directory!r}, adapter_name), or pass the plain base model")
     saved = read_config(directory)
     config = parse_config(saved, directory)
-    _check_base(saved, fingerprint(model), directory, check)
+    _check_base(saved, fingerprint(model), directory, check, model)
     config.inference_mode = not is_trainable
     with _naming(directory):
         peft_model = cls(model, config, name)
@@ -322,7 +333,7 @@ def load_adapter(peft_model, directory: str, name: str, is_trainable: bool, chec
     """Add a saved adapter under `name` to an existing PeftModel (not activated)."""
     saved = read_config(directory)
     config = parse_config(saved, directory)
-    _check_base(saved, peft_model.base_fingerprint, directory, check)
+    _check_base(saved, peft_model.base_fingerprint, directory, check, peft_model.get_base_model())
     config.inference_mode = not is_trainable
     active = peft_model.active_adapter
     with _naming(directory):

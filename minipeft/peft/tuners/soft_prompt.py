@@ -78,6 +78,23 @@ class PromptLearningConfig(PeftConfig):
                                   f"{value}; leave it None to take the model's")
             setattr(self, field_name, value)
 
+    def values_per_token(self) -> int:
+        """Trainable values one virtual token holds: an embedding of token_dim (prefix tuning: more)."""
+        return self.token_dim
+
+
+def check_prompt_size(config: PromptLearningConfig, model: Module) -> None:
+    """Refuse, before allocating it, a soft prompt with more values than the whole base model: a PEFT method
+    trains a small fraction of the base, and so many virtual tokens are a typo (10**9 for 10**2)."""
+    n, per_token = config.num_virtual_tokens, config.values_per_token()
+    limit = model.num_parameters()
+    if n * per_token > limit:
+        ctx = model.config.context_length
+        raise ConfigError(f"{type(config).__name__}.num_virtual_tokens={n} makes a soft prompt of {n} x {per_token} "
+                          f"values ({n * per_token * 4 / 2**30:.3g} GiB in float32), more than the whole base model's "
+                          f"{limit:,d} parameters, and the model reads {ctx} positions; use a few virtual tokens "
+                          f"(1-100 is usual; at most {min(ctx - 1, limit // per_token)} here)")
+
 
 class SoftPromptTuner(BaseTuner):
     """A tuner whose adapters are soft prompts held in `prompt_encoder` on the tuner; no base module is wrapped.
@@ -98,6 +115,7 @@ class SoftPromptTuner(BaseTuner):
     # ---- injection: no layer is wrapped -------------------------------------------------------------
     def _inject(self, name: str, config: PromptLearningConfig) -> None:
         config.fit_to(self.model)
+        check_prompt_size(config, self.model)
         self.prompt_encoder[name] = self._make_encoder(config, name)
 
     def _make_encoder(self, config: PromptLearningConfig, name: str) -> Module:

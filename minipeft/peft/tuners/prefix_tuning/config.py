@@ -46,3 +46,7 @@ class PrefixTuningConfig(PromptLearningConfig):
         super().fit_to(model)
         if self.encoder_hidden_size is None:
             self.encoder_hidden_size = self.token_dim
+
+    def values_per_token(self) -> int:
+        """A key and a value of token_dim for every layer: 2 * num_layers * token_dim."""
+        return 2 * self.num_layers * self.token_dim

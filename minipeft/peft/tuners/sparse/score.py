@@ -37,10 +37,25 @@ def candidate_parameters(model: Module, config: SparseConfig) -> dict[str, Param
     return out
 
 
-def _unpack(batch):
-    if isinstance(batch, dict):
-        return batch["input_ids"], batch["targets"]
-    x, y = batch
+BATCH_FIX = ("each batch is a dict {'input_ids', 'targets'} (finetune's sft_sampler makes them) or a pair (x, y), "
+             "both int arrays of shape (batch, time); for one sequence ids use (ids[None, :-1], ids[None, 1:])")
+
+
+def _unpack(batch, i: int):
+    """(x, y) of the i-th batch, checked to be 2-D token ids of one shape."""
+    if isinstance(batch, dict) and {"input_ids", "targets"} <= set(batch):
+        x, y = batch["input_ids"], batch["targets"]
+    elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x, y = batch
+    else:
+        what = f"a dict with keys {sorted(batch)}" if isinstance(batch, dict) else \
+            f"a {type(batch).__name__} of shape {getattr(batch, 'shape', None) or len(batch)}" \
+            if hasattr(batch, "__len__") else f"a {type(batch).__name__}"
+        raise TypeError(f"select_sparse_entries: batch {i} is {what}; {BATCH_FIX}")
+    shapes = [getattr(a, "shape", None) for a in (x, y)]
+    if any(s is None or len(s) != 2 for s in shapes) or shapes[0] != shapes[1]:
+        raise ValueError(f"select_sparse_entries: batch {i} has input_ids/targets of shapes {shapes[0]} and "
+                         f"{shapes[1]}; {BATCH_FIX}")
     return x, y
 
 
@@ -60,8 +75,8 @@ def gradient_scores(model: Module, params: dict[str, Parameter], batches: Iterab
         model.freeze()
         for p in params.values():
             p.requires_grad, p.grad = True, None
-        for batch in batches:
-            x, y = _unpack(batch)
+        for i, batch in enumerate(batches):
+            x, y = _unpack(batch, i)
             loss_fn(model, backend.asarray(x), backend.asarray(y)).backward()
             for n, p in params.items():
                 g = p.grad
