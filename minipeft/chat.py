@@ -26,9 +26,11 @@ def chat_reply(model, tok, messages: list[dict], max_new_tokens: int = 256, *, t
     return tok.decode(out)
 
 
-def chat_loop(model, tok, *, read: Callable[[str], str] = input, write: Callable[[str], object] | None = None,
+def chat_loop(model, tok, *, read: Callable[[str], str] | None = None, write: Callable[[str], object] | None = None,
               system: str | None = None, **kwargs) -> list[dict]:
-    """Read a user turn, stream the reply, repeat until an empty line or end of input; returns the conversation."""
+    """Read a user turn (input() by default), stream the reply, repeat until an empty line or end of input;
+    returns the conversation."""
+    read = read or input
     write = write or (lambda text: print(text, end="", flush=True))
     messages = [] if system is None else [{"role": "system", "content": system}]
     while True:

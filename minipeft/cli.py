@@ -1,4 +1,4 @@
-"""`python -m minipeft`: pretrain, finetune, compare, generate, merge.
+"""`python -m minipeft`: pretrain, finetune, compare, generate, merge, chat.
 
 Exit codes scripts can rely on: 0 done; 2 bad arguments (argparse's usage message, or a value checked before
 any work starts: a missing file, a step count of 0, an unknown method); 1 the run itself failed, with one line
@@ -12,6 +12,9 @@ on stderr naming what went wrong (pass --debug for the traceback); 130 interrupt
     python -m minipeft generate --adapter my_adapter --task dialogsum --prompt "#Person1#: ..."
     python -m minipeft merge --adapter my_adapter --out merged_model
     python -m minipeft compare --quick                   # every method, one table
+    python -m minipeft finetune --base smollm2-135m-instruct --method lora-qv --lr 2e-3 --steps 60 --batch-size 4 \
+        --out my_adapter                                 # a real LLM (fetched once, 93 MB) instead of the mini GPT
+    python -m minipeft chat --base smollm2-135m-instruct [--adapter my_adapter]
 """
 
 from __future__ import annotations
@@ -54,6 +57,18 @@ def base_name(quick: bool) -> str:
     return name
 
 
+def load_cli_base(pretrained: str | None, quick: bool):
+    """The base a command runs on: a pretrained model (--base: a name, a .gguf file or a Hugging Face folder), or
+    the project's mini GPT (the small one with --quick)."""
+    if pretrained is not None:
+        from minipeft.llm import load_pretrained  # noqa: PLC0415
+
+        return load_pretrained(pretrained)
+    from minipeft.pretrain import BASES, load_base_model  # noqa: PLC0415
+
+    return load_base_model(cfg=BASES[base_name(quick)], progress=True)
+
+
 # ---- the commands ----------------------------------------------------------------------------------------------
 def cmd_pretrain(args) -> None:
     from minipeft.pretrain import BASES, load_base_model  # noqa: PLC0415
@@ -90,7 +105,6 @@ def cmd_finetune(args) -> None:
     from minipeft.generate import context_left  # noqa: PLC0415
     from minipeft.io_utils import json_safe  # noqa: PLC0415
     from minipeft.peft import get_peft_model  # noqa: PLC0415
-    from minipeft.pretrain import BASES, load_base_model  # noqa: PLC0415
     from minipeft.quant import quantize_model  # noqa: PLC0415
 
     plan = args.plan
@@ -106,10 +120,9 @@ def cmd_finetune(args) -> None:
     if len(train) < args.batch_size:
         raise ValueError(f"{len(train)} training rows are fewer than --batch-size {args.batch_size}; pass a smaller "
                          "--batch-size, or more rows (with --data, a fifth of them, at most --n-test, is held out)")
-    base = load_base_model(cfg=BASES[base_name(args.quick)], progress=True)
-    tok = base.tokenizer
+    base = load_cli_base(args.base, args.quick)
+    tok, fresh = base.tokenizer, base.model
     mp.manual_seed(args.seed)
-    fresh = load_base_model(cfg=BASES[base_name(args.quick)], progress=False).model
     config = plan.build_config(fresh)
     if config is None:
         sampler = sft_sampler(train, task, tok, args.batch_size, context_left(base.model), args.seed)
@@ -124,7 +137,7 @@ def cmd_finetune(args) -> None:
                    progress=True, measure_memory=False, desc=plan.name)
     scores = evaluate(model, tok, test, task, args.max_new_tokens, metric=metric)[0] if test else {}
     run = {"method": plan.name, "task": task.name, "quick": args.quick, "base_name": base_name(args.quick),
-           "base": str(base.path), "lr": lr,
+           "base": str(base.path), "pretrained": args.base, "lr": lr,
            "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "n_train": len(train),
            "n_test": len(test), "final_loss": res.final_loss, "train_s": res.wall_time_s, "scores": scores,
            "data": None if args.data is None else str(args.data), "metric": metric,
@@ -162,7 +175,7 @@ def read_run(adapter: Path) -> dict:
     return run
 
 
-def load_adapted(adapter: Path, quick: bool):
+def load_adapted(adapter: Path, quick: bool, pretrained: str | None = None):
     """(model, tokenizer, run info) of an adapter folder on the base it was trained on (4-bit for QLoRA)."""
     from minipeft.cli_method import import_methods  # noqa: PLC0415
     from minipeft.compare.recipes import NF4_DQ  # noqa: PLC0415
@@ -173,16 +186,24 @@ def load_adapted(adapter: Path, quick: bool):
     save_load.recover(str(adapter))   # finish a save a crash cut short before reading its record
     run = read_run(adapter)
     import_methods(run.get("imports"))
-    if "base_name" in run:
+    if run.get("pretrained"):    # a real model: the name or path it was loaded from
+        name = run["pretrained"]
+    elif "base_name" in run:
         name = run["base_name"]
     elif "quick" in run:         # a record from before the small base: its --quick meant the tiny base
         name = "tiny" if run["quick"] else "full"
     else:
         name = base_name(quick)
-    if name not in BASES:
+    if pretrained is not None and pretrained != run.get("pretrained"):
+        raise ValueError(f"{adapter} was trained on {run.get('pretrained') or 'the mini GPT'} (its {RUN_FILE} says "
+                         f"so), not on --base {pretrained}; leave --base out: the adapter's record names its base")
+    if run.get("pretrained"):
+        base = load_cli_base(name, False)
+    elif name not in BASES:
         raise ValueError(f"{adapter / RUN_FILE}: base_name {name!r} is not one of {sorted(BASES)}; run finetune --out "
                          f"{adapter} again")
-    base = load_base_model(cfg=BASES[name], progress=True)
+    else:
+        base = load_base_model(cfg=BASES[name], progress=True)
     qcfg = run.get("quantization")
     if qcfg is not None:
         model = quantize_model(base.model, BitsAndBytesConfig.from_dict(qcfg))
@@ -193,20 +214,24 @@ def load_adapted(adapter: Path, quick: bool):
 
 def cmd_generate(args) -> None:
     from minipeft.checkpoint import load_checkpoint  # noqa: PLC0415
+    from minipeft.data.batching import encode_prompts  # noqa: PLC0415
     from minipeft.data.tokenizer import Tokenizer  # noqa: PLC0415
-    from minipeft.generate import generate_text  # noqa: PLC0415
-    from minipeft.pretrain import BASES, load_base_model  # noqa: PLC0415
+    from minipeft.generate import TextStreamer, generate  # noqa: PLC0415
 
     if args.adapter is not None:
-        model, tok, _ = load_adapted(args.adapter, args.quick)
+        model, tok, _ = load_adapted(args.adapter, args.quick, args.base)
     elif args.model is not None:
         if (args.model / "adapter_config.json").is_file():
             raise ValueError(f"{args.model} is an adapter folder (written by finetune); pass it as --adapter, "
                              "--model takes a folder written by merge")
-        model = load_checkpoint(args.model / "model.safetensors")
-        tok = Tokenizer.from_file(args.model / "tokenizer.json")
+        if (args.model / "config.json").is_file():          # a merged real model: a Hugging Face folder
+            base = load_cli_base(str(args.model), False)
+            model, tok = base.model, base.tokenizer
+        else:
+            model = load_checkpoint(args.model / "model.safetensors")
+            tok = Tokenizer.from_file(args.model / "tokenizer.json")
     else:
-        base = load_base_model(cfg=BASES[base_name(args.quick)], progress=True)
+        base = load_cli_base(args.base, args.quick)
         model, tok = base.model, base.tokenizer
     prompt = args.prompt
     if args.task is not None:
@@ -216,23 +241,44 @@ def cmd_generate(args) -> None:
                              "text without --task instead")
         prompt = t.prompt_template.format(**{t.input_fields[0]: prompt}).rstrip(" ")
     model.eval()
-    print(generate_text(model, tok, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                        seed=args.seed).strip())
+    ids = encode_prompts(tok, [prompt])[0]       # as finetune trained it: a chat model's prompt is a user turn
+    generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+             eos_id=tok.eos_id, truncate=True, on_token=TextStreamer(tok))
+    print()
 
 
 def cmd_merge(args) -> None:
     from minipeft.checkpoint import save_checkpoint  # noqa: PLC0415
 
-    model, tok, _ = load_adapted(args.adapter, args.quick)
+    model, tok, run = load_adapted(args.adapter, args.quick)
     if not model.base_model.mergeable:
         raise ValueError(f"{args.adapter} holds {model.base_model.peft_type} adapters, which cannot be merged into the "
                          "base weights (the method adds computation no weight change reproduces); use it as it is: "
                          f"generate --adapter {args.adapter}")
     merged = model.merge_and_unload()
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(merged, args.out / "model.safetensors")
-    tok.save(args.out / "tokenizer.json")
+    if run.get("pretrained"):        # a real model: a Hugging Face folder that transformers reads too
+        from minipeft.llm.weights import save_hf_folder  # noqa: PLC0415
+
+        save_hf_folder(merged, tok, args.out)
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(merged, args.out / "model.safetensors")
+        tok.save(args.out / "tokenizer.json")
     print(f"merged model ({merged.num_parameters():,d} parameters) written to {args.out}")
+
+
+def cmd_chat(args) -> None:
+    from minipeft.chat import chat_loop  # noqa: PLC0415
+
+    if args.adapter is not None:
+        model, tok, _ = load_adapted(args.adapter, args.quick, args.base)
+    else:
+        base = load_cli_base(args.base, args.quick)
+        model, tok = base.model, base.tokenizer
+    model.eval()
+    print("an empty line or end of input ends the conversation")
+    chat_loop(model, tok, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+              top_k=args.top_k, seed=args.seed)
 
 
 def cmd_compare(args) -> None:
@@ -277,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the tiny base, few rows and steps (seconds; for trying things out)")
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,   # also after the command
                         help="print the full traceback when the command fails")
+        if name in ("finetune", "generate", "merge", "chat"):
+            sp.add_argument("--base", help="a pretrained LLM instead of the mini GPT: smollm2-135m-instruct (fetched "
+                            "once, 93 MB), a .gguf file or a Hugging Face model folder")
         return sp
 
     sp = add("pretrain", cmd_pretrain, "build the base model (or report the cached one)")
@@ -322,6 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", type=existing_dir, help="a model folder written by merge")
     sp.add_argument("--task", choices=sorted(TASKS), help="wrap --prompt in the task's template")
     sp.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most")
+    sp.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy")
+    sp.add_argument("--top-k", type=positive_int)
+    sp.add_argument("--seed", type=int)
+    sp = add("chat", cmd_chat, "talk to a chat model in the terminal (--base smollm2-135m-instruct)")
+    sp.add_argument("--adapter", type=existing_dir, help="an adapter folder written by finetune --base ...")
+    sp.add_argument("--system", help="a system message (default: the model's chat template's)")
+    sp.add_argument("--max-new-tokens", type=positive_int, default=256, help="tokens per reply at most")
     sp.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy")
     sp.add_argument("--top-k", type=positive_int)
     sp.add_argument("--seed", type=int)

@@ -14,7 +14,7 @@ import pytest
 from minipeft.cli import RUN_FILE, main
 from minipeft.data.generator import make_splits
 
-COMMANDS = ("pretrain", "finetune", "compare", "generate", "merge")
+COMMANDS = ("pretrain", "finetune", "compare", "generate", "merge", "chat")
 TINY = ["--quick", "--steps", "2", "--batch-size", "4", "--n-train", "8", "--n-test", "1"]
 PROMPT = "#Person1#: Shall we meet at the library on Friday? #Person2#: Yes, at 3 pm."
 
@@ -298,3 +298,47 @@ def test_a_record_without_base_name_loads_on_the_tiny_base_its_quick_meant(home,
     code, out, err = run(["generate", "--adapter", str(tmp_path / "a"), "--prompt", "Hi", "--max-new-tokens", "2"],
                          capsys)
     assert code == 0 and "building" not in out, err
+
+
+# ---- a pretrained LLM as the base (--base): a tiny random Llama written as a GGUF file -----------------------
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    from minipeft.llm.tiny import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("llm") / "tiny.gguf", seed=1)
+
+
+def test_finetune_generate_merge_chat_on_a_pretrained_base(home, tiny_llama, tmp_path, capsys, monkeypatch):
+    """--base runs every command on the Llama: the record names the base, generate and merge find it there, the
+    merged model is a Hugging Face folder that generate --model reads back, and chat streams a reply."""
+    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+    code, _, err = run(["finetune", "--base", str(tiny_llama), "--method", "lora-qv", "--lr", "1e-3", "--steps", "2",
+                        "--batch-size", "2", "--n-train", "4", "--n-test", "1", "--max-new-tokens", "4",
+                        "--out", str(adapter)], capsys)
+    assert code == 0, err
+    record = json.loads((adapter / RUN_FILE).read_text())
+    assert record["pretrained"] == str(tiny_llama)
+    code, out_adapter, err = run(["generate", "--adapter", str(adapter), "--prompt", "hi", "--max-new-tokens", "5"],
+                                 capsys)
+    assert code == 0, err
+    code, _, err = run(["merge", "--adapter", str(adapter), "--out", str(merged)], capsys)
+    assert code == 0, err
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in merged.iterdir()}
+    code, out_merged, err = run(["generate", "--model", str(merged), "--prompt", "hi", "--max-new-tokens", "5"],
+                                capsys)
+    assert code == 0, err
+    assert out_merged.splitlines()[-1] == out_adapter.splitlines()[-1]    # merged = adapter, greedily
+    code, _, err = run(["generate", "--adapter", str(adapter), "--base", "smollm2-135m-instruct", "--prompt", "hi"],
+                       capsys)
+    assert code == 1 and "leave --base out" in err
+    answers = iter(["hello there", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    code, out, err = run(["chat", "--base", str(tiny_llama), "--max-new-tokens", "4"], capsys)
+    assert code == 0, err
+    assert "model> " in out
+
+
+def test_chat_needs_a_chat_model(home, capsys, monkeypatch):
+    monkeypatch.setattr("builtins.input", lambda prompt="": "hello")
+    code, _, err = run(["chat", "--quick"], capsys)
+    assert code == 1 and "has no chat template" in err

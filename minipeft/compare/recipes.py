@@ -34,7 +34,7 @@ from minipeft.peft import (
 )
 from minipeft.quant import BitsAndBytesConfig, quantize_model
 
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]   # every block linear (the head is tied)
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]   # the GPT's "all-linear" (its head is tied)
 LORA_R, LORA_ALPHA = 8, 16                                               # tutorial 03's LoRA
 IA3_TARGETS = ["k_proj", "v_proj", "fc2"]                                # the (IA)^3 paper's: keys, values, MLP
 VIRTUAL_TOKENS = 20                                                      # soft prompts (tutorials 08, 09)
@@ -104,7 +104,7 @@ def peft_recipe(label: str, lr: float, lr_source: str, config: Callable[[Module]
     return Recipe(label, lr, lr_source, make, family, config, quantization)
 
 
-def _lora(targets: list[str]) -> Callable[[Module], PeftConfig]:
+def _lora(targets: list[str] | str) -> Callable[[Module], PeftConfig]:
     return lambda base: LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=targets)
 
 
@@ -116,13 +116,13 @@ METHOD_RECIPES: dict[str, Recipe] = {
     "full": Recipe("full fine-tuning", 1e-3, "tutorial 03 (also 07-09)", _full, "full"),
     "lora-qv": peft_recipe("LoRA r=8 q,v", 1e-2, T06 + " (module docstring)", _lora(["q_proj", "v_proj"]),
                            "reparameterized"),
-    "lora-all": peft_recipe("LoRA r=8 all linear", 1e-2, T06, _lora(ALL_LINEAR), "reparameterized"),
-    "qlora": peft_recipe("QLoRA r=8 (NF4+DQ)", 1e-2, T06 + ", as LoRA all linear", _lora(ALL_LINEAR),
+    "lora-all": peft_recipe("LoRA r=8 all linear", 1e-2, T06, _lora("all-linear"), "reparameterized"),
+    "qlora": peft_recipe("QLoRA r=8 (NF4+DQ)", 1e-2, T06 + ", as LoRA all linear", _lora("all-linear"),
                          "reparameterized", quantization=NF4_DQ),
     "houlsby": peft_recipe("Houlsby adapters", 1e-2, T06, _bottleneck("houlsby"), "additive"),
     "pfeiffer": peft_recipe("Pfeiffer adapters", 1e-2, T06, _bottleneck("pfeiffer"), "additive"),
     "ia3": peft_recipe("(IA)^3", 3e-1, T06 + " (loss fell at every step up to 3e-1)",
-                       lambda b: IA3Config(target_modules=IA3_TARGETS, feedforward_modules=["fc2"]), "additive"),
+                       lambda b: IA3Config(), "additive"),   # the model type's defaults: IA3_TARGETS on the GPT
     "bitfit": peft_recipe("BitFit", 1e-1, T07 + T07_LR, lambda b: bitfit_config(), "selective"),
     "layernorm": peft_recipe("LayerNorm only", 3e-1, T07 + T07_LR, lambda b: layernorm_config(), "selective"),
     "last-layer": peft_recipe("last block", 1e-2, T07 + T07_LR, lambda b: last_k_layers_config(1, b.config.n_layer),

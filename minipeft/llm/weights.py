@@ -12,6 +12,7 @@ so loading undoes it with the inverse reshape, and q_proj / k_proj then equal th
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,23 @@ def gguf_from_llama(model: LlamaForCausalLM) -> tuple[dict, dict[str, np.ndarray
             w = half_to_interleaved(w, cfg.n_kv_head)
         tensors[to_gguf[name]] = w
     return metadata, tensors
+
+
+def save_hf_folder(model: LlamaForCausalLM, tokenizer, folder: str | Path) -> Path:
+    """Write `model` and its tokenizer as a Hugging Face folder (config.json, model.safetensors, tokenizer.json,
+    tokenizer_config.json) in one crash-safe unit: what transformers' from_pretrained and load_pretrained read."""
+    from minipeft.io_utils import safetensors_bytes, write_files_as_unit
+
+    if not isinstance(model, LlamaForCausalLM):
+        raise TypeError(f"save_hf_folder: model must be a LlamaForCausalLM (a merged model: merge_and_unload()), got "
+                        f"{type(model).__name__}")
+    folder = Path(folder)
+    tensors = {k: np.ascontiguousarray(backend.to_numpy(p.data)) for k, p in model.named_parameters()}
+    with tempfile.TemporaryDirectory() as tmp:   # the tokenizer's own files, to put in the unit
+        tokenizer.save(tmp)
+        files = {name.name: name.read_bytes() for name in Path(tmp).iterdir() if not name.name.startswith(".")}
+    files["config.json"] = json.dumps({**model.config.to_hf_dict(), "torch_dtype": str(next(iter(
+        tensors.values())).dtype)}, indent=2).encode()
+    files["model.safetensors"] = safetensors_bytes(tensors, {"format": "pt"})
+    write_files_as_unit(folder, files)
+    return folder
