@@ -61,6 +61,30 @@ class CausalLM(Module):
     def head(self, h: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement head()")
 
+    def embed_with_positions(self, ids, inputs_embeds, prefix_kv, kv_cache: KVCache | None):
+        """(token embeddings x (B, T, C), prefix as n_layer pairs or None, the tokens' positions (T,)), checked.
+
+        Positions follow transformers (see forward): after a cache's entries, or after a new prefix's P."""
+        past = 0 if kv_cache is None else kv_cache.next_position
+        x = self._embed(ids, inputs_embeds, past)                       # (B, T, C)
+        B, T = x.shape[:2]
+        if kv_cache is not None and not kv_cache.empty and kv_cache.k[0].shape[0] != B:
+            raise ValueError(f"{self.name}: the KV cache holds a batch of {kv_cache.k[0].shape[0]} sequences but "
+                             f"the input has {B}; use one cache per batch (model.new_kv_cache())")
+        prefix = self._check_prefix(prefix_kv, B, kv_cache)
+        if prefix is not None:     # a new prefix of P entries takes positions 0..P-1; the tokens come after it
+            past = prefix[0][0].shape[1]
+            self._check_prefix_fits(past, T)
+        return x, prefix, backend.xp().arange(past, past + T)
+
+    @staticmethod
+    def advance_cache(kv_cache: KVCache | None, T: int, prefix) -> None:
+        """Count this call's T tokens (and a first call's prefix) in the cache the layers appended to."""
+        if kv_cache is not None:
+            kv_cache.length += T
+            if prefix is not None:
+                kv_cache.prefix_length = prefix[0][0].shape[1]
+
     def check_input(self, ids, past: int = 0):
         """Validate token ids (B, T): integer dtype, 2-D, within the context; returns the array."""
         try:

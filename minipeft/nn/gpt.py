@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
-from minipeft import backend, ops
+from minipeft import ops
 from minipeft.autograd import Tensor
 from minipeft.nn.causal_lm import CausalLM, KVCache
 from minipeft.nn.layers import MLP, Dropout, Embedding, LayerNorm, Linear
@@ -157,26 +157,13 @@ class GPT(CausalLM):
 
     def hidden_states(self, ids=None, *, inputs_embeds=None, prefix_kv=None, kv_cache: KVCache | None = None):
         """The last hidden states ln_f(x), (B, T, C), of token ids or of inputs_embeds (see forward)."""
-        past = 0 if kv_cache is None else kv_cache.next_position
-        x = self._embed(ids, inputs_embeds, past)                       # (B, T, C)
-        B, T = x.shape[:2]
-        if kv_cache is not None and not kv_cache.empty and kv_cache.k[0].shape[0] != B:
-            raise ValueError(f"GPT: the KV cache holds a batch of {kv_cache.k[0].shape[0]} sequences but the "
-                             f"input has {B}; use one cache per batch (model.new_kv_cache())")
-        prefix = self._check_prefix(prefix_kv, B, kv_cache)
-        if prefix is not None:     # a new prefix of P entries takes positions 0..P-1; the tokens come after it
-            past = prefix[0][0].shape[1]
-            self._check_prefix_fits(past, T)
-        pos = backend.xp().arange(past, past + T)                      # (T,) the tokens' positions
+        x, prefix, pos = self.embed_with_positions(ids, inputs_embeds, prefix_kv, kv_cache)   # (B, T, C), (T,)
         if self.wpe is not None:
             x = x + self.wpe(pos)                                       # (B, T, C) learned positions
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, kv_cache, i, None if prefix is None else prefix[i], pos)
-        if kv_cache is not None:
-            kv_cache.length += T
-            if prefix is not None:
-                kv_cache.prefix_length = prefix[0][0].shape[1]
+        self.advance_cache(kv_cache, x.shape[1], prefix)
         return self.ln_f(x)
 
     def head(self, h: Tensor) -> Tensor:
