@@ -37,6 +37,20 @@ class KVCache:
         return self.k[0] is None
 
 
+def with_past(k: Tensor, v: Tensor, prefix, cache: KVCache | None, layer: int) -> tuple[Tensor, Tensor]:
+    """This call's keys and values (B, T, Ckv) behind a prefix's (P) and the cache's earlier ones (past): each
+    (B, P + past + T, Ckv), stored back in the cache. The attention op treats the queries as the LAST T of these
+    positions, so every query sees the whole prefix, the past, and the tokens up to itself."""
+    if prefix is not None:
+        k, v = ops.concat([prefix[0], k], axis=1), ops.concat([prefix[1], v], axis=1)
+    if cache is not None:
+        if cache.k[layer] is not None:
+            k = ops.concat([cache.k[layer], k], axis=1)
+            v = ops.concat([cache.v[layer], v], axis=1)
+        cache.k[layer], cache.v[layer] = k, v
+    return k, v
+
+
 class CausalLM(Module):
     """Base of the decoder-only models: checks of ids, embeddings and prefixes, forward, the KV cache.
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from minipeft import ops
 from minipeft.autograd import Tensor
-from minipeft.nn.causal_lm import CausalLM, KVCache
+from minipeft.nn.causal_lm import CausalLM, KVCache, with_past
 from minipeft.nn.layers import MLP, Dropout, Embedding, LayerNorm, Linear
 from minipeft.nn.module import Module, ModuleList
 
@@ -105,16 +105,7 @@ class CausalSelfAttention(Module):
             # turned before caching: a cached key keeps the turn of its own position; prefix keys have none
             q = ops.rotary(q, pos, self.n_head, self.rope_base)
             k = ops.rotary(k, pos, self.n_head, self.rope_base)
-        if prefix is not None:
-            # the op treats q as the LAST T of the P + T key positions: every query sees the whole
-            # prefix and the tokens up to itself
-            k = ops.concat([prefix[0], k], axis=1)                      # (B, P + T, C)
-            v = ops.concat([prefix[1], v], axis=1)
-        if cache is not None:
-            if cache.k[layer] is not None:
-                k = ops.concat([cache.k[layer], k], axis=1)             # (B, past + T, C)
-                v = ops.concat([cache.v[layer], v], axis=1)
-            cache.k[layer], cache.v[layer] = k, v
+        k, v = with_past(k, v, prefix, cache, layer)                   # (B, P + past + T, C) each
         y = ops.attention(q, k, v, n_head=self.n_head, causal=True)
         return self.dropout(self.out_proj(y))
 

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 from minipeft import backend, ops
 from minipeft.autograd import Tensor
-from minipeft.nn.causal_lm import CausalLM, KVCache
+from minipeft.nn.causal_lm import CausalLM, KVCache, with_past
 from minipeft.nn.layers import Embedding, Linear
 from minipeft.nn.module import Module, ModuleList, Parameter
 
@@ -158,14 +158,7 @@ class LlamaAttention(Module):
         q = ops.rotary(self.q_proj(x), pos, self.n_head, self.rope_base)        # (B, T, C)
         k = ops.rotary(self.k_proj(x), pos, self.n_kv_head, self.rope_base)     # (B, T, Ckv)
         v = self.v_proj(x)                                                       # (B, T, Ckv)
-        if prefix is not None:
-            k = ops.concat([prefix[0], k], axis=1)                              # (B, P + T, Ckv)
-            v = ops.concat([prefix[1], v], axis=1)
-        if cache is not None:
-            if cache.k[layer] is not None:
-                k = ops.concat([cache.k[layer], k], axis=1)                     # (B, past + T, Ckv)
-                v = ops.concat([cache.v[layer], v], axis=1)
-            cache.k[layer], cache.v[layer] = k, v
+        k, v = with_past(k, v, prefix, cache, layer)                           # (B, P + past + T, Ckv) each
         y = ops.attention(q, k, v, n_head=self.n_head, causal=True, n_kv_head=self.n_kv_head)
         return self.o_proj(y)
 
