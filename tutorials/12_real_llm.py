@@ -12,10 +12,21 @@ once (93 MB) and cached. The task is the project's dialogue summarization in its
 references measures how far that is from the style the data asks for.
 
 Printed evidence: what the model answers zero-shot; ROUGE and fact recall before and after LoRA; the trainable
-share (460,800 parameters, 0.34%); training time; the adapter's bytes against the 538 MB float32 model; the
-merged model's logits against the unmerged ones; and a general question asked again with the adapter active.
+share (460,800 parameters, 0.34%); training time; the adapter's bytes against the 538 MB float32 model; a
+general question asked again with the adapter active and with it disabled; the merged model's logits against
+the unmerged ones.
 
-    python tutorials/12_real_llm.py           # the real model (see BENCHMARKS.md, "Tutorial 12", for its time)
+Measured (2-core x86-64 CPU, numpy 2.4 on OpenBLAS, quiet machine, 2026-12-07; BENCHMARKS.md, "The real
+model"): the whole run took 3.8 minutes (load 7 s, 60 LoRA steps of 4 dialogues in 169 s, 2.8 s a step), plus
+the one 93 MB download on a first run. On 12 test dialogues ROUGE-L rose from 0.216 zero-shot to 0.835 and the
+share of the reference's names, times and places stated from 0.32 to 0.91; zero-shot the model writes "In this
+conversation, Person1 is discussing..." where the data's style is "#Person1# invites #Person2# to...". The
+adapter is 1.8 MiB against 513 MiB (289x smaller), and merged and unmerged logits agree to 1.7e-4 (float32
+rounding through 30 layers, logits of size 35). What it cost: with the adapter active the model answers "What
+is the capital of France?" with "Hugging Face" instead of "The capital of France is Paris."; with the adapter
+disabled the frozen base answers as before. 60 steps on one task's style moved more than that task.
+
+    python tutorials/12_real_llm.py           # the real model, ~4 minutes on 2 cores
     python tutorials/12_real_llm.py --quick   # a tiny random Llama with the same code path, seconds
 """
 
@@ -105,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"LoRA      : {lora_preds[i]}")
 
     print(f"\nwith the adapter active, asked {QUESTION!r}:\n  {chat_reply(peft, tok, question, max_new_tokens=32)}")
+    with peft.disable_adapter():   # the base is frozen, untouched: without the adapter it answers as before
+        print(f"with the adapter disabled:\n  {chat_reply(peft, tok, question, max_new_tokens=32)}")
 
     # merge: W = W0 + (alpha / r) B A in every adapted matrix; the same logits, no adapter left to run
     ids = np.asarray([tok.apply_chat_template(question, add_generation_prompt=True)])
