@@ -116,6 +116,8 @@ def test_config_refuses_bad_fields_by_name(field, value, message):
 def test_hf_config_round_trip_and_refusals():
     cfg = LlamaConfig(**TINY)
     assert LlamaConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
+    untied = {k: v for k, v in cfg.to_hf_dict().items() if k != "tie_word_embeddings"}
+    assert not LlamaConfig.from_hf_dict(untied).tie_embeddings      # transformers' default when the key is absent
     with pytest.raises(ValueError, match="rope_scaling="):
         LlamaConfig.from_hf_dict({**cfg.to_hf_dict(), "rope_scaling": {"type": "linear", "factor": 2.0}})
     with pytest.raises(ValueError, match="model_type is 'gpt2'"):

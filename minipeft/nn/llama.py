@@ -113,6 +113,7 @@ class LlamaConfig:
             raise ValueError(f"config.json lacks {missing}, which a Llama model needs")
         kw = {ours: d[hf] for ours, hf in HF_FIELDS.items() if d.get(hf) is not None}
         kw.setdefault("n_kv_head", kw["n_head"])        # transformers: None means one key/value head per query head
+        kw.setdefault("tie_embeddings", False)          # transformers' LlamaConfig default
         return cls(**{k: (float(v) if k in ("rope_base", "rms_norm_eps") else v) for k, v in kw.items()})
 
 
