@@ -17,7 +17,7 @@ general question asked again with the adapter active and with it disabled; the m
 the unmerged ones.
 
 Measured (2-core x86-64 CPU, numpy 2.4 on OpenBLAS, quiet machine, 2026-12-07; BENCHMARKS.md, "The real
-model"): the whole run took 3.8 minutes (load 7 s, 60 LoRA steps of 4 dialogues in 169 s, 2.8 s a step), plus
+model"): the whole run took 3.8 minutes (load 6 s, 60 LoRA steps of 4 dialogues in 162 s, 2.7 s a step), plus
 the one 93 MB download on a first run. On 12 test dialogues ROUGE-L rose from 0.216 zero-shot to 0.835 and the
 share of the reference's names, times and places stated from 0.32 to 0.91; zero-shot the model writes "In this
 conversation, Person1 is discussing..." where the data's style is "#Person1# invites #Person2# to...". The
