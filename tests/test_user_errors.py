@@ -1,5 +1,5 @@
 """Mistakes a student makes, each refused with a message that names the thing, the value and the fix, and nothing
-written where it should not be: found by probing the public API (session 9), one test per fix."""
+written where it should not be: found by probing the public API, one test per fix."""
 
 from __future__ import annotations
 
