@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from minipeft import backend
+from minipeft import backend, ops
 from minipeft.autograd import no_grad
 
 
@@ -66,6 +66,13 @@ def _check_prompt(prompt_ids, vocab_size: int) -> list[int]:
     return [int(t) for t in ids]
 
 
+def _last_logits(model, ids: list[int], cache):
+    """Logits (1, 1, vocab) of the last position only: the head (C x vocab, the largest product of a real LLM's
+    forward) runs on the one row whose logits pick the next token, not on every prompt position."""
+    h = model.hidden_states(np.asarray([ids]), kv_cache=cache)      # (1, T, C)
+    return model.head(ops.getitem(h, (slice(None), slice(-1, None))))
+
+
 def generate(model, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int | None = None, eos_id: int | None = None, use_cache: bool = True, seed: int | None = None,
              truncate: bool = False, on_token: Callable[[int], None] | None = None) -> list[int]:
@@ -114,7 +121,7 @@ def generate(model, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
         with no_grad():
             cache = core.new_kv_cache() if use_cache else None
             seq = list(prompt)
-            logits, _ = model(np.asarray([seq]), kv_cache=cache) if use_cache else model(np.asarray([seq]))
+            logits = _last_logits(model, seq, cache)
             for i in range(max_new_tokens):
                 tok = _pick(backend.to_numpy(logits.data[0, -1]), temperature, top_k, gen)
                 if eos_id is not None and tok == eos_id:
@@ -125,10 +132,8 @@ def generate(model, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
                     on_token(tok)
                 if i == max_new_tokens - 1:
                     break  # the last token needs no forward pass
-                if use_cache:
-                    logits, _ = model(np.asarray([[tok]]), kv_cache=cache)  # one new position
-                else:
-                    logits, _ = model(np.asarray([seq]))                     # the whole sequence again
+                # with the cache one new position, without it the whole sequence again
+                logits = _last_logits(model, [tok] if use_cache else seq, cache)
     finally:
         model.train(was_training)
     return out

@@ -95,14 +95,14 @@ def test_generation_restores_the_training_mode(model):
 def test_generation_records_no_graph_and_prefills_once(model, monkeypatch):
     # under no_grad nothing is kept for backward; with the cache the prompt runs once, then 1 token a step
     calls = []
-    forward = model.forward
+    hidden_states = model.hidden_states
 
     def spy(ids, *args, **kwargs):
-        logits, loss = forward(ids, *args, **kwargs)
-        calls.append((np.asarray(ids).shape[1], logits.requires_grad))
-        return logits, loss
+        h = hidden_states(ids, *args, **kwargs)
+        calls.append((np.asarray(ids).shape[1], h.requires_grad))
+        return h
 
-    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(model, "hidden_states", spy)
     generate(model, PROMPT, 4)
     assert calls == [(4, False), (1, False), (1, False), (1, False)]
     calls.clear()
@@ -174,17 +174,20 @@ class _PrefixTuned(Module):
     def get_base_model(self) -> GPT:
         return self.model
 
-    def forward(self, ids=None, targets=None, *, kv_cache=None, **kwargs):
+    def hidden_states(self, ids=None, *, kv_cache=None, **kwargs):
         prefix = None
         if kv_cache is None or kv_cache.empty:
             prefix = [(ops.getitem(self.prefix, (i, 0)), ops.getitem(self.prefix, (i, 1)))
                       for i in range(self.model.config.n_layer)]
-        return self.model(ids, targets, prefix_kv=prefix, kv_cache=kv_cache, **kwargs)
+        return self.model.hidden_states(ids, prefix_kv=prefix, kv_cache=kv_cache, **kwargs)
+
+    def head(self, h):
+        return self.model.head(h)
 
 
 class _PromptTuned(Module):
     """A prompt-tuning tuner in miniature: n virtual token embeddings in front of the first call's tokens; the
-    logits of the virtual positions are dropped, so logits line up with ids."""
+    hidden states of the virtual positions are dropped, so they line up with ids (as the real tuner's)."""
 
     def __init__(self, model: GPT, n: int, seed: int):
         self.model, self.n = model, n
@@ -194,13 +197,16 @@ class _PromptTuned(Module):
     def get_base_model(self) -> GPT:
         return self.model
 
-    def forward(self, ids, *, kv_cache=None):
+    def hidden_states(self, ids, *, kv_cache=None):
         if kv_cache is not None and not kv_cache.empty:
-            return self.model(ids, kv_cache=kv_cache)                                     # the prompt is cached
+            return self.model.hidden_states(ids, kv_cache=kv_cache)                       # the prompt is cached
         tokens = self.model.wte(ids)                                                      # (B, T, C)
         virtual = ops.broadcast_to(self.prompt, (tokens.shape[0], self.n, tokens.shape[2]))
-        logits, _ = self.model(inputs_embeds=ops.concat([virtual, tokens], axis=1), kv_cache=kv_cache)
-        return ops.getitem(logits, (slice(None), slice(self.n, None))), None
+        h = self.model.hidden_states(inputs_embeds=ops.concat([virtual, tokens], axis=1), kv_cache=kv_cache)
+        return ops.getitem(h, (slice(None), slice(self.n, None)))
+
+    def head(self, h):
+        return self.model.head(h)
 
 
 @pytest.mark.parametrize("tuner", [_PrefixTuned, _PromptTuned])
@@ -222,3 +228,17 @@ def test_virtual_tokens_and_prefix_entries_count_against_the_context_in_generati
     for tuner in (_PrefixTuned, _PromptTuned):
         with pytest.raises(ValueError, match="17 .*exceeds? the context length 16"):
             generate(tuner(model, 2, seed=2), PROMPT, 12, use_cache=use_cache)
+
+
+def test_the_head_runs_on_the_last_position_only(model, monkeypatch):
+    """Only the last position's logits pick a token, so the (C x vocab) head gets one row per step, prefill too."""
+    rows = []
+    head = model.head
+
+    def spy(h):
+        rows.append(h.shape[1])
+        return head(h)
+
+    monkeypatch.setattr(model, "head", spy)
+    generate(model, PROMPT, 3)
+    assert rows == [1, 1, 1]
