@@ -23,15 +23,15 @@ forms alternated (A B C ... A B C ...) and the median taken: the plain base mode
 printed). Two workloads: a forward pass over a batch (prefill / scoring) and greedy generation with the KV
 cache (one token per forward, where per-layer overheads weigh most).
 
-Measured (BENCHMARKS.md, session 8; 5 min 42 s on 2 idle cores): at LoRA's budget (~73k parameters, 7% of the
+Measured (BENCHMARKS.md, tutorial 06; 5 min 42 s on 2 idle cores): at LoRA's budget (~73k parameters, 7% of the
 base's) LoRA r=8 scored ROUGE-L 0.739 / facts 0.33, Houlsby 0.675 / 0.18, Pfeiffer 0.655 / 0.15: the adapters came
 close in ROUGE but not in facts, and here did not match LoRA. (IA)^3 with 3,072 parameters scored 0.370 / 0.06,
 well above LoRA r=1 on the same matrices (4,608: 0.213 / 0.04), far below the 73k methods. Inference at this size
 is within this machine's noise (±15%) for every form but unmerged LoRA: the forward pass over a batch took
 0.99-1.02x the base's time, and greedy decoding 0.86-1.17x (~4 ms per token, where merged LoRA, the base's very
-shapes, measured 0.94x). The adapters' extra products are small next to the layer's own here; session 7 (under
-load) measured them at 1.10x (Houlsby) and 1.15x (Pfeiffer) per token. Unmerged LoRA decoded at 1.17x (1.50x in
-session 7, when the fast path still folded W0 + s B A at every call, d r k multiply-adds per single token; it now
+shapes, measured 0.94x). The adapters' extra products are small next to the layer's own here; an earlier run (under
+load) measured them at 1.10x (Houlsby) and 1.15x (Pfeiffer) per token. Unmerged LoRA decoded at 1.17x (1.50x with
+an earlier fast path that folded W0 + s B A at every call, d r k multiply-adds per single token; it now
 folds only when N (d + k) >= d k).
 
     python tutorials/06_adapters.py          # 5 fine-tunings of 200 steps: ~6 minutes on 2 cores

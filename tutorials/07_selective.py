@@ -23,7 +23,7 @@ Learning rates: selective methods train few values, each of which must move furt
 rate than full fine-tuning's 1e-3; each method's is the best of 3-4 rates measured by bench/lr_probe.py
 (LRS below; the table is in BENCHMARKS.md).
 
-Measured in the full run (BENCHMARKS.md, session 8: 5 min 58 s on 2 cores, one seed, 60 test dialogues): the claim
+Measured in the full run (BENCHMARKS.md, "Tutorial 07": 5 min 58 s on 2 cores, one seed, 60 test dialogues): the claim
 holds where the backward must still reach layer 0. BitFit, LayerNorm, embeddings-only and sparse 1% train 0.2-25%
 of the parameters yet took 0.92-1.04x full fine-tuning's step time and 0.99-1.02x its peak memory (BitFit,
 LayerNorm and embeddings-only skip the frozen weights' gradient products, 0.71-0.72x the FLOPs; sparse computes

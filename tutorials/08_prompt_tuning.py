@@ -21,15 +21,15 @@ n (`with_room_for`), giving the tokens the 256 positions they had. Distances bet
 the model was trained on; only the farthest virtual tokens sit more than 256 positions from the last
 tokens, a mild extrapolation that the trained prompt can adapt to.
 
-Measured (BENCHMARKS.md, session 8; 5 min 13 s on 2 idle cores), at learning rates probed for AdamW
+Measured (BENCHMARKS.md, soft prompts; 5 min 13 s on 2 idle cores), at learning rates probed for AdamW
 (bench/lr_probe.py: the prompt 30, the prefix 0.3; Lester et al.'s 0.3 is Adafactor's relative step, and at 0.3
-session 7's run learned almost nothing): after 120 steps the validation loss falls as the prompt grows (5.75
+a run learned almost nothing): after 120 steps the validation loss falls as the prompt grows (5.75
 at n = 1, 5.09, 4.52, 3.98 at n = 100; prefix tuning 0.98; LoRA 0.58; full 0.45), but no prompt length
 summarizes: ROUGE-L 0.04-0.07, below the zero-shot base's 0.09, where prefix tuning reaches 0.20 (its
 summaries start right, "#Person1# and #Person2# ...", and drift), LoRA 0.59 and full fine-tuning 0.71.
 The learned 20-token prompt's vectors grew 450-1500x longer than the word embeddings they started as, and
 their cosine to any word is low (~0.34); by the printed count its neighbours are task words more often than
-the vocabulary is (0.63 vs 0.47; session 7's prompt at lr 0.3: 0.37), names and places of the summaries
+the vocabulary is (0.63 vs 0.47; a prompt trained at lr 0.3: 0.37), names and places of the summaries
 among them, so the course's "semantic groups" show weakly here. On this 1M-parameter model prompt tuning
 trails far: Lester et al.'s small-model end.
 
@@ -62,7 +62,7 @@ PROMPT_LENGTHS = [1, 5, 20, 100]
 PROMPT_INIT = dict(prompt_tuning_init="SAMPLE_VOCAB")   # embeddings of random vocabulary tokens (Lester et al. 5.1)
 PREFIX_TOKENS = 20
 # soft prompts: the best of 10 (prompt) and 6 (prefix) rates in bench/lr_probe.py on this task (BENCHMARKS.md,
-# session 8). Lester et al.'s 0.3 is Adafactor's step relative to the parameter's scale; AdamW steps ~lr per
+# soft prompts). Lester et al.'s 0.3 is Adafactor's step relative to the parameter's scale; AdamW steps ~lr per
 # coordinate, and here the prompt only steers the model once its vectors are far longer than the word embeddings
 # (held-out loss 5.98 at 0.3, 5.04 at 30)
 LR = {"prompt": 30.0, "prefix": 0.3, "lora": 3e-3, "full": 1e-3}

@@ -35,9 +35,9 @@ _pool: list = []
 def num_threads() -> int:
     """Threads a fast path may use on the CPU: MINIPEFT_NUM_THREADS, default 1.
 
-    Not every core by default: measured inside a training step (BENCHMARKS.md, session 8), a second thread for
-    AdamW's passes made the step's optimizer phase ~9% slower on 2 cores, because OpenBLAS's own worker thread
-    keeps spinning on the other core for a while after each matrix product, and the two share it. Set it where
+    Not every core by default: measured inside a training step (BENCHMARKS.md, threads inside a step), a second
+    thread for AdamW's passes made the step's optimizer phase ~9% slower on 2 cores, because OpenBLAS's own worker
+    thread keeps spinning on the other core for a while after each matrix product, and the two share it. Set it where
     cores are idle between products (more cores than OpenBLAS uses)."""
     value = os.environ.get("MINIPEFT_NUM_THREADS", "").strip()
     return int(value) if value.isdigit() and int(value) >= 1 else 1
