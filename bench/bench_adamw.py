@@ -17,8 +17,8 @@ import numpy as np
 
 import minipeft as mp
 from minipeft.nn import GPT, GPTConfig
-from minipeft.ops.fast import adamw as fast_adamw
 from minipeft.optim import AdamW
+from minipeft.workshop.fast import adamw as fast_adamw
 
 
 def main(argv=None) -> None:

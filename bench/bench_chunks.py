@@ -1,6 +1,6 @@
 """Benchmark: GELU forward + backward with chunked passes, by chunk size, against whole-array passes.
 
-`minipeft.ops.fast._shared.CHUNK_ELEMENTS` sets how many elements a fast path's in-place passes cover
+`minipeft.workshop.fast._shared.CHUNK_ELEMENTS` sets how many elements a fast path's in-place passes cover
 before moving to the next chunk; this script times GELU's fast path (`ChunkedGELUFn`, whatever the fast-ops
 switch says) on the MLP activation of the tutorials' model (a step's (8 x 256, 512) float32 array by default)
 for each chunk size and for one whole-array chunk, alternated (A B C ... A B C ...), and prints each as a
@@ -21,8 +21,8 @@ import numpy as np
 import minipeft as mp
 from minipeft import backend
 from minipeft.autograd import Tensor
-from minipeft.ops.fast import _shared
-from minipeft.ops.fast.gelu import ChunkedGELUFn
+from minipeft.workshop.fast import _shared
+from minipeft.workshop.fast.gelu import ChunkedGELUFn
 
 
 def gelu_step(x: Tensor, dy) -> None:

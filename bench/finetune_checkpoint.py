@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import minipeft as mp
-from minipeft.checkpoint import load_checkpoint
-from minipeft.data.generator import make_splits
-from minipeft.data.tokenizer import Tokenizer
-from minipeft.finetune import evaluate, finetune
 from minipeft.peft import LoraConfig, get_peft_model
+from minipeft.workshop.checkpoint import load_checkpoint
+from minipeft.workshop.data.generator import make_splits
+from minipeft.workshop.data.tokenizer import Tokenizer
+from minipeft.workshop.finetune import evaluate, finetune
 
 
 def tutorial_03():

@@ -12,8 +12,8 @@
 #    tests/test_metrics.py is left out: it checks ROUGE against the rouge-score package, a dev extra that such a
 #    machine may lack (host code; it runs on every CPU run).
 # Each step has its own time limit, so a slow one cannot eat the next one's; each prints its exit status.
-# A dry run without a GPU, on the CuPy stand-in (PyTorch on the CPU; its large shape would outlast the limit there):
-#     MINIPEFT_DEVICE=strict VS_PYTORCH_ARGS=--quick bash bench/gpu_check.sh
+# A dry run of the tests part without a GPU, on the test suite's CuPy stand-in:
+#     MINIPEFT_DEVICE=cpu MINIPEFT_TEST_DEVICE=strict GPU_CHECK_PARTS=tests bash bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu_check_out}

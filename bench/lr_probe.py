@@ -19,8 +19,6 @@ import argparse
 import time
 
 import minipeft as mp
-from minipeft.data.generator import make_splits
-from minipeft.finetune import finetune, sft_sampler, validation_loss
 from minipeft.peft import (
     LoraConfig,
     PrefixTuningConfig,
@@ -33,7 +31,9 @@ from minipeft.peft import (
     layernorm_config,
     select_sparse_entries,
 )
-from minipeft.pretrain import load_base_model
+from minipeft.workshop.data.generator import make_splits
+from minipeft.workshop.finetune import finetune, sft_sampler, validation_loss
+from minipeft.workshop.pretrain import load_base_model
 
 LRS = {   # each grid wide enough that its best rate is not at an edge (session 8's run: BENCHMARKS.md)
     "BitFit": [1e-2, 3e-2, 1e-1, 3e-1],

@@ -1,6 +1,6 @@
 """Experiment: which pretraining recipe gives a base model that reads its context (issue 12's curve).
 
-For each recipe: pretrain (printing the copying probe, minipeft.probes.repeat_accuracy, every --every
+For each recipe: pretrain (printing the copying probe, minipeft.workshop.probes.repeat_accuracy, every --every
 steps), then fine-tune the whole model on dialogsum and on qa with tutorial 03's and 04's settings and
 score the test split: fact recall (names, days, places, numbers copied from the dialogue) and QA exact
 match. One JSON line per recipe is appended to --out, so runs can be compared and tabulated later.
@@ -22,11 +22,11 @@ import json
 import time
 
 import minipeft as mp
-from minipeft.checkpoint import load_checkpoint, save_checkpoint
-from minipeft.data.generator import make_splits
-from minipeft.finetune import evaluate, finetune
-from minipeft.pretrain import FULL, QUICK, build_base_model
-from minipeft.probes import list_copy_accuracy, repeat_accuracy
+from minipeft.workshop.checkpoint import load_checkpoint, save_checkpoint
+from minipeft.workshop.data.generator import make_splits
+from minipeft.workshop.finetune import evaluate, finetune
+from minipeft.workshop.pretrain import FULL, QUICK, build_base_model
+from minipeft.workshop.probes import list_copy_accuracy, repeat_accuracy
 
 ROPE = (("position_embedding", "rope"),)
 COPY_HEAVY = (("lists", 0.25), ("dialogue_notes", 0.25))

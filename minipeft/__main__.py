@@ -1,5 +1,5 @@
-"""`python -m minipeft ...`: see minipeft.cli."""
+"""`python -m minipeft ...`: see minipeft.workshop.cli."""
 
-from minipeft.cli import main
+from minipeft.workshop.cli import main
 
 raise SystemExit(main())

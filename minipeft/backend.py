@@ -2,7 +2,8 @@
 
 Every other module asks `xp()` for the array module instead of importing numpy or cupy
 conditionally. Select the GPU with `MINIPEFT_DEVICE=cuda` or `minipeft.set_device("cuda")`.
-The test suite also runs under MINIPEFT_DEVICE=strict, a CuPy stand-in for CI (minipeft/_strict/).
+`register_device(name, module)` adds another array library with CuPy's API under a name: the test suite
+registers its CuPy stand-in that way (tests/strict_cupy/).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 _DEVICES = ("cpu", "cuda")
-_TEST_DEVICES = ("strict",)  # the CuPy stand-in in minipeft/_strict/: for minipeft's own tests, not for users
+_REGISTERED: dict[str, Any] = {}   # name -> an array module with CuPy's API (register_device)
 _state: dict[str, Any] = {"device": "cpu", "xp": np, "rng": None, "dtype": np.float32}
 
 
@@ -49,23 +50,25 @@ def _load_cupy():
     return cupy
 
 
-def _load_strict():
-    from minipeft import _strict  # noqa: PLC0415 (only for the test device)
-
-    return _strict
+def register_device(name: str, module) -> None:
+    """Make `set_device(name)` select `module`: an array library with CuPy's API, its `cupyx` attribute standing
+    in for cupyx (the test suite's CuPy stand-in is one)."""
+    if name in _DEVICES:
+        raise ValueError(f"register_device: {name!r} is a built-in device; pick another name")
+    _REGISTERED[name] = module
 
 
 def set_device(device: str) -> None:
     """Select 'cpu' (NumPy) or 'cuda' (CuPy) for every array created from now on."""
-    if device not in _DEVICES + _TEST_DEVICES:
-        raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
-    _state["xp"] = np if device == "cpu" else _load_strict() if device == "strict" else _load_cupy()
+    if device not in _DEVICES and device not in _REGISTERED:
+        raise ValueError(f"device must be one of {_DEVICES + tuple(_REGISTERED)}, got {device!r}")
+    _state["xp"] = np if device == "cpu" else _REGISTERED[device] if device in _REGISTERED else _load_cupy()
     _state["device"] = device
     _state["rng"] = None
 
 
 def get_device() -> str:
-    """The current device name, 'cpu' or 'cuda' ('strict' in minipeft's own tests)."""
+    """The current device name: 'cpu', 'cuda', or a name given to register_device."""
     return _state["device"]
 
 
@@ -94,7 +97,7 @@ def xp():
 
 
 def is_gpu() -> bool:
-    """True when arrays live on a device: cuda, or the strict stand-in that takes the same code path."""
+    """True when arrays live on a device: cuda, or a registered library that takes the same code path."""
     return _state["device"] != "cpu"
 
 
@@ -109,8 +112,8 @@ def synchronize() -> None:
 
 
 def cupyx():
-    """The cupyx module (scatter_add and friends) on the GPU path: CuPy's, or the strict stand-in's mirror."""
-    if _state["device"] == "strict":
+    """The cupyx module (scatter_add and friends) on the GPU path: CuPy's, or a registered library's mirror."""
+    if _state["device"] in _REGISTERED:
         return _state["xp"].cupyx
     import cupyx as module  # noqa: PLC0415 (installed with cupy)
 
@@ -167,7 +170,7 @@ def fork_rng() -> Iterator[None]:
     manual_seed), so after the block the outer stream is exactly where it was, as if the block had not run.
     """
     prev = _state["rng"]
-    try:   # numpy's Generator (and the strict stand-in's) copies with its state
+    try:   # numpy's Generator (and a registered stand-in's) copies with its state
         _state["rng"] = None if prev is None else copy.deepcopy(prev)
     except TypeError:
         # CuPy's generator may not copy (its bit generator holds a lock and curand states on the device): then the
@@ -203,7 +206,7 @@ def _device_from_environment() -> None:
     device = value.strip().lower()
     if device in ("", "cpu"):
         return
-    if device not in _DEVICES + _TEST_DEVICES:
+    if device not in _DEVICES:
         raise ValueError(f"MINIPEFT_DEVICE={value!r} is not a device minipeft knows; allowed values: 'cpu' (NumPy, "
                          "the default) and 'cuda' (CuPy on an NVIDIA GPU). Unset it to run on the CPU.")
     set_device(device)

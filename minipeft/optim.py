@@ -151,7 +151,7 @@ def adamw_update(p, g, m, v, tmp, t: int, lr: float, b1: float, b2: float, eps: 
     """One AdamW update of the array p from its gradient g, in place; m, v (Adam's moments) updated in place.
 
     tmp is scratch of p's shape. The reference: whole-array passes, each written `out=` or in place so
-    nothing is allocated (minipeft.ops.fast.adamw runs the same passes over cache-sized chunks).
+    nothing is allocated (minipeft.workshop.fast.adamw runs the same passes over cache-sized chunks).
     """
     xp = backend.xp()
     m *= b1                                     # m = b1 m + (1 - b1) g

@@ -6,10 +6,17 @@ import os
 
 import numpy as np
 import pytest
+import strict_cupy
 from hypothesis import HealthCheck, settings
 
 import minipeft
 from minipeft import backend
+
+# the CuPy stand-in in tests/strict_cupy/ (CI has no GPU): a test may select it with set_device("strict"), and
+# MINIPEFT_TEST_DEVICE=strict runs the whole suite on it
+backend.register_device("strict", strict_cupy)
+if os.environ.get("MINIPEFT_TEST_DEVICE", "").strip().lower() == "strict":
+    backend.set_device("strict")
 
 # `ci` (the default) is fixed and reproducible; `dev` explores more. HYPOTHESIS_PROFILE=dev pytest
 settings.register_profile("ci", deadline=None, max_examples=25, derandomize=True, print_blob=True,

@@ -18,8 +18,8 @@ import time
 
 from lora_helpers import build_gpt
 
-from minipeft.checkpoint import save_checkpoint
 from minipeft.peft import LoraConfig, get_peft_model
+from minipeft.workshop.checkpoint import save_checkpoint
 
 MAX_LIFE_S = 5.0  # a child nobody kills (the test failed) stops by itself
 

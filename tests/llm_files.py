@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from minipeft.pretrain import minipeft_home
+from minipeft.workshop.pretrain import minipeft_home
 
 REAL_NAME = "smollm2-135m-instruct"
 REAL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -25,5 +25,5 @@ def real_gguf_path() -> Path:
     path = minipeft_home() / REAL_NAME / REAL_FILE
     if not path.is_file():
         pytest.skip(f"the real model's file is not cached at {path} (fetch it once: python -c \"from "
-                    "minipeft.llm.hub import fetch; fetch('smollm2-135m-instruct')\", or set MINIPEFT_HOME)")
+                    "minipeft.workshop.llm.hub import fetch; fetch('smollm2-135m-instruct')\", or set MINIPEFT_HOME)")
     return path

@@ -13,9 +13,9 @@ import pytest
 import minipeft as mp
 from minipeft import backend
 from minipeft.nn import GPT, GPTConfig
-from minipeft.ops.fast import _shared
-from minipeft.ops.fast.adamw import chunked_adamw_update
 from minipeft.optim import AdamW, adamw_update
+from minipeft.workshop.fast import _shared
+from minipeft.workshop.fast.adamw import chunked_adamw_update
 
 
 def trained_state(fast: bool, steps: int = 3):

@@ -56,7 +56,7 @@ def test_set_device_bad_name_raises():
 
 def _import_with_device(value: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MINIPEFT_DEVICE": value}
-    code = "import sys, minipeft; print(minipeft.get_device(), 'minipeft._strict' in sys.modules)"
+    code = "import sys, minipeft; print(minipeft.get_device(), 'strict_cupy' in sys.modules)"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minipeft.data import (
+from minipeft.workshop.data import (
     IGNORE_INDEX,
     Tokenizer,
     collate_sft,
@@ -22,7 +22,7 @@ from minipeft.data import (
     sft_batches,
     split_for_bpe,
 )
-from minipeft.finetune import sft_sampler
+from minipeft.workshop.finetune import sft_sampler
 
 
 class CharTokenizer:
@@ -168,9 +168,9 @@ def test_validation_loss_weighs_every_completion_token_alike_and_restores_the_mo
     float32 rounding of a few summed losses), and equal the token-weighted mean of causal_lm_loss per row; the
     model's training mode is put back."""
     from minipeft import manual_seed
-    from minipeft.finetune import validation_loss
     from minipeft.loss import causal_lm_loss
     from minipeft.nn import GPT, GPTConfig
+    from minipeft.workshop.finetune import validation_loss
 
     tok = Tokenizer.train(make_corpus(100, seed=0), vocab_size=400)
     rows = make_splits("qa", 6, 0, 0, seed=0)["train"]

@@ -80,14 +80,14 @@ def test_profile_train_step_quick_runs_and_restores_the_ops(capsys, keep_rng):
     assert Function.__dict__["apply"] is apply_before and attn.__dict__["backward"] is backward_before
     # the matmul timer is gone too, from every module that calls `mm`
     users = [name for name, m in list(sys.modules.items()) if name.startswith("minipeft") and hasattr(m, "mm")]
-    assert {"minipeft.ops._util", "minipeft.ops.multihead_attention", "minipeft.ops.fast.attention",
+    assert {"minipeft.ops._util", "minipeft.ops.multihead_attention", "minipeft.workshop.fast.attention",
             "minipeft.ops.linalg"} <= set(users), users
     assert all(sys.modules[m].mm is mm_before for m in users)
 
 
 def test_bench_chunks_quick_runs_and_restores_the_chunk_size(capsys):
     """Every chunk size is timed against one whole-array chunk, and the library's CHUNK_ELEMENTS is put back."""
-    from minipeft.ops.fast import _shared
+    from minipeft.workshop.fast import _shared
 
     before = _shared.CHUNK_ELEMENTS
     run_quick("bench_chunks")

@@ -1,13 +1,13 @@
-"""Chat through a tokenizer's template (minipeft.chat) and text streamed as it is generated (TextStreamer)."""
+"""Chat through a tokenizer's template (minipeft.workshop.chat) and text streamed as it is generated (TextStreamer)."""
 
 from __future__ import annotations
 
 import pytest
 
-from minipeft.chat import chat_loop, chat_reply
 from minipeft.generate import TextStreamer, generate
-from minipeft.llm import load_pretrained
-from minipeft.llm.tiny import write_tiny_llama
+from minipeft.workshop.chat import chat_loop, chat_reply
+from minipeft.workshop.llm import load_pretrained
+from minipeft.workshop.llm.tiny import write_tiny_llama
 
 
 @pytest.fixture(scope="module")

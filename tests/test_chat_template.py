@@ -1,4 +1,4 @@
-"""ChatML without a template engine (minipeft/llm/chat_template.py): SmolLM2's template text, its recognition,
+"""ChatML without a template engine (minipeft/workshop/llm/chat_template.py): SmolLM2's template text, its recognition,
 and the rendering, checked against jinja2 running the template itself."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from llm_files import SMOLLM2_SYSTEM, SMOLLM2_TEMPLATE
 
-from minipeft.llm.chat_template import chatml_default_system, chatml_pieces, chatml_template
+from minipeft.workshop.llm.chat_template import chatml_default_system, chatml_pieces, chatml_template
 
 # Hugging Face's documented ChatML template, without a default system message
 PLAIN_CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "

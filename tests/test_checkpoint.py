@@ -14,10 +14,10 @@ from safetensors.numpy import save_file
 
 import minipeft
 from minipeft import backend
-from minipeft.checkpoint import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint
 from minipeft.io_utils import HOST_ID
 from minipeft.nn import GPT, GPTConfig
 from minipeft.peft import LoraConfig, get_peft_model
+from minipeft.workshop.checkpoint import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint
 
 
 def _model(seed: int = 0, **overrides) -> GPT:

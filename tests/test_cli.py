@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from minipeft.cli import RUN_FILE, main
-from minipeft.data.generator import make_splits
+from minipeft.workshop.cli import RUN_FILE, main
+from minipeft.workshop.data.generator import make_splits
 
 COMMANDS = ("pretrain", "finetune", "compare", "generate", "merge", "chat")
 TINY = ["--quick", "--steps", "2", "--batch-size", "4", "--n-train", "8", "--n-test", "1"]
@@ -231,7 +231,7 @@ def test_config_file_gives_any_registered_methods_config(home, tmp_path, capsys)
 def test_a_method_registered_outside_the_package_reaches_the_cli_not_the_table(home, tmp_path, capsys):
     """A student's method (registered by tests/example_method.py) trains, saves and generates through the command
     line with --import and --config, and the comparison table's recipes stay as they were."""
-    from minipeft.compare import METHOD_RECIPES
+    from minipeft.workshop.compare import METHOD_RECIPES
 
     cfg = tmp_path / "parallel.json"
     cfg.write_text(json.dumps({"peft_type": "EXAMPLE_PARALLEL", "bottleneck": 2, "target_modules": ["fc1"]}))
@@ -249,9 +249,9 @@ def test_a_method_registered_outside_the_package_reaches_the_cli_not_the_table(h
 
 
 def test_finetune_without_progress_prints_nothing(home, capsys):
-    from minipeft.finetune import finetune
     from minipeft.peft import LoraConfig, get_peft_model
-    from minipeft.pretrain import load_base_model
+    from minipeft.workshop.finetune import finetune
+    from minipeft.workshop.pretrain import load_base_model
 
     base = load_base_model(quick=True, progress=False)
     rows = make_splits("dialogsum", 4, 0, 0, seed=0)["train"]
@@ -266,7 +266,7 @@ def test_finetune_without_progress_prints_nothing(home, capsys):
 def test_quick_means_the_small_base_unless_told_tiny(env, built, tmp_path, capsys, monkeypatch):
     """--quick builds the small base, which learns a toy task in a short fine-tune (the README's figures); the suite
     keeps the tiny one with MINIPEFT_QUICK_BASE=tiny."""
-    from minipeft import pretrain
+    from minipeft.workshop import pretrain
 
     seen = []
 
@@ -303,7 +303,7 @@ def test_a_record_without_base_name_loads_on_the_tiny_base_its_quick_meant(home,
 # ---- a pretrained LLM as the base (--base): a tiny random Llama written as a GGUF file -----------------------
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    from minipeft.llm.tiny import write_tiny_llama
+    from minipeft.workshop.llm.tiny import write_tiny_llama
 
     return write_tiny_llama(tmp_path_factory.mktemp("llm") / "tiny.gguf", seed=1)
 

@@ -11,7 +11,8 @@ import math
 
 import pytest
 
-from minipeft.compare import (
+from minipeft.nn.gpt import GPT, GPTConfig
+from minipeft.workshop.compare import (
     METHOD_RECIPES,
     CompareConfig,
     format_table,
@@ -21,8 +22,7 @@ from minipeft.compare import (
     to_csv,
     write_outputs,
 )
-from minipeft.nn.gpt import GPT, GPTConfig
-from minipeft.pretrain import QUICK
+from minipeft.workshop.pretrain import QUICK
 
 NOT_MERGEABLE = {"houlsby", "pfeiffer", "prompt-tuning", "prefix-tuning"}   # a nonlinearity, or extra positions
 

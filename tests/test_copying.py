@@ -5,7 +5,7 @@ earlier occurrence of the current token and predicts what followed it. The full 
 a phase change after ~1,200 steps of the generated corpus (13 minutes), too slow for the suite, so this
 test trains the same ingredients (the GPT with rotary positions, AdamW, the cosine schedule and clipping
 of minipeft.train) on the one signal that pays only for induction, random segments repeated
-(minipeft.probes.repeated_segments), at a size that learns it in seconds. Chance on the repeated copy
+(minipeft.workshop.probes.repeated_segments), at a size that learns it in seconds. Chance on the repeated copy
 is 1/vocab; a model that cannot look back stays there.
 """
 
@@ -15,8 +15,8 @@ import minipeft as mp
 from minipeft import backend
 from minipeft.nn.gpt import GPT, GPTConfig
 from minipeft.optim import AdamW, cosine_schedule
-from minipeft.probes import repeat_accuracy, repeated_segments
 from minipeft.train import train
+from minipeft.workshop.probes import repeat_accuracy, repeated_segments
 
 VOCAB, SEQ, BATCH, STEPS, LR = 16, 48, 32, 1000, 3e-3
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from lora_helpers import build_gpt, seeded
 
-from minipeft.checkpoint import load_checkpoint
 from minipeft.peft import PeftModel
+from minipeft.workshop.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks a saving process to SIGKILL")
 TESTS = Path(__file__).parent

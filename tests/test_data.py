@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from minipeft.data import (
+from minipeft.workshop.data import (
     TASKS,
     load_jsonl,
     load_prompt_completion,
@@ -21,8 +21,8 @@ from minipeft.data import (
     make_splits,
     save_jsonl,
 )
-from minipeft.data import vocab as V
-from minipeft.data.dialogues import SCENARIOS, dialogue_example
+from minipeft.workshop.data import vocab as V
+from minipeft.workshop.data.dialogues import SCENARIOS, dialogue_example
 
 MAKERS = [make_corpus, make_dialogsum, make_qa, make_sentiment]
 PROMPT_MARKERS = ("Summarize the following", "Summary:", "Answer the question", "Question:", "Sentiment:")

@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 from strategies import arrays, attention_shapes
 
 from minipeft import Tensor, backend, to_numpy
-from minipeft.ops.fast import _shared
-from minipeft.ops.fast._shared import SHIFT_FREE_BOUND
-from minipeft.ops.fast.attention import BlockedAttentionFn, _heads, score_bound
-from minipeft.ops.fast.cross_entropy import ShiftFreeCrossEntropyFn
-from minipeft.ops.fast.gelu import ChunkedGELUFn
-from minipeft.ops.fast.scatter_add import scatter_add_unique_rows
 from minipeft.ops.multihead_attention import AttentionFn
+from minipeft.workshop.fast import _shared
+from minipeft.workshop.fast._shared import SHIFT_FREE_BOUND
+from minipeft.workshop.fast.attention import BlockedAttentionFn, _heads, score_bound
+from minipeft.workshop.fast.cross_entropy import ShiftFreeCrossEntropyFn
+from minipeft.workshop.fast.gelu import ChunkedGELUFn
+from minipeft.workshop.fast.scatter_add import scatter_add_unique_rows
 
 
 def blocked(q, k, v, n_head, block_size, causal=True):

@@ -23,8 +23,8 @@ from strategies import arrays, attention_shapes, shapes, token_ids
 
 from minipeft import Function, Tensor, backend, manual_seed, to_numpy
 from minipeft.ops import fastpath
-from minipeft.ops.fast import _shared
 from minipeft.quant import QuantState, quantize_absmax, quantize_nf4
+from minipeft.workshop.fast import _shared
 
 RTOL = 1e-12
 

@@ -1,4 +1,4 @@
-"""GGUF files (minipeft/llm/gguf_file.py): metadata and tensors round trip, the quantization bounds, the shape
+"""GGUF files (minipeft/workshop/llm/gguf_file.py): metadata and tensors round trip, the quantization bounds, the shape
 convention, the errors, and the real SmolLM2 file when it is cached."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from llm_files import real_gguf_path
 
-from minipeft.llm.gguf_file import GGUFFile, read_gguf, read_gguf_metadata, write_gguf
+from minipeft.workshop.llm.gguf_file import GGUFFile, read_gguf, read_gguf_metadata, write_gguf
 
 gguf = pytest.importorskip("gguf")
 

@@ -196,7 +196,7 @@ def test_tensor_inputs_embeds_path_equals_ids_path():
 @pytest.mark.parametrize("torch_dtype", ["float32", "bfloat16"])
 def test_hf_folder_written_by_transformers_loads_with_the_same_weights(tmp_path, torch_dtype):
     """save_pretrained's config.json + model.safetensors load back bit for bit (bfloat16 widened exactly)."""
-    from minipeft.llm.weights import llama_from_hf_folder
+    from minipeft.workshop.llm.weights import llama_from_hf_folder
 
     model = build_llama(seed=7)
     hf, torch = hf_twin(model)
@@ -209,7 +209,7 @@ def test_hf_folder_written_by_transformers_loads_with_the_same_weights(tmp_path,
 
 
 def test_hf_folder_errors_name_the_file(tmp_path):
-    from minipeft.llm.weights import llama_from_hf_folder
+    from minipeft.workshop.llm.weights import llama_from_hf_folder
 
     with pytest.raises(FileNotFoundError, match="no config.json"):
         llama_from_hf_folder(tmp_path)
@@ -221,7 +221,7 @@ def test_hf_folder_errors_name_the_file(tmp_path):
 
 def test_gguf_rotary_permutation_round_trips_and_is_per_head():
     """llama.cpp's interleaving and its inverse are inverse; rows stay within their head."""
-    from minipeft.llm.weights import half_to_interleaved, interleaved_to_half
+    from minipeft.workshop.llm.weights import half_to_interleaved, interleaved_to_half
 
     w = np.arange(3 * 8 * 2, dtype=np.float64).reshape(3 * 8, 2)           # 3 heads of 8 rows
     g = half_to_interleaved(w, 3)
@@ -237,8 +237,8 @@ def test_gguf_rotary_permutation_round_trips_and_is_per_head():
 def test_gguf_file_of_a_tiny_llama_loads_back(tmp_path, quantized):
     """Written with llama.cpp's names and rotary rows, read back: F32 bit for bit; with the real file's types
     (Q4_1 matrices, Q8_0 embedding, F32 norms) equal to what the blocks dequantize to, so the logits follow."""
-    from minipeft.llm.gguf_file import read_gguf, write_gguf
-    from minipeft.llm.weights import gguf_from_llama, llama_from_gguf
+    from minipeft.workshop.llm.gguf_file import read_gguf, write_gguf
+    from minipeft.workshop.llm.weights import gguf_from_llama, llama_from_gguf
 
     model = build_llama(seed=8, d_model=32, n_head=4, n_kv_head=2, d_ff=64)   # Q4_1 needs rows of 32
     metadata, tensors = gguf_from_llama(model)

@@ -1,6 +1,6 @@
-"""A pretrained model's tokenizer (minipeft/llm/tokenizer.py): built from GGUF metadata or a tokenizer.json, the
-same ids as transformers, special ids from the model's files, the chat template; on a tiny vocabulary built here
-and on the real SmolLM2 file when it is cached."""
+"""A pretrained model's tokenizer (minipeft/workshop/llm/tokenizer.py): built from GGUF metadata or a
+tokenizer.json, the same ids as transformers, special ids from the model's files, the chat template; on a tiny
+vocabulary built here and on the real SmolLM2 file when it is cached."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from llm_files import SMOLLM2_SYSTEM, SMOLLM2_TEMPLATE, real_gguf_path
 from tokenizers import pre_tokenizers
 
-from minipeft.data import Tokenizer, collate_sft, encode_corpus, encode_sft
-from minipeft.llm.chat_template import chatml_template
-from minipeft.llm.gguf_file import write_gguf
-from minipeft.llm.tokenizer import PretrainedTokenizer, byte_chars
+from minipeft.workshop.data import Tokenizer, collate_sft, encode_corpus, encode_sft
+from minipeft.workshop.llm.chat_template import chatml_template
+from minipeft.workshop.llm.gguf_file import write_gguf
+from minipeft.workshop.llm.tokenizer import PretrainedTokenizer, byte_chars
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]                  # ids 0, 1, 2 as in SmolLM2
 MERGES = ["Ġ t", "h e", "Ġt he", "1 2", "l l", "he ll", "hell o", "Ġ hello"]

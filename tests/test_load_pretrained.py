@@ -13,8 +13,8 @@ import pytest
 
 import minipeft
 from minipeft import no_grad, to_numpy
-from minipeft.llm import hub, load_pretrained
-from minipeft.llm.tiny import SYSTEM, write_tiny_llama
+from minipeft.workshop.llm import hub, load_pretrained
+from minipeft.workshop.llm.tiny import SYSTEM, write_tiny_llama
 
 
 @pytest.fixture

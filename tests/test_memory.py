@@ -7,18 +7,12 @@ import numpy as np
 import pytest
 
 import minipeft as mp
-from minipeft.memory import (
-    LARGE_MODELS,
-    large_model_memory,
-    measure_step,
-    param_bytes,
-    predict_step,
-    weights_bytes,
-)
-from minipeft.memory.large import PAPER_FIGURES
+from minipeft.memory import measure_step, param_bytes
 from minipeft.nn.gpt import GPT, GPTConfig
 from minipeft.peft import LoraConfig, get_peft_model
 from minipeft.quant import BitsAndBytesConfig, quantize_model
+from minipeft.workshop.compare.memory_large import LARGE_MODELS, PAPER_FIGURES, large_model_memory, weights_bytes
+from minipeft.workshop.compare.memory_predict import predict_step
 
 ALL = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 B, T = 4, 64

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 
-from minipeft.metrics import (
+from minipeft.workshop.metrics import (
     accuracy,
     exact_match,
     fact_recall,
@@ -118,7 +118,7 @@ def test_fact_recall_by_kind_pools_each_kind_over_the_pairs():
 
 
 def test_fact_kinds_of_the_dialogue_task():
-    from minipeft.data.dialogues import fact_kind
+    from minipeft.workshop.data.dialogues import fact_kind
 
     assert [fact_kind(w) for w in ("Oscar", "Monday", "8:30", "30", "Paris")] == [
         "names", "days", "numbers", "numbers", "places"]

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from minipeft.plots import save_loss_plot
+from minipeft.workshop.plots import save_loss_plot
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 

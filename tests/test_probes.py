@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from minipeft import Tensor, backend
-from minipeft.data import Tokenizer, make_corpus
-from minipeft.probes import list_copy_accuracy, repeat_accuracy
+from minipeft.workshop.data import Tokenizer, make_corpus
+from minipeft.workshop.probes import list_copy_accuracy, repeat_accuracy
 
 
 class InductionOracle:

@@ -15,12 +15,12 @@ from test_gpt import randomized64
 from test_gpt_hooks import GRAD_TOL
 
 from minipeft import Tensor, backend, no_grad, ops, to_numpy
-from minipeft.data.tokenizer import Tokenizer
-from minipeft.finetune import _context
 from minipeft.generate import generate
 from minipeft.loss import causal_lm_loss
 from minipeft.peft import AdapterError, ConfigError, PeftModel, PromptTuningConfig, get_peft_model
 from minipeft.peft.tuners.prompt_tuning import nearest_tokens, prepend_prompt, prompt_nearest_tokens, text_init_ids
+from minipeft.workshop.data.tokenizer import Tokenizer
+from minipeft.workshop.finetune import _context
 
 
 def tuned(n: int = 3, seed: int = 0, base=None, **kw):
@@ -219,7 +219,7 @@ def test_bad_configs_raise_naming_the_field(kwargs, message):
 def test_a_config_that_does_not_fit_the_model_or_a_missing_tokenizer_raises(tmp_path):
     with pytest.raises(ValueError, match="token_dim=32 does not fit the model, which has 16"):
         get_peft_model(build_gpt(0), PromptTuningConfig(num_virtual_tokens=2, token_dim=32))
-    with pytest.raises(ValueError, match="tokenizer_name_or_path=.*no tokenizer file"):
+    with pytest.raises(ValueError, match="tokenizer_name_or_path=.*no readable tokenizer.json"):
         get_peft_model(build_gpt(0), PromptTuningConfig(num_virtual_tokens=2, prompt_tuning_init="TEXT",
                                                         prompt_tuning_init_text="hi",
                                                         tokenizer_name_or_path=str(tmp_path)))

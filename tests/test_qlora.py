@@ -20,7 +20,6 @@ from lora_helpers import batch, build_gpt, build_llama, logits, seeded, snapshot
 
 import minipeft
 from minipeft import Tensor, backend, fast_ops, no_grad, to_numpy
-from minipeft.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minipeft.nn import Linear, Parameter
 from minipeft.ops import record_matmuls
 from minipeft.peft import LoraConfig, LoraLinear, get_peft_model
@@ -30,14 +29,14 @@ from minipeft.quant import (
     Linear4bit,
     dequantize_model,
     linear4bit,
-    load_quantized,
     max_half_gap,
     qlora_config,
     quantization_error,
     quantize_model,
     quantized_layers,
-    save_quantized,
 )
+from minipeft.workshop.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minipeft.workshop.quant_io import load_quantized, save_quantized
 
 LINEARS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 

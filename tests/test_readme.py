@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from minipeft.llm.tiny import write_tiny_llama
+from minipeft.workshop.llm.tiny import write_tiny_llama
 
 README = Path(__file__).parent.parent / "README.md"
 

@@ -9,8 +9,8 @@ import pytest
 from llm_files import real_gguf_path
 
 from minipeft import LoraConfig, PeftModel, get_peft_model, no_grad, to_numpy
-from minipeft.chat import chat_reply
-from minipeft.llm import load_pretrained
+from minipeft.workshop.chat import chat_reply
+from minipeft.workshop.llm import load_pretrained
 
 pytestmark = pytest.mark.slow
 

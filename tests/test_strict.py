@@ -1,7 +1,7 @@
-"""The strict backend (MINIPEFT_DEVICE=strict): CuPy's rules on NumPy arrays, and what a training step reads back.
+"""The strict backend (MINIPEFT_TEST_DEVICE=strict): CuPy's rules on NumPy arrays, and what a training step reads back.
 
 Each test switches to the stand-in itself, so this file checks it whatever device the session runs on; CI also
-runs the model, LoRA, op and tutorial tests with MINIPEFT_DEVICE=strict (.ci/run).
+runs the model, LoRA, op and tutorial tests with MINIPEFT_TEST_DEVICE=strict (.ci/run).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def xp():
 
 
 def counting():
-    from minipeft import _strict  # noqa: PLC0415 (imported only with the strict device)
+    import strict_cupy  # noqa: PLC0415 (imported only with the strict device)
 
-    return _strict.counting()
+    return strict_cupy.counting()
 
 
 def test_strict_takes_the_gpu_path_with_its_own_array_module(xp):

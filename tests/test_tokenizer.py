@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from minipeft.data import Tokenizer, make_corpus
-from minipeft.data.tokenizer import EOS, PAD, SEP
+from minipeft.workshop.data import Tokenizer, make_corpus
+from minipeft.workshop.data.tokenizer import EOS, PAD, SEP
 
 TEXTS = make_corpus(300, seed=0)
 

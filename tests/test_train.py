@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import minipeft
-from minipeft import pretrain
 from minipeft.nn import GPT, GPTConfig, Module, Parameter
 from minipeft.optim import SGD, AdamW
 from minipeft.train import TrainResult, train
+from minipeft.workshop import pretrain
 
 QUIET = dict(progress=False, log_every=0)
 

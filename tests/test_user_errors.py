@@ -11,10 +11,6 @@ import numpy as np
 import pytest
 
 import minipeft
-from minipeft.checkpoint import save_checkpoint
-from minipeft.cli import main
-from minipeft.data import Tokenizer
-from minipeft.finetune import finetune, predict, validation_loss
 from minipeft.generate import generate
 from minipeft.nn import GPT, GPTConfig
 from minipeft.optim import AdamW
@@ -31,9 +27,13 @@ from minipeft.peft import (
     get_peft_model,
     select_sparse_entries,
 )
-from minipeft.pretrain import minipeft_home
 from minipeft.quant import quantize_model
 from minipeft.train import train
+from minipeft.workshop.checkpoint import save_checkpoint
+from minipeft.workshop.cli import main
+from minipeft.workshop.data import Tokenizer
+from minipeft.workshop.finetune import finetune, predict, validation_loss
+from minipeft.workshop.pretrain import minipeft_home
 
 ROW = {"dialogue": "#Person1#: hi. #Person2#: hello.", "summary": "They greet."}
 

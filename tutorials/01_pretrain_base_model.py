@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 
 import minipeft as mp
-from minipeft.data.generator import TASKS, make_splits
-from minipeft.finetune import evaluate
 from minipeft.generate import generate_text
-from minipeft.pretrain import QUICK_NOTE, load_base_model
+from minipeft.workshop.data.generator import TASKS, make_splits
+from minipeft.workshop.finetune import evaluate
+from minipeft.workshop.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 N_EVAL = 40          # test examples per task for the zero-shot scores (--quick: 4)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
           f"perplexity {info['val_perplexity_init']:.0f} -> {info['val_perplexity']:.1f}")
 
     # reading the context: a list, then the same list again; the repeat can only be predicted by looking back
-    print("\ncopying from the context (minipeft.probes, greedy next-token accuracy during pretraining)")
+    print("\ncopying from the context (minipeft.workshop.probes, greedy next-token accuracy during pretraining)")
     print(f"  {'step':>6}{'first list':>12}{'its repeat':>12}{'random tokens repeated':>25}")
     for row in info.get("probes", []):
         print(f"  {row['step']:>6}{row['list_first']:>12.3f}{row['list_second']:>12.3f}{row['repeat_accuracy']:>25.3f}")

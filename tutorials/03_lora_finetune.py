@@ -29,12 +29,12 @@ import os
 import tempfile
 
 import minipeft as mp
-from minipeft.checkpoint import save_checkpoint
-from minipeft.data.generator import make_splits
-from minipeft.finetune import evaluate, finetune
 from minipeft.memory import format_bytes
 from minipeft.peft import LoraConfig, get_peft_model
-from minipeft.pretrain import QUICK_NOTE, load_base_model
+from minipeft.workshop.checkpoint import save_checkpoint
+from minipeft.workshop.data.generator import make_splits
+from minipeft.workshop.finetune import evaluate, finetune
+from minipeft.workshop.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "dialogsum"

@@ -24,11 +24,11 @@ import os
 import tempfile
 
 import minipeft as mp
-from minipeft.data.generator import make_splits
-from minipeft.finetune import evaluate, finetune
 from minipeft.memory import format_bytes, param_bytes
 from minipeft.peft import LoraConfig, PeftModel, get_peft_model
-from minipeft.pretrain import QUICK_NOTE, load_base_model
+from minipeft.workshop.data.generator import make_splits
+from minipeft.workshop.finetune import evaluate, finetune
+from minipeft.workshop.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK_NAMES = ["dialogsum", "qa", "sentiment"]

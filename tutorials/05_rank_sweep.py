@@ -31,10 +31,10 @@ import argparse
 import numpy as np
 
 import minipeft as mp
-from minipeft.data.generator import make_splits
-from minipeft.finetune import evaluate, finetune, validation_loss
 from minipeft.peft import LoraConfig, get_peft_model
-from minipeft.pretrain import QUICK_NOTE, load_base_model
+from minipeft.workshop.data.generator import make_splits
+from minipeft.workshop.finetune import evaluate, finetune, validation_loss
+from minipeft.workshop.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "dialogsum"

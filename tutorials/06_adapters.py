@@ -48,11 +48,11 @@ import numpy as np
 
 import minipeft as mp
 from minipeft.autograd import no_grad
-from minipeft.data.generator import get_task, make_splits
-from minipeft.finetune import evaluate, finetune
 from minipeft.generate import generate
 from minipeft.peft import BottleneckConfig, IA3Config, LoraConfig, PeftModel, get_peft_model
-from minipeft.pretrain import QUICK_NOTE, load_base_model
+from minipeft.workshop.data.generator import get_task, make_splits
+from minipeft.workshop.finetune import evaluate, finetune
+from minipeft.workshop.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "dialogsum"

@@ -46,8 +46,6 @@ import numpy as np
 
 import minipeft as mp
 from minipeft import ops
-from minipeft.data.generator import make_splits
-from minipeft.finetune import evaluate, finetune, sft_sampler
 from minipeft.loss import causal_lm_loss
 from minipeft.memory import format_bytes
 from minipeft.optim import AdamW
@@ -63,8 +61,10 @@ from minipeft.peft import (
     select_sparse_entries,
 )
 from minipeft.peft.storage import adapter_file_bytes, adapter_tensor_bytes
-from minipeft.pretrain import QUICK_NOTE, load_base_model
 from minipeft.train import train
+from minipeft.workshop.data.generator import make_splits
+from minipeft.workshop.finetune import evaluate, finetune, sft_sampler
+from minipeft.workshop.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "dialogsum"

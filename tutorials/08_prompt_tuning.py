@@ -46,12 +46,12 @@ import numpy as np
 
 import minipeft as mp
 from minipeft.autograd import no_grad
-from minipeft.data.batching import encode_rows
-from minipeft.data.generator import get_task, make_splits
-from minipeft.finetune import evaluate, finetune, validation_loss
 from minipeft.peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from minipeft.peft.tuners.prompt_tuning import nearest_tokens, prompt_nearest_tokens
-from minipeft.pretrain import QUICK_NOTE, load_base_model
+from minipeft.workshop.data.batching import encode_rows
+from minipeft.workshop.data.generator import get_task, make_splits
+from minipeft.workshop.finetune import evaluate, finetune, validation_loss
+from minipeft.workshop.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "dialogsum"

@@ -40,10 +40,10 @@ import dataclasses
 import time
 
 import minipeft as mp
-from minipeft.data.generator import make_splits
-from minipeft.finetune import evaluate, finetune
 from minipeft.peft import LoraConfig, PromptTuningConfig, get_peft_model
-from minipeft.pretrain import FULL, QUICK, QUICK_NOTE, load_base_model
+from minipeft.workshop.data.generator import make_splits
+from minipeft.workshop.finetune import evaluate, finetune
+from minipeft.workshop.pretrain import FULL, QUICK, QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "sentiment"

@@ -41,12 +41,8 @@ import numpy as np
 import minipeft as mp
 from minipeft import to_numpy
 from minipeft.autograd import no_grad
-from minipeft.data.batching import encode_corpus
-from minipeft.data.generator import make_corpus, make_splits
-from minipeft.finetune import evaluate, finetune
 from minipeft.memory import format_bytes
 from minipeft.peft import LoraConfig, get_peft_model
-from minipeft.pretrain import FULL, QUICK, QUICK_NOTE, lm_loss, load_base_model
 from minipeft.quant import (
     BitsAndBytesConfig,
     bits_per_parameter,
@@ -58,6 +54,10 @@ from minipeft.quant import (
 )
 from minipeft.quant.double_quant import absmax_error_bound, max_half_gap_dynamic
 from minipeft.quant.storage import bytes_from_shapes, llama_matrices
+from minipeft.workshop.data.batching import encode_corpus
+from minipeft.workshop.data.generator import make_corpus, make_splits
+from minipeft.workshop.finetune import evaluate, finetune
+from minipeft.workshop.pretrain import FULL, QUICK, QUICK_NOTE, lm_loss, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "dialogsum"

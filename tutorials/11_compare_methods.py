@@ -20,9 +20,9 @@ activations dominate. Forgetting came out against claim 3: with the adapter acti
 held-out perplexity less than full fine-tuning did (+75% against +124%). Unmerged, QLoRA decodes at 2.4x the base's
 time per token (it dequantizes every layer for each token); merged, every method runs the base's shapes.
 
-Setup: `python -m minipeft compare` runs the same code (minipeft.compare). Every method fine-tunes the cached base
-model of tutorial 01 on the summarization task with the same data, steps, batch and seed, each at the learning
-rate its own tutorial found or used (minipeft/compare/recipes.py says where each comes from).
+Setup: `python -m minipeft compare` runs the same code (minipeft.workshop.compare). Every method fine-tunes the
+cached base model of tutorial 01 on the summarization task with the same data, steps, batch and seed, each at the
+learning rate its own tutorial found or used (minipeft/workshop/compare/recipes.py says where each comes from).
 
 Printed evidence: the table (trainable parameters, bytes stored per task, ms per training step, training memory
 measured by component, ROUGE-L and facts, held-out perplexity before -> after, ms per generated token as trained
@@ -42,16 +42,17 @@ import tempfile
 import textwrap
 
 import minipeft as mp
-from minipeft.compare import CompareConfig, format_table, quick_config, run_compare, write_outputs
-from minipeft.compare.recipes import ALL_LINEAR, LORA_ALPHA, LORA_R, NF4_DQ
-from minipeft.compare.report import forgetting_pct
-from minipeft.data.generator import make_splits
-from minipeft.finetune import sft_sampler
 from minipeft.generate import context_left
-from minipeft.memory import LARGE_MODELS, format_bytes, large_model_memory, predict_step, weights_bytes
-from minipeft.memory.large import PAPER_FIGURES
+from minipeft.memory import format_bytes
 from minipeft.peft import LoraConfig
-from minipeft.pretrain import QUICK_NOTE, load_base_model
+from minipeft.workshop.compare import CompareConfig, format_table, quick_config, run_compare, write_outputs
+from minipeft.workshop.compare.memory_large import LARGE_MODELS, PAPER_FIGURES, large_model_memory, weights_bytes
+from minipeft.workshop.compare.memory_predict import predict_step
+from minipeft.workshop.compare.recipes import ALL_LINEAR, LORA_ALPHA, LORA_R, NF4_DQ
+from minipeft.workshop.compare.report import forgetting_pct
+from minipeft.workshop.data.generator import make_splits
+from minipeft.workshop.finetune import sft_sampler
+from minipeft.workshop.pretrain import QUICK_NOTE, load_base_model
 
 # ---- config -------------------------------------------------------------------------------------
 CONFIG = CompareConfig()                                   # dialogsum, all 13 methods, 150 steps of 16, seed 0
@@ -91,8 +92,9 @@ def print_predicted(result, cfg: CompareConfig) -> dict:
             meas = row["memory"][p]
             print(f"{row['label'] if i == 0 else '':<22}{p.replace('_', ' '):<18}{format_bytes(pred[p]):>12}"
                   f"{format_bytes(meas):>12}{pred[p] / meas:>8.3f}")
-    print("predicted / measured, ratio; activations: every array the tape keeps (minipeft/memory/predict.py lists\n"
-          "them); the measured step also holds the tape's Python objects, which only a tiny model notices")
+    print("predicted / measured, ratio; activations: every array the tape keeps "
+          "(minipeft/workshop/compare/memory_predict.py lists them); the measured step also holds the tape's Python "
+          "objects, which only a tiny model notices")
     return out
 
 

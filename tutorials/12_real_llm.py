@@ -40,14 +40,14 @@ import time
 import numpy as np
 
 import minipeft as mp
-from minipeft.chat import chat_reply
-from minipeft.data.generator import make_splits
-from minipeft.finetune import evaluate, finetune
-from minipeft.llm import load_pretrained
-from minipeft.llm.tiny import write_tiny_llama
 from minipeft.memory import format_bytes
 from minipeft.peft import LoraConfig, get_peft_model
-from minipeft.pretrain import QUICK_NOTE
+from minipeft.workshop.chat import chat_reply
+from minipeft.workshop.data.generator import make_splits
+from minipeft.workshop.finetune import evaluate, finetune
+from minipeft.workshop.llm import load_pretrained
+from minipeft.workshop.llm.tiny import write_tiny_llama
+from minipeft.workshop.pretrain import QUICK_NOTE
 
 # ---- config -------------------------------------------------------------------------------------
 MODEL = "smollm2-135m-instruct"

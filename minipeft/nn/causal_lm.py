@@ -105,8 +105,8 @@ class CausalLM(Module):
             ids = ids.data if isinstance(ids, Tensor) else backend.xp().asarray(ids)
         except ValueError:   # NumPy: "inhomogeneous shape"
             raise ValueError(f"{self.name}: token ids must be a rectangular (batch, time) array, got sequences "
-                             "of different lengths; pad them to one length (minipeft.data.collate_sft does) or run "
-                             "them one at a time") from None
+                             "of different lengths; pad them to one length (minipeft.workshop.data.collate_sft does) "
+                             "or run them one at a time") from None
         if ids.dtype.kind not in "iu":
             raise TypeError(f"{self.name}: token ids must be integers, got dtype {ids.dtype}; encode text with the "
                             "tokenizer")

@@ -1,7 +1,7 @@
 """The ops: each a Function with an explicit forward and backward, and a functional wrapper.
 
 Every op here is its reference implementation, the textbook forward and backward. Some have a fast path in
-minipeft/ops/fast/, registered against the reference; the wrappers call `pick(Reference)`, which takes the
+minipeft/workshop/fast/, registered against the reference; the wrappers call `pick(Reference)`, which takes the
 fast path while fast ops are on (the default; see minipeft/ops/fastpath.py).
 """
 
@@ -19,10 +19,8 @@ from minipeft.ops.shape import broadcast_to, concat, getitem, mean, permute, res
 register_tensor_ops(add=add, sub=sub, mul=mul, div=div, neg=neg, pow=pow, matmul=matmul, getitem=getitem, sum=sum,
                     mean=mean, reshape=reshape, transpose=transpose, exp=exp, log=log, tanh=tanh, relu=relu)
 
-from minipeft.ops import fast  # noqa: E402  (registers the fast paths; they import the reference ops above)
-
 __all__ = [
-    "add", "attention", "broadcast_to", "concat", "cross_entropy", "div", "dropout", "embedding", "exp", "fast",
+    "add", "attention", "broadcast_to", "concat", "cross_entropy", "div", "dropout", "embedding", "exp",
     "gelu", "getitem", "layer_norm", "linear", "log", "matmul", "mean", "mul", "neg", "permute", "pow",
     "record_matmuls", "relu", "reshape", "rms_norm", "rotary", "silu", "softmax", "split", "sub", "sum", "swiglu",
     "tanh", "transpose",

@@ -10,15 +10,13 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
+from minipeft.errors import ConfigError
+
 # Fields Hugging Face PEFT (or we) write that carry no math here: provenance, versions, runtime placement.
 INFORMATIONAL_FIELDS = frozenset({
     "base_model_name_or_path", "revision", "auto_mapping", "peft_version", "runtime_config",
     "base_model_fingerprint", "base_model_config",
 })
-
-
-class ConfigError(ValueError):
-    """An adapter config asks for something minipeft does not implement, or holds a bad value."""
 
 
 def check_field(config, name: str, ok: bool, allowed: str) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from minipeft import backend
+from minipeft.errors import AdapterError, ConfigError
 from minipeft.io_utils import (
     CHECKSUM_KEY,
     ChecksumMismatch,
@@ -40,17 +41,12 @@ from minipeft.io_utils import (
     write_files_as_unit,
 )
 from minipeft.nn.module import Module, Parameter
-from minipeft.peft.config import ConfigError
 from minipeft.peft.registry import config_from_dict
 from minipeft.peft.tuners.base_layer import BaseTunerLayer
 from minipeft.peft.tuners.modules_to_save import ModulesToSaveWrapper
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-
-
-class AdapterError(ValueError):
-    """An adapter file is missing, corrupted, or does not fit the base model."""
 
 
 def base_named_parameters(module: Module, prefix: str = "", seen: set[int] | None = None):
@@ -116,8 +112,8 @@ def save_adapters(peft_model, root: str, selected: list[str] | None = None,
     tuner = peft_model.base_model
     if tuner.unloaded_by is not None:
         raise AdapterError(f"save_pretrained: this PeftModel has no adapters left, {tuner.unloaded_by} removed them; "
-                           "save the model it returned with minipeft.checkpoint.save_checkpoint, or save the adapter "
-                           "before unloading it")
+                           "save the model it returned with minipeft.workshop.checkpoint.save_checkpoint, or save the "
+                           "adapter before unloading it")
     if not peft_model.peft_config:
         raise AdapterError("save_pretrained: this PeftModel holds no adapter (the last one was deleted), so there "
                            "is nothing to save; add_adapter() one first")

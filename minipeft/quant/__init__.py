@@ -4,15 +4,14 @@
 - `double_quant.py`: the block scales quantized again to 8 bits, with bitsandbytes' dynamic map (double quantization);
 - `linear4bit.py`: `Linear4bit`, a frozen Linear held in NF4 and dequantized on the fly (forward and backward);
 - `quantize.py`: `quantize_model(model, BitsAndBytesConfig(...))`, the step before `get_peft_model`;
-- `storage.py`: bits per parameter and bytes, in closed form and measured; `io.py`: save / load as safetensors.
+- `storage.py`: bits per parameter and bytes, in closed form and measured.
+Saving and loading a quantized model is file handling, in minipeft/workshop/quant_io.py.
 
 LoRA on a quantized model (QLoRA) lives with LoRA: minipeft/peft/tuners/lora/qlora_op.py and quantized.py.
 """
 
-from minipeft.quant import nf4_fast as _nf4_fast  # noqa: F401 (registers the dequantization's fast path)
 from minipeft.quant.config import BitsAndBytesConfig, qlora_config
 from minipeft.quant.double_quant import dequantize_absmax, dynamic_map, quantize_absmax
-from minipeft.quant.io import load_quantized, save_quantized
 from minipeft.quant.linear4bit import Linear4bit, Linear4bitFn, QuantParameter, QuantState, linear4bit
 from minipeft.quant.nf4 import NF4_CODE, dequantize_nf4, max_half_gap, pack_4bit, quantize_nf4, unpack_4bit
 from minipeft.quant.quantize import (
@@ -27,8 +26,7 @@ from minipeft.quant.storage import bits_per_parameter, model_bytes, weight_bytes
 __all__ = [
     "NF4_CODE", "BitsAndBytesConfig", "Linear4bit", "Linear4bitFn", "QuantParameter", "QuantState",
     "bits_per_parameter", "dequantize_absmax", "dequantize_model", "dequantize_nf4", "dynamic_map", "is_quantized",
-    "linear4bit",
-    "load_quantized", "max_half_gap", "model_bytes", "pack_4bit", "qlora_config", "quantization_error",
-    "quantize_absmax", "quantize_model", "quantize_nf4", "quantized_layers", "save_quantized", "unpack_4bit",
+    "linear4bit", "max_half_gap", "model_bytes", "pack_4bit", "qlora_config", "quantization_error",
+    "quantize_absmax", "quantize_model", "quantize_nf4", "quantized_layers", "unpack_4bit",
     "weight_bytes",
 ]

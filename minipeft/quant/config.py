@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from minipeft.peft.config import ConfigError
+from minipeft.errors import ConfigError
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 

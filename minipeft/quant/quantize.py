@@ -19,7 +19,6 @@ import numpy as np
 from minipeft.backend import to_numpy
 from minipeft.nn.layers import Linear
 from minipeft.nn.module import Module, Parameter
-from minipeft.peft.tuners.base_layer import BaseTunerLayer
 from minipeft.quant.config import BitsAndBytesConfig, qlora_config
 from minipeft.quant.linear4bit import Linear4bit
 
@@ -43,7 +42,9 @@ def quantize_model(model: Module, config: BitsAndBytesConfig | None = None) -> M
     config = qlora_config() if config is None else config
     if not isinstance(config, BitsAndBytesConfig):
         raise TypeError(f"quantize_model: config must be a BitsAndBytesConfig, got {type(config).__name__}")
-    if any(isinstance(m, BaseTunerLayer) for _, m in model.named_modules()):
+    # an adapter layer (a BaseTunerLayer) is known by the attribute every one has: quant sits below peft, which
+    # builds QLoRA on it, so it does not import peft
+    if any(hasattr(m, "adapter_layer_names") for _, m in model.named_modules()):
         raise ValueError("quantize_model: this model already holds adapter layers; quantize the base model first, "
                          "then call get_peft_model (QLoRA's order), or merge_and_unload() and quantize the result")
     _check_same_format(model, config)

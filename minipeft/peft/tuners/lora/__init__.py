@@ -1,10 +1,8 @@
-"""LoRA (Hu et al., 2021): W = W0 + (alpha / r) B A on the targeted Linear layers. One folder: config, op (and
-its fast path), layer, model, and the one line that registers the method. On a 4-bit base (minipeft.quant)
-the same adapters make QLoRA: qlora_op.py (and its fast path) and quantized.py's LoraLinear4bit."""
+"""LoRA (Hu et al., 2021): W = W0 + (alpha / r) B A on the targeted Linear layers. One folder: config, op, layer,
+model, and the one line that registers the method. On a 4-bit base (minipeft.quant) the same adapters make
+QLoRA: qlora_op.py and quantized.py's LoraLinear4bit. The ops' fast paths are in minipeft/workshop/fast/."""
 
 from minipeft.peft.registry import register_peft_method
-from minipeft.peft.tuners.lora import fast as _fast  # noqa: F401 (registers the op's fast path)
-from minipeft.peft.tuners.lora import qlora_fast as _qlora_fast  # noqa: F401 (and the QLoRA op's)
 from minipeft.peft.tuners.lora.config import LoraConfig
 from minipeft.peft.tuners.lora.layer import LoraLinear
 from minipeft.peft.tuners.lora.model import LoraModel

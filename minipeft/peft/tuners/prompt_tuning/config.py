@@ -25,7 +25,7 @@ class PromptTuningConfig(PromptLearningConfig):
     `encode(text) -> list of ids` (`load_pretrained(...).tokenizer`, `load_base_model().tokenizer`, a
     transformers tokenizer), used as is and not saved; or, as in Hugging Face, `tokenizer_name_or_path`: with
     no model hub here, the path of a `tokenizer.json` or of a folder holding one (`load_base_model().path`),
-    read with minipeft.data.Tokenizer, which encodes without special tokens. Like Hugging Face, the
+    read with minipeft.workshop.data.Tokenizer, which encodes without special tokens. Like Hugging Face, the
     initialisation runs only when the adapter is created for training (inference_mode=False): an adapter
     loaded for inference takes its weights from the file without the tokenizer, while one loaded with
     is_trainable=True is initialised first (so its tokenizer path must still exist), then overwritten.

@@ -12,6 +12,7 @@ already counts from n.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from minipeft import backend, ops
 from minipeft.autograd import Tensor, no_grad
@@ -33,8 +34,6 @@ def text_init_ids(text_ids: list[int], n: int) -> list[int]:
 def read_init_text(config: PromptTuningConfig) -> list[int]:
     """The token ids of config.prompt_tuning_init_text: encoded by config.tokenizer (any object with encode()),
     or by the tokenizer file config.tokenizer_name_or_path names."""
-    from minipeft.data.tokenizer import Tokenizer  # noqa: PLC0415 (only TEXT init reads a tokenizer)
-
     if config.tokenizer is not None:
         return [int(i) for i in config.tokenizer.encode(config.prompt_tuning_init_text)]
     if not config.tokenizer_name_or_path:
@@ -43,11 +42,16 @@ def read_init_text(config: PromptTuningConfig) -> list[int]:
                          "tokenizer_name_or_path= (a tokenizer.json); an adapter loaded with is_trainable=True is "
                          "initialised before its weights are read, so set tokenizer_name_or_path in its "
                          "adapter_config.json")
+    from tokenizers import Tokenizer  # noqa: PLC0415 (only TEXT init reads a tokenizer file)
+
+    path = Path(config.tokenizer_name_or_path)
+    file = path if path.suffix == ".json" else path / "tokenizer.json"     # a file, or a folder that holds one
     try:
-        tok = Tokenizer.from_file(config.tokenizer_name_or_path)
-    except (FileNotFoundError, ValueError) as e:
-        raise ValueError(f"PromptTuningConfig.tokenizer_name_or_path={config.tokenizer_name_or_path!r}: {e}") from None
-    return tok.encode(config.prompt_tuning_init_text)
+        tok = Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a bare Exception for a missing or unreadable file
+        raise ValueError(f"PromptTuningConfig.tokenizer_name_or_path={config.tokenizer_name_or_path!r}: no readable "
+                         f"tokenizer.json at {file} ({e})") from None
+    return tok.encode(config.prompt_tuning_init_text, add_special_tokens=False).ids
 
 
 class PromptEmbedding(Module):
