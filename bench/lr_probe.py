@@ -35,7 +35,9 @@ from minipeft.peft import (
 )
 from minipeft.pretrain import load_base_model
 
-LRS = {   # each grid wide enough that its best rate is not at an edge (session 8's run: BENCHMARKS.md)
+# Each grid is wide enough that its best rate is not at an edge: the measured grids are in
+# BENCHMARKS.md, "Tutorial 07: selective methods" and BENCHMARKS.md, "Tutorial 08: soft prompts".
+LRS = {
     "BitFit": [1e-2, 3e-2, 1e-1, 3e-1],
     "LayerNorm": [3e-2, 1e-1, 3e-1, 1.0],
     "embeddings": [3e-3, 1e-2, 3e-2],
