@@ -1,22 +1,23 @@
-"""The project's texts speak of the project, not of how it was made, and their pointers into BENCHMARKS.md land.
+r"""The project's texts speak of the project, not of how it was made, and their pointers into BENCHMARKS.md land.
 
-A reader wants the current claim, its figure and how to reproduce it (STYLE habit 14); the story of which work
-period produced a number belongs to git. So no project text file (README.md, BENCHMARKS.md, CONTRIBUTING.md,
-pyproject.toml, .ci/, minipeft/, tutorials/, bench/, tests/; this file excepted, as it spells the patterns)
-may match any of HISTORY's patterns, case-insensitive:
+A reader wants the current claim, its figure and how to reproduce it (command, machine, date, commit); the story
+of which work period produced a number belongs to git. So no project text file (README.md, BENCHMARKS.md,
+CONTRIBUTING.md, pyproject.toml, .ci/, minipeft/, tutorials/, bench/, tests/; this file excepted, as it spells
+the patterns) may match one of HISTORY's patterns, case-insensitive:
 
-    \\bsessions?\\b          "session 9", "this session": the product has no sessions of its own (the chat speaks of
-                           messages and a conversation, a test of its "process"), so the whole word is refused; were
-                           a chat session ever added, narrow it to "session \\d" and "(this|that|next|an earlier) session"
-    \\bissues? #?\\d+        "issue 12", "issue #968": a tracker's numbering is not a claim (a public reference is
-                           cited by its address, e.g. "bitsandbytes' GitHub thread issues/968")
-    \\bthe issue's\\b        "the issue's targets": a target is stated as the target, with its figure
-    \\blent\\b, \\bnot drawn\\b, \\bwork periods?\\b, \\bsprints?\\b, \\bsub-?agents?\\b, \\baudit(s|ed|ing)?\\b
-    \\b(another|other|two|three|four|five|six) (other )?helpers?\\b
-                           people at work beside a run ("four other helpers' test runs"), not code helpers
-                           (tests/lora_helpers.py and "helpers shared by the ops" are fine)
-    \\bgive_back\\b, `status`, `duplicates`, `issues`
-                           the names of tools used while making the project
+    \bsessions?\b       "session 9", "this session". The product has no sessions of its own (the chat speaks
+                        of messages and a conversation, the tests of the test "process"), so the whole word is
+                        refused. Were a chat session ever added, narrow this to "session \d" and
+                        "(this|that|next|an earlier) session".
+    \bissues? #?\d+     "issue 12", "issue #968": a tracker's number is no claim (a public reference is cited
+                        by its address, as nf4.py cites "bitsandbytes' GitHub thread issues/968").
+    \bthe issue's\b     "the issue's targets": a target is stated as the target, with its figure.
+    \blent\b  \bnot drawn\b  \bwork periods?\b  \bsprints?\b  \bsub-?agents?\b  \baudit(s|ed|ing)?\b
+    \b(another|other|two|three|four|five|six) (other )?helpers?\b
+                        people at work beside a run ("four other helpers' test runs"); code helpers
+                        (tests/lora_helpers.py, "helpers shared by the ops") are fine.
+    \bgive_back\b  `status`  `duplicates`  `issues`
+                        the names of the tools the project was made with.
 
 And every pointer of the form  BENCHMARKS.md, "Title"  in those files (a line break, and a comment's "#", may
 fall inside it), and every  section "Title"  inside BENCHMARKS.md, names a heading of BENCHMARKS.md exactly.
@@ -129,7 +130,7 @@ def test_benchmarks_sections_say_how_to_reproduce():
     list names every topic."""
     text = BENCHMARKS.read_text(encoding="utf-8")
     parts = re.split(r"^(#{2,3} .+)$", text, flags=re.M)
-    sections = dict(zip(parts[1::2], parts[2::2]))
+    sections = dict(zip(parts[1::2], parts[2::2], strict=True))
     missing = [h for h, body in sections.items()
                if h not in ("## Contents", "## Tutorials")
                and not (re.search(r"\d{4}-\d{2}-\d{2}", body) and re.search(r"\bcommit\b", body, re.I))
@@ -143,9 +144,9 @@ def test_benchmarks_sections_say_how_to_reproduce():
 
 def test_the_history_patterns_catch_what_they_are_for():
     """The patterns match history and leave the product's own words alone (so the scan above can fail)."""
-    for text in ("Session 9 measured", "this session's changes", "issue 12's curve", "issue #968", "the issue's targets",
-                 "no GPU was lent", "(`status`: not drawn)", "four other helpers' test runs", "a subagent",
-                 "the work period", "give_back"):
+    for text in ("Session 9 measured", "this session's changes", "issue 12's curve", "issue #968",
+                 "the issue's targets", "no GPU was lent", "(`status`: not drawn)", "four other helpers' test runs",
+                 "a subagent", "the work period", "give_back"):
         assert HISTORY_RE.search(text), text
     for text in ("tests/lora_helpers.py", "helpers shared by the ops", "the process's device", "issues/968",
                  "status = 0", "the learned prompt", "a sprinter"):
