@@ -2,9 +2,10 @@
 
 The parameters are those of bench/vs_pytorch.py's largest shape (29.5M, full fine-tuning: every weight has a
 gradient). Reference (whole-array passes) and fast path at several chunk sizes are alternated, A B A B, and
-each is reported as the median of per-round ratios to the reference (shared/PERF-NOTES.md).
+each is reported as the median of per-round ratios to the reference (the machine's speed drifts:
+BENCHMARKS.md, "Machines").
 
-    python bench/bench_adamw.py            # ~10 s on 2 cores (7 s measured, session 9)
+    python bench/bench_adamw.py            # ~10 s on 2 cores (7 s on a 2-core AMD EPYC, 2026-12-01)
     python bench/bench_adamw.py --quick    # seconds, the test preset
 """
 

@@ -3,13 +3,13 @@
 For a code change that must not slow training (e.g. moving the fast paths beside readable reference ops),
 the two versions are timed alternately, A B A B, each round in a fresh process per version (so neither
 inherits the other's imports or allocator state), and the result is the median of the per-round ratios
-new / old (shared/PERF-NOTES.md: the machine's speed drifts, so only ratios within one run mean much).
+new / old (BENCHMARKS.md, "Machines": the machine's speed drifts, so only ratios within one run mean much).
 The earlier commit is checked out into a temporary git worktree, removed afterwards.
 
 Each process times full fine-tuning and LoRA q,v steps of the tutorial's base model ("mini", batch 8 x 256,
 a target at every position; the median of --steps steps after one warm-up step).
 
-    python bench/bench_before_after.py --rev 9247031             # ~2 min on 2 cores (100 s measured, session 9)
+    python bench/bench_before_after.py --rev 9247031             # ~2 min on 2 cores (100 s on an AMD EPYC, 2026-12-01)
     python bench/bench_before_after.py --rev HEAD~3 --quick      # seconds, the test preset
 """
 

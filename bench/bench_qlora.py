@@ -11,7 +11,7 @@ Reports, all measured in this one run:
   the difference, and are also timed alone (2 per 4-bit layer) as a share of the LoRA step;
 - peak memory of a first step (tracemalloc, beyond the weights) and the bytes the weights hold.
 
-    python bench/bench_qlora.py            # ~40 s on 2 cores (39 s measured, session 8)
+    python bench/bench_qlora.py            # ~40 s on 2 cores (39 s on a 2-core AMD EPYC, 2026-12-01)
     python bench/bench_qlora.py --quick    # seconds, small shapes (smoke test)
 """
 

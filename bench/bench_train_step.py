@@ -9,7 +9,7 @@ Reports, all measured in this one run:
   counted exactly with `ops.record_matmuls()` and the machine's rate is measured on a square
   float32 matmul just before;
 - LoRA step time / full step time as the median of per-pair ratios, variants alternated A B A B
-  (the machine's speed drifts, see shared/PERF-NOTES.md), beside the ratio of matmul FLOPs: what the
+  (the machine's speed drifts, BENCHMARKS.md, "Machines"), beside the ratio of matmul FLOPs: what the
   step time ratio would be if the step were its matrix products alone, all at one rate;
 - the same for a step that trains only the q and v biases: the floor under a LoRA q,v step (the same
   backward, no weight gradient at all);
@@ -17,7 +17,7 @@ Reports, all measured in this one run:
   the optimizer state that step creates) for each variant;
 - inference (forward, no grad) time of the merged and unmerged LoRA model relative to the base.
 
-    python bench/bench_train_step.py            # ~30 s on 2 cores (30 s measured, session 9)
+    python bench/bench_train_step.py            # ~30 s on 2 cores (30 s on a 2-core AMD EPYC, 2026-12-01)
     python bench/bench_train_step.py --quick    # seconds, small shapes (smoke test)
 """
 

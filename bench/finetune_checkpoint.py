@@ -1,7 +1,8 @@
 """Tutorial 03's LoRA and full fine-tuning, run on a saved pretraining checkpoint instead of the cached base.
 
-For issue 12's curve: how LoRA and full fine-tuning read the dialogue's facts on a base pretrained
-longer than the default (checkpoints written by `bench/pretrain_recipes.py --save DIR`).
+How LoRA and full fine-tuning read the dialogue's facts on a base pretrained longer than the default
+(checkpoints written by `bench/pretrain_recipes.py --save DIR`; the measured curve is in BENCHMARKS.md,
+"The base model: pretraining recipe and length").
 
     python bench/finetune_checkpoint.py DIR/rope-copy-heavy-4800.safetensors DIR/tokenizer.json
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue 18), prepared to run in one call on a lent GPU machine, where CuPy and a CUDA build of
+# The GPU check, prepared to run in one call on a GPU machine where CuPy and a CUDA build of
 # PyTorch are installed but minipeft is not (nothing can be downloaded there, so it runs from this tree):
 #
 #     bash bench/gpu_check.sh                               # ~9 minutes at most; logs under $OUT (./gpu_check_out)

@@ -35,7 +35,9 @@ from minipeft.workshop.data.generator import make_splits
 from minipeft.workshop.finetune import finetune, sft_sampler, validation_loss
 from minipeft.workshop.pretrain import load_base_model
 
-LRS = {   # each grid wide enough that its best rate is not at an edge (session 8's run: BENCHMARKS.md)
+# Each grid is wide enough that its best rate is not at an edge: the measured grids are in
+# BENCHMARKS.md, "Tutorial 07: selective methods" and BENCHMARKS.md, "Tutorial 08: soft prompts".
+LRS = {
     "BitFit": [1e-2, 3e-2, 1e-1, 3e-1],
     "LayerNorm": [3e-2, 1e-1, 3e-1, 1.0],
     "embeddings": [3e-3, 1e-2, 3e-2],

@@ -1,4 +1,4 @@
-"""Experiment: which pretraining recipe gives a base model that reads its context (issue 12's curve).
+"""Experiment: which pretraining recipe gives a base model that reads its context.
 
 For each recipe: pretrain (printing the copying probe, minipeft.workshop.probes.repeat_accuracy, every --every
 steps), then fine-tune the whole model on dialogsum and on qa with tutorial 03's and 04's settings and

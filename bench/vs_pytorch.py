@@ -10,7 +10,7 @@ cross-entropy over every position.
 Before timing, the first step's loss is checked equal on both sides (and the second's, after one AdamW
 update). Then, for each shape, full and LoRA steps of both frameworks are alternated within each round
 (minipeft and PyTorch taking turns going first), and the figures are medians over rounds of the per-round
-ratios (the machine's speed drifts; see shared/PERF-NOTES.md). Each step is split into forward (to the loss),
+ratios (the machine's speed drifts; BENCHMARKS.md, "Machines"). Each step is split into forward (to the loss),
 backward and optimizer (step + zero_grad). Then inference: the base model, LoRA merged, LoRA unmerged.
 
 Threads: both sides use the same count, OPENBLAS_NUM_THREADS / OMP_NUM_THREADS for NumPy (set here before

@@ -188,8 +188,8 @@ def tune_allocator() -> bool:
 
     A training step allocates and frees many arrays of a few MB; by default glibc serves each with a fresh
     mmap and unmaps it on free, so every new temporary page-faults its pages back in (figures in
-    BENCHMARKS.md). This changes the whole process's allocator, so it is never done at import: the tutorials
-    and benchmarks call it, and a user's script may. No effect off glibc (macOS, Windows, musl).
+    BENCHMARKS.md, "Fast paths"). This changes the whole process's allocator, so it is never done at import:
+    the tutorials and benchmarks call it, and a user's script may. No effect off glibc (macOS, Windows, musl).
     """
     if not sys.platform.startswith("linux"):
         return False

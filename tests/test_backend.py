@@ -16,7 +16,7 @@ from minipeft import Tensor, backend, ops
 
 @pytest.fixture
 def restore_device():
-    """Put back the device the session started on (cpu, or cuda under MINIPEFT_DEVICE=cuda)."""
+    """Put back the device the test process started on (cpu, or cuda under MINIPEFT_DEVICE=cuda)."""
     prev = minipeft.get_device()
     with backend.fork_rng():  # set_device drops the generator; keep the other tests' stream
         try:

@@ -107,8 +107,9 @@ def test_bench_qlora_quick_runs(capsys):
 
 
 def test_pretrain_recipes_checkpoints_and_finetune_checkpoint_quick_run(tmp_path, capsys, keep_rng):
-    """Issue 12's curve in miniature: a checkpoint every 20 of 40 steps, each fine-tuned and scored (one JSON
-    line per checkpoint, with its step and tokens), then tutorial 03's LoRA and full run on one of them."""
+    """Facts against pretraining steps in miniature: a checkpoint every 20 of 40 steps, each fine-tuned and
+    scored (one JSON line per checkpoint, with its step and tokens), then tutorial 03's LoRA and full run on one
+    of them."""
     import json
 
     out = tmp_path / "curve.jsonl"
@@ -143,7 +144,7 @@ def test_bench_adamw_quick_runs(capsys, keep_rng):
 
 def test_vs_pytorch_quick_runs(capsys, keep_rng):
     """With the extra installed: the same weights give the same first-step loss on both sides (the script raises
-    otherwise), and every figure the issue asks for is printed."""
+    otherwise), and every figure BENCHMARKS.md quotes from it is printed."""
     import pytest
 
     pytest.importorskip("torch")

@@ -1,4 +1,4 @@
-"""The pretraining recipe can learn to copy from its context (issue 12): a change that breaks it fails here.
+"""The pretraining recipe can learn to copy from its context: a change that breaks it fails here.
 
 Copying a name or a time from a dialogue into a summary needs "induction": attention that finds the
 earlier occurrence of the current token and predicts what followed it. The full base model learns it in

@@ -1,7 +1,7 @@
 """The strict backend (MINIPEFT_TEST_DEVICE=strict): CuPy's rules on NumPy arrays, and what a training step reads back.
 
-Each test switches to the stand-in itself, so this file checks it whatever device the session runs on; CI also
-runs the model, LoRA, op and tutorial tests with MINIPEFT_TEST_DEVICE=strict (.ci/run).
+Each test switches to the stand-in itself, so this file checks it whatever device the test process runs on; CI
+also runs the model, LoRA, op and tutorial tests with MINIPEFT_TEST_DEVICE=strict (.ci/run).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ IMPLICIT = "Implicit conversion to a NumPy array is not allowed"
 
 @pytest.fixture
 def xp():
-    """The strict stand-in as the active backend inside the test; the session's device afterwards."""
+    """The strict stand-in as the active backend inside the test; the process's device afterwards."""
     prev = minipeft.get_device()
     with backend.fork_rng():
         minipeft.set_device("strict")

@@ -60,7 +60,7 @@ def test_fork_rng_with_a_generator_that_cannot_be_copied_still_seeds_and_restore
 
 
 def test_fork_rng_keeps_an_unseeded_generator_unseeded(keep_rng):
-    backend._state["rng"] = None             # as before the first draw of a session
+    backend._state["rng"] = None             # as before the process's first draw
     with backend.fork_rng():
         draws()
     assert backend._state["rng"] is None     # the first draw outside still starts from seed 0

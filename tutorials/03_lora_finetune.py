@@ -16,7 +16,7 @@ pretraining (tutorial 01's copying curve), so fine-tuned summaries can state the
 times and names instead of plausible inventions: the fact-recall columns measure this, by kind. LoRA
 can only steer what the base model can already do, and with 7% of the parameters and 300 steps it
 steers less of it than full fine-tuning: measured, its ROUGE-L comes close and its fact recall does
-not (BENCHMARKS.md has the figures).
+not (BENCHMARKS.md, "Tutorial 03: LoRA vs full fine-tuning").
 
     python tutorials/03_lora_finetune.py          # ~4.5 minutes on 2 cores, plus ~13 to build the base model once
     python tutorials/03_lora_finetune.py --quick  # a tiny model, seconds

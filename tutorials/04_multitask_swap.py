@@ -7,7 +7,7 @@ one copy of the model; each task costs only its adapter (kilobytes), and switchi
 What to expect from this small base model: summarization and sentiment are learned (each only
 with its own adapter); extractive QA stays near zero (0.03): the base copies words from its context
 (tutorial 01's probe), but answering a question about one fact among several is something its corpus never
-asks (BENCHMARKS.md, "Facts and QA against pretraining steps").
+asks (BENCHMARKS.md, "The base model: pretraining recipe and length").
 
 Printed evidence: a matrix of scores (rows: the active adapter, columns: the task evaluated), the
 storage of N adapters vs N full fine-tuned copies, and a check that adapters saved to disk and

@@ -11,10 +11,10 @@ ranks, since a rank-1 update learns less per step, so read the curve as "score a
 Besides ROUGE-L, "facts" is the share of the reference's names, days, places and numbers the summary
 states: the content a template cannot supply.
 
-Measured on the base model of tutorial 01 (BENCHMARKS.md): after 200 steps the score still rises all the
-way to r = 64 for both target sets (q,v ROUGE-L 0.11 -> 0.68, attention+MLP 0.27 -> 0.83), so at this
-budget the small-rank claim is not reproduced; attention+MLP beats q,v at every rank, and at equal
-parameter counts (r = 4 attn+MLP, 36,864 parameters: 0.61, against r = 16 q,v, 32,768: 0.47).
+Measured on the base model of tutorial 01 (BENCHMARKS.md, "Tutorial 05: rank sweep"): after 200 steps the score still
+rises all the way to r = 64 for both target sets (q,v ROUGE-L 0.11 -> 0.68, attention+MLP 0.27 -> 0.83), so at this
+budget the small-rank claim is not reproduced; attention+MLP beats q,v at every rank, and at equal parameter counts (r =
+4 attn+MLP, 36,864 parameters: 0.61, against r = 16 q,v, 32,768: 0.47).
 
 Printed evidence: for r in {1, 4, 16, 64} and two target sets, the trainable parameters, the
 validation loss on held-out dialogues, and ROUGE-L and fact recall on test dialogues. With the

@@ -11,10 +11,10 @@ r=8: 3,072 against 73,728), and mergeable.
 Setup: the summarization task of tutorial 03, every method fine-tuned for the same steps, batch and seed. The
 bottleneck widths are computed so each layout trains as many parameters as LoRA r=8 on all six matrices; (IA)^3
 trains what it trains (k, v: d each, fc2's input: d_ff, per block), so it is set beside LoRA r=1 on the same
-three matrices, the smallest LoRA there. Learning rates, picked by validation loss after 60 steps (BENCHMARKS.md
-has the grid): LoRA and the bottleneck adapters share one, 1e-2 (better than 3e-3 for both LoRA r=8 and
-Houlsby); (IA)^3 needs a far larger step, 3e-1: its vectors start at 1 and multiply, and over 3e-3 ... 3e-1 its
-validation loss fell at every step up the grid (5.81, 4.53, 2.86, 1.74, 1.42).
+three matrices, the smallest LoRA there. Learning rates, picked by validation loss after 60 steps (BENCHMARKS.md,
+"Tutorial 06: adapters and (IA)^3", has the grid): LoRA and the bottleneck adapters share one, 1e-2 (better than 3e-3
+for both LoRA r=8 and Houlsby); (IA)^3 needs a far larger step, 3e-1: its vectors start at 1 and multiply, and over 3e-3
+... 3e-1 its validation loss fell at every step up the grid (5.81, 4.53, 2.86, 1.74, 1.42).
 
 Printed evidence: per method the trainable parameters (and %), ROUGE-L, ROUGE-2 and fact recall on the test
 dialogues; then the inference latency of each form a model is deployed in, measured in one run with the
@@ -23,16 +23,15 @@ forms alternated (A B C ... A B C ...) and the median taken: the plain base mode
 printed). Two workloads: a forward pass over a batch (prefill / scoring) and greedy generation with the KV
 cache (one token per forward, where per-layer overheads weigh most).
 
-Measured (BENCHMARKS.md, tutorial 06; 5 min 42 s on 2 idle cores): at LoRA's budget (~73k parameters, 7% of the
-base's) LoRA r=8 scored ROUGE-L 0.739 / facts 0.33, Houlsby 0.675 / 0.18, Pfeiffer 0.655 / 0.15: the adapters came
-close in ROUGE but not in facts, and here did not match LoRA. (IA)^3 with 3,072 parameters scored 0.370 / 0.06,
-well above LoRA r=1 on the same matrices (4,608: 0.213 / 0.04), far below the 73k methods. Inference at this size
-is within this machine's noise (±15%) for every form but unmerged LoRA: the forward pass over a batch took
-0.99-1.02x the base's time, and greedy decoding 0.86-1.17x (~4 ms per token, where merged LoRA, the base's very
-shapes, measured 0.94x). The adapters' extra products are small next to the layer's own here; an earlier run (under
-load) measured them at 1.10x (Houlsby) and 1.15x (Pfeiffer) per token. Unmerged LoRA decoded at 1.17x (1.50x with
-an earlier fast path that folded W0 + s B A at every call, d r k multiply-adds per single token; it now
-folds only when N (d + k) >= d k).
+Measured (BENCHMARKS.md, "Tutorial 06: adapters and (IA)^3"; 5 min 42 s on 2 idle cores): at LoRA's budget (~73k
+parameters, 7% of the base's) LoRA r=8 scored ROUGE-L 0.739 / facts 0.33, Houlsby 0.675 / 0.18, Pfeiffer 0.655 / 0.15:
+the adapters came close in ROUGE but not in facts, and here did not match LoRA. (IA)^3 with 3,072 parameters scored
+0.370 / 0.06, well above LoRA r=1 on the same matrices (4,608: 0.213 / 0.04), far below the 73k methods. Inference at
+this size is within this machine's noise (±15%) for every form but unmerged LoRA: the forward pass over a batch took
+0.99-1.02x the base's time, and greedy decoding 0.86-1.17x (~4 ms per token, where merged LoRA, the base's very shapes,
+measured 0.94x). The adapters' extra products are small next to the layer's own here. Unmerged LoRA decoded at 1.17x:
+its fast path folds W0 + s B A (d r k multiply-adds) only when N (d + k) >= d k, so a single token takes the low-rank
+path.
 
     python tutorials/06_adapters.py          # 5 fine-tunings of 200 steps: ~6 minutes on 2 cores
     python tutorials/06_adapters.py --quick  # a tiny model, seconds

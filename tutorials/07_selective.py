@@ -21,17 +21,16 @@ and stores them as a sparse diff (int32 indices + float32 values: 8 bytes per tr
 
 Learning rates: selective methods train few values, each of which must move further, and want a larger
 rate than full fine-tuning's 1e-3; each method's is the best of 3-4 rates measured by bench/lr_probe.py
-(LRS below; the table is in BENCHMARKS.md).
+(LRS below; the table is in BENCHMARKS.md, "Tutorial 07: selective methods").
 
-Measured in the full run (BENCHMARKS.md, "Tutorial 07": 5 min 58 s on 2 cores, one seed, 60 test dialogues): the claim
-holds where the backward must still reach layer 0. BitFit, LayerNorm, embeddings-only and sparse 1% train 0.2-25%
-of the parameters yet took 0.92-1.04x full fine-tuning's step time and 0.99-1.02x its peak memory (BitFit,
-LayerNorm and embeddings-only skip the frozen weights' gradient products, 0.71-0.72x the FLOPs; sparse computes
-them all and masks them, 0.99x; the activations are all kept); the last block alone is the exception, 0.72x the
-time and 0.32x the memory, because the backward stops at its input. LoRA r=8 took 0.86x. After 150 steps the last
-block, embeddings-only and sparse 1% reached ROUGE-L 0.64-0.66 (facts 0.12-0.15) against LoRA's 0.69 / 0.24; BitFit
-(0.19) and LayerNorm (0.17) stayed near the zero-shot base (0.09) at this budget, even at their best learning
-rates.
+Measured in the full run (BENCHMARKS.md, "Tutorial 07: selective methods": 5 min 58 s on 2 cores, one seed, 60 test
+dialogues): the claim holds where the backward must still reach layer 0. BitFit, LayerNorm, embeddings-only and sparse
+1% train 0.2-25% of the parameters yet took 0.92-1.04x full fine-tuning's step time and 0.99-1.02x its peak memory
+(BitFit, LayerNorm and embeddings-only skip the frozen weights' gradient products, 0.71-0.72x the FLOPs; sparse computes
+them all and masks them, 0.99x; the activations are all kept); the last block alone is the exception, 0.72x the time and
+0.32x the memory, because the backward stops at its input. LoRA r=8 took 0.86x. After 150 steps the last block,
+embeddings-only and sparse 1% reached ROUGE-L 0.64-0.66 (facts 0.12-0.15) against LoRA's 0.69 / 0.24; BitFit (0.19) and
+LayerNorm (0.17) stayed near the zero-shot base (0.09) at this budget, even at their best learning rates.
 
     python tutorials/07_selective.py          # ~6 minutes on 2 cores with the base model cached
     python tutorials/07_selective.py --quick  # a tiny model, seconds
@@ -73,9 +72,9 @@ STEPS, BATCH = 150, 16                 # half tutorial 03's 300 steps: six metho
 LAST_K = 1                             # the last block of the base's 4
 SPARSE_PERCENT, SCORE_BATCHES = 1.0, 8 # the top 1% of all entries, Fisher scores from 8 batches
 LORA = dict(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
-# learning rates: per method the best of 3-4 rates in bench/lr_probe.py (60 steps of 8, held-out loss;
-# BENCHMARKS.md has the table). Every method wants 10x or more full fine-tuning's 1e-3 at this budget, and
-# the fewer the values, the more: BitFit's biases 100x, the LayerNorm gains 300x
+# learning rates: per method the best of 3-4 rates in bench/lr_probe.py (60 steps of 8, held-out loss; BENCHMARKS.md,
+# "Tutorial 07: selective methods"). Every method wants 10x or more full fine-tuning's 1e-3 at this budget, and the
+# fewer the values, the more: BitFit's biases 100x, the LayerNorm gains 300x
 LRS = {"BitFit": 1e-1, "LayerNorm": 3e-1, f"last {LAST_K} block": 1e-2, "embeddings": 1e-2,
        f"sparse {SPARSE_PERCENT:g}%": 3e-2, "LoRA r=8": 1e-2}
 TIMING_ROUNDS, TIMING_STEPS = 3, 2     # step time: every method TIMING_STEPS steps per round, rounds alternated

@@ -21,7 +21,7 @@ n (`with_room_for`), giving the tokens the 256 positions they had. Distances bet
 the model was trained on; only the farthest virtual tokens sit more than 256 positions from the last
 tokens, a mild extrapolation that the trained prompt can adapt to.
 
-Measured (BENCHMARKS.md, soft prompts; 5 min 13 s on 2 idle cores), at learning rates probed for AdamW
+Measured (BENCHMARKS.md, "Tutorial 08: soft prompts"; 5 min 13 s on 2 idle cores), at learning rates probed for AdamW
 (bench/lr_probe.py: the prompt 30, the prefix 0.3; Lester et al.'s 0.3 is Adafactor's relative step, and at 0.3
 a run learned almost nothing): after 120 steps the validation loss falls as the prompt grows (5.75
 at n = 1, 5.09, 4.52, 3.98 at n = 100; prefix tuning 0.98; LoRA 0.58; full 0.45), but no prompt length
@@ -61,10 +61,10 @@ MAX_NEW = 48                # summary tokens generated per test dialogue
 PROMPT_LENGTHS = [1, 5, 20, 100]
 PROMPT_INIT = dict(prompt_tuning_init="SAMPLE_VOCAB")   # embeddings of random vocabulary tokens (Lester et al. 5.1)
 PREFIX_TOKENS = 20
-# soft prompts: the best of 10 (prompt) and 6 (prefix) rates in bench/lr_probe.py on this task (BENCHMARKS.md,
-# soft prompts). Lester et al.'s 0.3 is Adafactor's step relative to the parameter's scale; AdamW steps ~lr per
-# coordinate, and here the prompt only steers the model once its vectors are far longer than the word embeddings
-# (held-out loss 5.98 at 0.3, 5.04 at 30)
+# soft prompts: the best of 10 (prompt) and 6 (prefix) rates in bench/lr_probe.py on this task
+# (BENCHMARKS.md, "Tutorial 08: soft prompts"). Lester et al.'s 0.3 is Adafactor's step relative to the
+# parameter's scale; AdamW steps ~lr per coordinate, and here the prompt only steers the model once its vectors
+# are far longer than the word embeddings (held-out loss 5.98 at 0.3, 5.04 at 30)
 LR = {"prompt": 30.0, "prefix": 0.3, "lora": 3e-3, "full": 1e-3}
 LORA = dict(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
 READ_PROMPT = 20            # the prompt length whose learned tokens are read back

@@ -16,15 +16,14 @@ it shows. The smaller models are also weaker readers: the table prints each size
 its list-copying accuracy (tutorial 01's probe: how well it copies from its context), so a gap can be read
 against what the base model can do at all.
 
-Measured (BENCHMARKS.md, soft prompts; 11 min 51 s on 2 cores for a first run that pretrains the two smaller sizes,
-3.5 and 4.9 minutes, ~4 minutes once they are cached): prompt tuning's accuracy 0.020, 0.380 and 0.495 at 0.09M,
-0.23M and 1.06M parameters, against full fine-tuning's 0.915, 0.960 and 0.945 (LoRA within 0.08 of it at every
-size): the gap narrows, +0.90 -> +0.58 -> +0.45, as the paper's figure does at its small end, though the
-largest here only learns the answer's form: it prints a label first for 178 of 200 reviews (121 "positive",
-57 "negative"; the test set is 100 / 100) but no better than chance (the zero-shot base prints no label:
-0.000). Prompt tuning's learning rate is the one measured for AdamW (3; at
-Lester et al.'s 0.3, in a first run on the earlier sizes, prompt tuning scored 0.000-0.035 and the
-gap widened).
+Measured (BENCHMARKS.md, "Tutorial 09: prompt tuning vs model size"; 11 min 51 s on 2 cores for a first run that
+pretrains the two smaller sizes, 3.5 and 4.9 minutes, ~4 minutes once they are cached): prompt tuning's accuracy 0.020,
+0.380 and 0.495 at 0.09M, 0.23M and 1.06M parameters, against full fine-tuning's 0.915, 0.960 and 0.945 (LoRA within
+0.08 of it at every size): the gap narrows, +0.90 -> +0.58 -> +0.45, as the paper's figure does at its small end, though
+the largest here only learns the answer's form: it prints a label first for 178 of 200 reviews (121 "positive", 57
+"negative"; the test set is 100 / 100) but no better than chance (the zero-shot base prints no label: 0.000). Prompt
+tuning's learning rate is the one measured for AdamW (3; at Lester et al.'s 0.3, with d64 x 4 as the middle size, prompt
+tuning scored 0.000-0.035 and the gap widened).
 
 Cost: each size is pretrained once and cached like the base model (the largest is the tutorials' base model,
 built by tutorial 01); later runs only fine-tune.

@@ -20,7 +20,7 @@ At this model's size (1M parameters) the weights are ~4 MB and the activations o
 MiB, so QLoRA's saving shows in the bytes of weights, not in the peak training memory; the 7B table is
 where the weights dominate.
 
-Measured in the full run (BENCHMARKS.md, tutorial 10: 4 min 34 s on 2 cores): NF4 + DQ holds the linears in
+Measured in the full run (BENCHMARKS.md, "QLoRA"; 4 min 34 s on 2 cores): NF4 + DQ holds the linears in
 4.128 bits per weight (the formula's 4.127 plus one 32-bit mean per tensor) and the whole base in 1.4 MiB
 against 4.0 MiB; every weight's error lies within its bound (worst 1.00 of it); perplexity 1.8665 -> 1.8706.
 QLoRA reached ROUGE-L 0.719 / facts 0.26 against LoRA's 0.740 / 0.27 on the float32 base (one seed, 60

@@ -12,12 +12,12 @@ Claims (the course's, each measured here, whichever way it comes out):
 4. Methods that merge into the weights (LoRA, (IA)^3, selective, sparse) add no inference latency once merged;
    bottleneck adapters and soft prompts cannot merge and pay for their extra computation on every token.
 
-Measured in the full run (BENCHMARKS.md, tutorial 11 rerun: 150 steps of 16, 30 test dialogues, one seed; 12.9 minutes):
-full fine-tuning 0.73 ROUGE-L; LoRA on every linear 0.67 with 7% of the parameters, QLoRA 0.65, the last block,
-Houlsby and Pfeiffer adapters and sparse 1% 0.60-0.64; LoRA q,v 0.49; prefix tuning 0.32; (IA)^3, BitFit, LayerNorm
-and prompt tuning 0.07-0.26 at this budget. Every method trains in ~200 MiB but the last block (71 MiB): the
-activations dominate. Forgetting came out against claim 3: with the adapter active, only prompt tuning raised the
-held-out perplexity less than full fine-tuning did (+75% against +124%). Unmerged, QLoRA decodes at 2.4x the base's
+Measured in the full run (BENCHMARKS.md, "Tutorial 11: every method in one table": 150 steps of 16, 30 test dialogues,
+one seed; 12.9 minutes): full fine-tuning 0.73 ROUGE-L; LoRA on every linear 0.67 with 7% of the parameters, QLoRA 0.65,
+the last block, Houlsby and Pfeiffer adapters and sparse 1% 0.60-0.64; LoRA q,v 0.49; prefix tuning 0.32; (IA)^3,
+BitFit, LayerNorm and prompt tuning 0.07-0.26 at this budget. Every method trains in ~200 MiB but the last block (71
+MiB): the activations dominate. Forgetting came out against claim 3: with the adapter active, only prompt tuning raised
+the held-out perplexity less than full fine-tuning did (+75% against +124%). Unmerged, QLoRA decodes at 2.4x the base's
 time per token (it dequantizes every layer for each token); merged, every method runs the base's shapes.
 
 Setup: `python -m minipeft compare` runs the same code (minipeft.workshop.compare). Every method fine-tunes the

@@ -16,15 +16,15 @@ share (460,800 parameters, 0.34%); training time; the adapter's bytes against th
 general question asked again with the adapter active and with it disabled; the merged model's logits against
 the unmerged ones.
 
-Measured (2-core x86-64 CPU, numpy 2.4 on OpenBLAS, quiet machine, 2026-12-07; BENCHMARKS.md, "The real
-model"): the whole run took 3.8 minutes (load 6 s, 60 LoRA steps of 4 dialogues in 162 s, 2.7 s a step), plus
-the one 93 MB download on a first run. On 12 test dialogues ROUGE-L rose from 0.216 zero-shot to 0.835 and the
+Measured (2-core x86-64 CPU, numpy 2.4 on OpenBLAS, quiet machine, 2026-12-07; BENCHMARKS.md, "The real model:
+SmolLM2-135M-Instruct"): the whole run took 3.8 minutes (load 6 s, 60 LoRA steps of 4 dialogues in 162 s, 2.7 s a step),
+plus the one 93 MB download on a first run. On 12 test dialogues ROUGE-L rose from 0.216 zero-shot to 0.835 and the
 share of the reference's names, times and places stated from 0.32 to 0.91; zero-shot the model writes "In this
-conversation, Person1 is discussing..." where the data's style is "#Person1# invites #Person2# to...". The
-adapter is 1.8 MiB against 513 MiB (289x smaller), and merged and unmerged logits agree to 1.7e-4 (float32
-rounding through 30 layers, logits of size 35). What it cost: with the adapter active the model answers "What
-is the capital of France?" with "Hugging Face" instead of "The capital of France is Paris."; with the adapter
-disabled the frozen base answers as before. 60 steps on one task's style moved more than that task.
+conversation, Person1 is discussing..." where the data's style is "#Person1# invites #Person2# to...". The adapter is
+1.8 MiB against 513 MiB (289x smaller), and merged and unmerged logits agree to 1.7e-4 (float32 rounding through 30
+layers, logits of size 35). What it cost: with the adapter active the model answers "What is the capital of France?"
+with "Hugging Face" instead of "The capital of France is Paris."; with the adapter disabled the frozen base answers as
+before. 60 steps on one task's style moved more than that task.
 
     python tutorials/12_real_llm.py           # the real model, ~4 minutes on 2 cores
     python tutorials/12_real_llm.py --quick   # a tiny random Llama with the same code path, seconds

@@ -11,7 +11,7 @@ which returns the fast path when fast ops are on (the default) and the reference
     MINIPEFT_FAST_OPS=0 pytest          # the whole process, e.g. the test suite on the reference path
 
 The tests check every registered pair equal (forward and gradients, float64). Measured speed-ups
-are in BENCHMARKS.md.
+are in BENCHMARKS.md, "Fast paths".
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ points, and the pair i at position p turns by p * theta_i, theta_i = base^(-2i /
 A query at position m and a key at position n then meet as (R(m) q)^T (R(n) k) = q^T R(n - m) k: the score
 depends on the offset n - m only, so "the token just before me" is the same pattern everywhere. That
 makes the look-back-and-copy heads a model needs for reading its context much easier to learn than with
-a learned position table (measured for this project in BENCHMARKS.md). This is GPT-NeoX's / Llama's
-"rotate half" layout.
+a learned position table (measured for this project in BENCHMARKS.md, "The base model: pretraining recipe and length").
+This is GPT-NeoX's / Llama's "rotate half" layout.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Two details make it NF4 rather than plain quantiles:
    negative values, 0, 8 positive.
 2. The extreme quantiles of a normal are infinite, so the outermost probability is pulled in by
    delta = (1/32 + 1/30) / 2, the mean of half a bin of a 16-bin and of a 15-bin split of [0, 1] (bitsandbytes
-   gives only the value; its issue #968 asks where it comes from): the positive half takes the quantiles
+   gives only the value; its GitHub thread issues/968 asks where it comes from): the positive half takes the quantiles
    Phi^-1(p) at p = linspace(1 - delta, 1/2, 9)[:-1], the negative half -Phi^-1(p) at
    p = linspace(1 - delta, 1/2, 8)[:-1]; then every value is divided by the largest, Phi^-1(1 - delta)
    ~= 1.848, so the outermost codes are exactly -1 and 1.

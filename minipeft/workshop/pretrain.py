@@ -86,10 +86,11 @@ class PretrainConfig:
         return f"{self.preset}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
-# The base model's recipe (measured in BENCHMARKS.md): rotary position embeddings, a corpus with more
-# documents that repeat what came earlier (lists, dialogues with notes), and steps enough for the phase change
-# in which the model starts copying from its context (list copy accuracy 0.54 -> 0.94 between steps 1200 and
-# 2400): fine-tuned summaries then state the dialogue's places and times instead of plausible inventions.
+# The base model's recipe (measured in BENCHMARKS.md, "The base model: pretraining recipe and length"):
+# rotary position embeddings, a corpus with more documents that repeat what came earlier (lists, dialogues
+# with notes), and steps enough for the phase change in which the model starts copying from its context
+# (list copy accuracy 0.54 -> 0.94 between steps 1200 and 2400): fine-tuned summaries then state the
+# dialogue's places and times instead of plausible inventions.
 READING = dict(overrides=(("position_embedding", "rope"),),
                corpus_weights=(("lists", 0.25), ("dialogue_notes", 0.25)))
 FULL = PretrainConfig(steps=2400, **READING)

@@ -18,7 +18,7 @@ SHIFT_FREE_BOUND = 40.0
 # An op that makes several elementwise passes over one large array goes through it in flat chunks of this many
 # elements (256 KiB of float32), so each chunk stays in the CPU's L2 cache from one pass to the next instead of
 # streaming the whole array from memory once per pass (bench/bench_chunks.py picks the size; figures in
-# BENCHMARKS.md). On the GPU there is one chunk: there each chunk would cost kernel launches.
+# BENCHMARKS.md, "Fast paths"). On the GPU there is one chunk: there each chunk would cost kernel launches.
 CHUNK_ELEMENTS = 1 << 16
 
 
@@ -35,7 +35,7 @@ _pool: list = []
 def num_threads() -> int:
     """Threads a fast path may use on the CPU: MINIPEFT_NUM_THREADS, default 1.
 
-    Not every core by default: measured inside a training step (BENCHMARKS.md, threads inside a step), a second
+    Not every core by default: measured inside a training step (BENCHMARKS.md, "Fast paths"), a second
     thread for AdamW's passes made the step's optimizer phase ~9% slower on 2 cores, because OpenBLAS's own worker
     thread keeps spinning on the other core for a while after each matrix product, and the two share it. Set it where
     cores are idle between products (more cores than OpenBLAS uses)."""

@@ -13,7 +13,7 @@ each pass on one core. Here:
   slices of p, m, v and tmp, so the threads never write the same element.
 
 Every element goes through the same float operations in the same order, so the result depends neither on the
-chunking nor on the threads. Measured: BENCHMARKS.md (bench/bench_adamw.py).
+chunking nor on the threads. Measured: BENCHMARKS.md, "Fast paths" (bench/bench_adamw.py).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Same numbers as `multihead_attention.AttentionFn` (tested equal); read that one 
 - The max shift is skipped when `score_bound` proves it unneeded (`_shared.SHIFT_FREE_BOUND`); not on the GPU,
   where reading the bound back would stall the device once per call.
 
-Measured speed-ups: BENCHMARKS.md, "Fast paths: what each one measured".
+Measured speed-ups: BENCHMARKS.md, "Fast paths".
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ array of a training step, so every pass over them counts:
 - the forward keeps the unnormalised e = exp(z - c) and its row sums s, and the backward normalises and scales
   in one pass: dz = e * (g / s).
 
-Measured speed-ups: BENCHMARKS.md, "Fast paths: what each one measured".
+Measured speed-ups: BENCHMARKS.md, "Fast paths".
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ largest elementwise array in the model, and each temporary costs a full pass of 
   goes through the same float operations whatever the chunking, so the result is bit-identical to whole-array
   passes.
 
-Measured speed-ups: BENCHMARKS.md, "Fast paths: what each one measured".
+Measured speed-ups: BENCHMARKS.md, "Fast paths".
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ axis (C = 128 in the tutorials' model) are slow as numpy reductions, so the mean
 with a (C,) vector of 1/C, and the sums of products are einsum dot products (no (N, C) temporary). The
 centred x becomes xhat in place, and the backward builds dx in place in the buffer that held dxhat.
 
-Measured speed-ups: BENCHMARKS.md, "Fast paths: what each one measured".
+Measured speed-ups: BENCHMARKS.md, "Fast paths".
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ of (code[byte >> 4], code[byte & 15]) turns the reference's three passes (split 
 index array, look each index up, multiply) into one gather that writes both values of each byte
 straight into the output, and one in-place multiply by the block scales. Same values bit for bit
 (the same table entries, the same product); registered as dequantize_nf4_into's fast path and tested
-equal to it (tests/test_fast_ops.py). Measured speed-up in BENCHMARKS.md.
+equal to it (tests/test_fast_ops.py). Measured: BENCHMARKS.md, "QLoRA".
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ is fast but adds only one value per repeated index. An integer index that strict
 repeats no row (e.g. flatnonzero's output, the LM head's target rows), so there `+=` is exact. On the GPU
 cupyx.scatter_add is already fast.
 
-Measured speed-ups: BENCHMARKS.md, "Fast paths: what each one measured".
+Measured speed-ups: BENCHMARKS.md, "Fast paths".
 """
 
 from __future__ import annotations
