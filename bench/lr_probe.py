@@ -11,6 +11,7 @@ teacher-forced loss on held-out rows, so the tutorials use the best rate measure
     python bench/lr_probe.py --methods "prompt tuning n=20" "prefix tuning n=20" --task sentiment
     python bench/lr_probe.py --methods BitFit --lrs 0.1      # one method, chosen rates
     python bench/lr_probe.py --quick              # the tiny base, seconds
+    python bench/lr_probe.py --base smollm2-135m-instruct --methods full --lrs 1e-5 3e-5 1e-4 --steps 20 --batch 4
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from minipeft.peft import (
 )
 from minipeft.workshop.data.generator import make_splits
 from minipeft.workshop.finetune import finetune, sft_sampler, validation_loss
-from minipeft.workshop.pretrain import load_base_model
+from minipeft.workshop.tutorial_base import add_base_option, is_llm, load_tutorial_base
 
 # Each grid is wide enough that its best rate is not at an edge: the measured grids are in
 # BENCHMARKS.md, "Tutorial 07: selective methods" and BENCHMARKS.md, "Tutorial 08: soft prompts".
 LRS = {
+    "full": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
     "BitFit": [1e-2, 3e-2, 1e-1, 3e-1],
     "LayerNorm": [3e-2, 1e-1, 3e-1, 1.0],
     "embeddings": [3e-3, 1e-2, 3e-2],
@@ -50,12 +52,15 @@ LRS = {
 SELECTIVE = ["BitFit", "LayerNorm", "embeddings", "last 1 block", "sparse 1%", "LoRA r=8"]   # tutorial 07's
 
 
-def config(method: str, base, sampler, n_layer: int):
+def config(method: str, base, sampler, n_layer: int, llm: bool):
+    """The adapter config of `method` on `base` (None: full fine-tuning, every weight trains)."""
+    if method == "full":
+        return None
     if method == "sparse 1%":
         return select_sparse_entries(base, SparseConfig(percent=1.0), [sampler(i) for i in range(4)])
     return {"BitFit": bitfit_config, "LayerNorm": layernorm_config, "embeddings": embeddings_config,
             "last 1 block": lambda: last_k_layers_config(1, n_layer),
-            "LoRA r=8": lambda: LoraConfig(r=8, lora_alpha=16, target_modules=[
+            "LoRA r=8": lambda: LoraConfig(r=8, lora_alpha=16, target_modules="all-linear" if llm else [
                 "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]),
             "prompt tuning n=20": lambda: PromptTuningConfig(num_virtual_tokens=20, prompt_tuning_init="SAMPLE_VOCAB"),
             "prefix tuning n=20": lambda: PrefixTuningConfig(num_virtual_tokens=20)}[method]()
@@ -70,24 +75,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", nargs="+", choices=sorted(LRS), default=SELECTIVE,
                         help="the methods to probe (default: tutorial 07's)")
     parser.add_argument("--lrs", type=float, nargs="+", help="these learning rates for every method probed")
+    parser.add_argument("--n-val", type=int, default=64, help="held-out rows the loss is measured on")
+    add_base_option(parser)
     args = parser.parse_args(argv)
+    llm = is_llm(args.base)
     lrs_of = {m: args.lrs or LRS[m] for m in args.methods}
-    steps, batch, n_val = (4, 4, 8) if args.quick else (args.steps, args.batch, 64)
+    steps, batch, n_val = (4, 4, 8) if args.quick else (args.steps, args.batch, args.n_val)
     task = args.task
     splits = make_splits(task, 64 if args.quick else 2000, n_val, 4, seed=0)
-    tok = load_base_model(quick=args.quick, progress=False).tokenizer
+    tok = load_tutorial_base(args.base, args.quick).tokenizer
     results = {}
     print(f"{task}: {steps} steps of {batch}; held-out loss on {n_val} rows (lower is better)")
     for method, lrs in lrs_of.items():
         for lr in lrs:
             mp.manual_seed(0)
-            base = load_base_model(quick=args.quick, progress=False).model
+            base = load_tutorial_base(args.base, args.quick).model
             cfg = config(method, base, sft_sampler(splits["train"], task, tok, batch, base.config.context_length,
-                                                   seed=1), base.config.n_layer)
-            peft = get_peft_model(base, cfg)
+                                                   seed=1), base.config.n_layer, llm)
+            peft = base if cfg is None else get_peft_model(base, cfg)
             t0 = time.perf_counter()
             res = finetune(peft, tok, task, splits["train"], steps=steps, batch_size=batch, lr=lr, seed=0,
-                           progress=False, measure_memory=False, log_every=0)
+                           warmup=min(20, steps // 10) if llm else 20, progress=False, measure_memory=False,
+                           log_every=0)
             val = validation_loss(peft, tok, splits["val"], task)
             results[(method, lr)] = val
             print(f"{method:<19} lr {lr:<7g} train loss {res.final_loss:.3f}  held-out loss {val:.3f}  "

@@ -15,13 +15,13 @@ def home(tmp_path_factory):
     return tmp_path_factory.mktemp("minipeft_home")
 
 
-def run_tutorial(path: Path, home: Path, monkeypatch, capsys) -> tuple[str, object]:
-    """Run `main(["--quick"])` of a tutorial; returns what it printed and what main returned."""
+def run_tutorial(path: Path, home: Path, monkeypatch, capsys, *args: str) -> tuple[str, object]:
+    """Run `main(["--quick", *args])` of a tutorial; returns what it printed and what main returned."""
     monkeypatch.setenv("MINIPEFT_HOME", str(home))
     spec = importlib.util.spec_from_file_location(f"tutorial_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    result = module.main(["--quick"])
+    result = module.main(["--quick", *args])
     return capsys.readouterr().out, result
 
 
@@ -108,3 +108,17 @@ def test_soft_prompt_evidence(home, monkeypatch, capsys, keep_rng):
     for row in r["rows"]:
         assert row["trainable"]["prompt tuning n=20"] == 20 * row["d_model"]
         assert row["trainable"]["full fine-tuning"] == row["params"]
+
+
+def test_lora_vs_full_on_the_llm_path(home, monkeypatch, capsys, keep_rng):
+    """Tutorial 03 with --base takes the real model's code path (here on the tiny random Llama): LoRA on every
+    linear layer holds r (d_in + d_out) per matrix, full fine-tuning trains every weight and stores a whole model."""
+    path = next(p for p in TUTORIALS if p.name.startswith("03_"))
+    out, r = run_tutorial(path, home, monkeypatch, capsys, "--base", "smollm2-135m-instruct")
+    c, rows = r["config"], r["rows"]
+    d, f, kv = c.d_model, c.d_ff, c.n_kv_head * c.d_model // c.n_head
+    per_layer = 8 * ((d + d) + (d + kv) * 2 + (d + d) + 2 * (d + f) + (f + d))   # q, k, v, o, gate, up, down
+    assert type(c).__name__ == "LlamaConfig" and "tiny-llama.gguf" in out
+    assert rows["LoRA r=8"]["trainable"] == c.n_layer * per_layer
+    assert rows["full fine-tuning"]["trainable"] == r["n_base"]
+    assert rows["full fine-tuning"]["stored"] > 4 * r["n_base"] > rows["LoRA r=8"]["stored"]

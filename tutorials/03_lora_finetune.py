@@ -20,6 +20,7 @@ not (BENCHMARKS.md, "Tutorial 03: LoRA vs full fine-tuning").
 
     python tutorials/03_lora_finetune.py          # ~4.5 minutes on 2 cores, plus ~13 to build the base model once
     python tutorials/03_lora_finetune.py --quick  # a tiny model, seconds
+    python tutorials/03_lora_finetune.py --base smollm2-135m-instruct   # the real LLM (REAL_LLM below)
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from minipeft.peft import LoraConfig, get_peft_model
 from minipeft.workshop.checkpoint import save_checkpoint
 from minipeft.workshop.data.generator import make_splits
 from minipeft.workshop.finetune import evaluate, finetune
-from minipeft.workshop.pretrain import QUICK_NOTE, load_base_model
+from minipeft.workshop.llm.weights import save_hf_folder
+from minipeft.workshop.pretrain import QUICK_NOTE
+from minipeft.workshop.tutorial_base import add_base_option, is_llm, load_tutorial_base
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "dialogsum"
@@ -45,6 +48,10 @@ LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0,
 LR_LORA, LR_FULL = 3e-3, 1e-3
 SEED = 0
 QUICK = dict(N_TRAIN=64, N_TEST=4, STEPS=8, BATCH=8)
+# --base smollm2-135m-instruct: fewer, shorter steps (a step of 4 dialogues takes seconds on 2 cores), LoRA on every
+# linear layer of the 30 blocks, learning rates for this model (LoRA's as tutorial 12's; full's from a probe of
+# 1e-5, 3e-5 and 1e-4, BENCHMARKS.md, "Tutorial 03: LoRA vs full fine-tuning")
+REAL_LLM = dict(N_TRAIN=400, N_TEST=12, STEPS=40, BATCH=4, LR_LORA=1e-3, LR_FULL=3e-5, TARGETS="all-linear")
 
 
 def stored_bytes(save) -> int:
@@ -54,41 +61,48 @@ def stored_bytes(save) -> int:
         return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and data, finishes in seconds")
+    add_base_option(parser)
     args = parser.parse_args(argv)
     if args.quick:
         print(QUICK_NOTE)
-    n_train, n_test, steps, batch = (QUICK[k] if args.quick else globals()[k]
-                                     for k in ("N_TRAIN", "N_TEST", "STEPS", "BATCH"))
-    splits = make_splits(TASK, n_train, 8, n_test, seed=SEED)
+    llm = is_llm(args.base)
+    cfg = {"LR_LORA": LR_LORA, "LR_FULL": LR_FULL, "TARGETS": LORA["target_modules"],
+           **(REAL_LLM if llm else {}), **(QUICK if args.quick else {})}
+    n_train, n_test, steps, batch = (cfg.get(k, globals()[k]) for k in ("N_TRAIN", "N_TEST", "STEPS", "BATCH"))
+    lora = {**LORA, "target_modules": cfg["TARGETS"]}
+    splits = make_splits(TASK, n_train, 0 if llm else 8, n_test, seed=SEED)
     rows = []
 
-    base = load_base_model(quick=args.quick, progress=not args.quick)
+    base = load_tutorial_base(args.base, args.quick)
     scores, base_preds = evaluate(base.model, base.tokenizer, splits["test"], TASK)
     n_base = base.model.num_parameters()
     rows.append(("base, zero-shot", 0, scores, None, None, 0))
 
     # LoRA: freeze the base, train low-rank updates of attention and MLP matrices
     mp.manual_seed(SEED)
-    model = load_base_model(quick=args.quick, progress=False).model
-    peft = get_peft_model(model, LoraConfig(**LORA))
+    peft = get_peft_model(base.model, LoraConfig(**lora))
     peft.print_trainable_parameters()
-    res = finetune(peft, base.tokenizer, TASK, splits["train"], steps=steps, batch_size=batch, lr=LR_LORA,
-                   seed=SEED, progress=not args.quick, desc="LoRA")
+    res = finetune(peft, base.tokenizer, TASK, splits["train"], steps=steps, batch_size=batch, lr=cfg["LR_LORA"],
+                   warmup=min(20, steps // 10) if llm else 20, seed=SEED, progress=not args.quick, desc="LoRA")
     lora_scores, lora_preds = evaluate(peft, base.tokenizer, splits["test"], TASK)
     rows.append((f"LoRA r={LORA['r']}", peft.get_nb_trainable_parameters()[0], lora_scores, res.wall_time_s,
                  res.peak_memory_bytes, stored_bytes(peft.save_pretrained)))
 
     # full fine-tuning: every weight trains, and every task needs its own copy of the model
     mp.manual_seed(SEED)
-    full = load_base_model(quick=args.quick, progress=False).model
-    res = finetune(full, base.tokenizer, TASK, splits["train"], steps=steps, batch_size=batch, lr=LR_FULL,
-                   seed=SEED, progress=not args.quick, desc="full")
+    full = peft.unload()                       # the base again, untouched by LoRA (it was frozen); now every weight
+    for p in full.parameters():                # trains
+        p.requires_grad = True
+    res = finetune(full, base.tokenizer, TASK, splits["train"], steps=steps, batch_size=batch, lr=cfg["LR_FULL"],
+                   warmup=min(20, steps // 10) if llm else 20, seed=SEED, progress=not args.quick, desc="full")
     full_scores, full_preds = evaluate(full, base.tokenizer, splits["test"], TASK)
+    save = ((lambda d: save_hf_folder(full, base.tokenizer, d)) if llm else
+            (lambda d: save_checkpoint(full, os.path.join(d, "model.safetensors"))))
     rows.append(("full fine-tuning", full.num_parameters(), full_scores, res.wall_time_s, res.peak_memory_bytes,
-                 stored_bytes(lambda d: save_checkpoint(full, os.path.join(d, "model.safetensors")))))
+                 stored_bytes(save)))
 
     print(f"\n{TASK}: {n_train} training dialogues, {steps} steps of {batch}; ROUGE on {n_test} test dialogues")
     print(f"{'method':<18}{'trainable':>11}{'% base':>8}{'ROUGE-1':>9}{'ROUGE-2':>9}{'ROUGE-L':>9}{'facts':>7}"
@@ -114,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"base      : {base_preds[i]}")
         print(f"LoRA      : {lora_preds[i]}")
         print(f"full      : {full_preds[i]}")
+    return {"rows": {name: {"trainable": n, "scores": sc, "stored": stored} for name, n, sc, _, _, stored in rows},
+            "n_base": n_base, "config": base.model.config}
 
 
 if __name__ == "__main__":
