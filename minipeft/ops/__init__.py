@@ -9,6 +9,7 @@ from minipeft.autograd import register_tensor_ops
 from minipeft.ops._util import record_matmuls
 from minipeft.ops.elementwise import add, div, exp, gelu, log, mul, neg, pow, relu, sub, tanh
 from minipeft.ops.linalg import linear, matmul
+from minipeft.ops.linear_cross_entropy import linear_cross_entropy
 from minipeft.ops.llama import rms_norm, silu, swiglu
 from minipeft.ops.loss import cross_entropy
 from minipeft.ops.multihead_attention import attention
@@ -23,7 +24,7 @@ from minipeft.ops import fast  # noqa: E402  (registers the fast paths; they imp
 
 __all__ = [
     "add", "attention", "broadcast_to", "concat", "cross_entropy", "div", "dropout", "embedding", "exp", "fast",
-    "gelu", "getitem", "layer_norm", "linear", "log", "matmul", "mean", "mul", "neg", "permute", "pow",
-    "record_matmuls", "relu", "reshape", "rms_norm", "rotary", "silu", "softmax", "split", "sub", "sum", "swiglu",
-    "tanh", "transpose",
+    "gelu", "getitem", "layer_norm", "linear", "linear_cross_entropy", "log", "matmul", "mean", "mul", "neg",
+    "permute", "pow", "record_matmuls", "relu", "reshape", "rms_norm", "rotary", "silu", "softmax", "split", "sub",
+    "sum", "swiglu", "tanh", "transpose",
 ]
