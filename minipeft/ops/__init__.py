@@ -8,8 +8,8 @@ fast path while fast ops are on (the default; see minipeft/ops/fastpath.py).
 from minipeft.autograd import register_tensor_ops
 from minipeft.ops._util import record_matmuls
 from minipeft.ops.elementwise import add, div, exp, gelu, log, mul, neg, pow, relu, sub, tanh
+from minipeft.ops.head_loss import linear_cross_entropy
 from minipeft.ops.linalg import linear, matmul
-from minipeft.ops.linear_cross_entropy import linear_cross_entropy
 from minipeft.ops.llama import rms_norm, silu, swiglu
 from minipeft.ops.loss import cross_entropy
 from minipeft.ops.multihead_attention import attention

@@ -5,6 +5,6 @@ switches every op back to its reference. Read the reference ops first; each modu
 does differently and why. tests/test_fast_ops.py checks every pair equal.
 """
 
-from minipeft.ops.fast import adamw, attention, cross_entropy, gelu, layer_norm, linear_cross_entropy, scatter_add
+from minipeft.ops.fast import adamw, attention, cross_entropy, gelu, head_loss, layer_norm, scatter_add
 
-__all__ = ["adamw", "attention", "cross_entropy", "gelu", "layer_norm", "linear_cross_entropy", "scatter_add"]
+__all__ = ["adamw", "attention", "cross_entropy", "gelu", "head_loss", "layer_norm", "scatter_add"]

@@ -1,6 +1,6 @@
 """Fast path of the chunked head + cross-entropy: each chunk's softmax as fast/cross_entropy.py computes it.
 
-Same numbers as `linear_cross_entropy.LinearCrossEntropyFn` (tested equal); read that one first, then
+Same numbers as `head_loss.LinearCrossEntropyFn` (tested equal); read that one first, then
 fast/cross_entropy.py. The chunks, the head's products and the gradients of h, W and b are the reference's; what
 changes is the softmax of a chunk, done as ShiftFreeCrossEntropyFn does it: no max shift when the chunk's logits
 are bounded (decided per chunk), row sums as a matrix-vector product, and the backward's normalisation and scaling
@@ -15,7 +15,7 @@ from minipeft import backend
 from minipeft.autograd import Function
 from minipeft.ops.fast._shared import SHIFT_FREE_BOUND
 from minipeft.ops.fastpath import fast_path_of
-from minipeft.ops.linear_cross_entropy import LinearCrossEntropyFn, add_chunk_grads, check_head_args, chunk_logits
+from minipeft.ops.head_loss import LinearCrossEntropyFn, add_chunk_grads, check_head_args, chunk_logits
 
 
 @fast_path_of(LinearCrossEntropyFn)
