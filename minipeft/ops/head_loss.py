@@ -4,9 +4,10 @@
 
 The logits are the largest array of a training step: 8 sequences x 256 tokens x SmolLM2's 49,152-token vocabulary
 are 403 MB in float32, and their gradient as much again. Here the rows go through in chunks: a chunk's logits are
-formed, reduced to each row's logsumexp and target logit, and dropped. The backward keeps only the logsumexp of
-each row (N numbers) and forms each chunk's logits again, the cheap half of the trade (one more (rows, C) x (C, V)
-product per chunk) for never holding more than one (rows, V) block.
+formed, reduced to each row's logsumexp and target logit, and dropped. All the forward keeps for the backward is
+the logsumexp of each row (N numbers); the backward forms each chunk's logits again (one more (rows, C) x (C, V)
+product per chunk: the price of never holding more than one (rows, V) block) and turns them into their gradient
+in place. As in `linear`, a frozen W (the PEFT case) costs no dW product.
 
 How many rows a chunk takes: as many as fit CHUNK_BYTES (rows x V x itemsize), or `chunk_rows` when given. When
 all N rows fit one chunk, every number is the one `cross_entropy(linear(h, W, b), t)` computes, bit for bit: the
@@ -14,6 +15,8 @@ same products and reductions in the same order (the tests check it).
 """
 
 from __future__ import annotations
+
+import numbers
 
 from minipeft import backend
 from minipeft.autograd import Function, Tensor
@@ -31,10 +34,10 @@ def rows_per_chunk(V: int, itemsize: int, chunk_rows: int | None = None) -> int:
     """Rows of logits in one chunk: `chunk_rows` if given, else as many as fit CHUNK_BYTES (at least one)."""
     if chunk_rows is None:
         return max(1, CHUNK_BYTES // (V * itemsize))
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral) or chunk_rows < 1:
         raise ValueError(f"linear_cross_entropy: chunk_rows must be None (chosen by CHUNK_BYTES) or an int >= 1, "
                          f"got {chunk_rows!r}")
-    return chunk_rows
+    return int(chunk_rows)
 
 
 def check_head_args(h, W, b, targets, ignore_index: int, chunk_rows: int | None):
