@@ -126,7 +126,8 @@ def train(model, batches: Callable[[int], Batch] | Iterable[Batch], *, steps: in
     end (only at the end when eval_every=0). log_every: refresh the progress bar's loss every this many
     steps; with progress=False print a line every this many steps instead (0: silent).
     loss_fn: (model, x, y) -> scalar loss Tensor; the default, minipeft.loss.causal_lm_loss, is the mean
-    next-token cross-entropy over targets != -100, with the LM head run only where a target exists.
+    next-token cross-entropy over targets != -100, with the LM head run only where a target exists and, where
+    the head is a plain matrix, together with the loss in chunks of rows (the full logits never exist).
     seed: reseed minipeft's generator first (dropout), so two runs from equal weights match bit for bit.
     A non-finite loss or gradient norm raises FloatingPointError before the parameters are touched.
     """

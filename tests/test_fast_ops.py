@@ -1,6 +1,6 @@
 """Every fast path equals its reference: the same output and the same gradient for every input, in float64.
 
-The pairs come from `fastpath.fast_paths()`, so a fast path registered anywhere (ops/fast/, a PEFT method's
+The pairs come from `fastpath.fast_paths()`, so a fast path registered anywhere (workshop/fast/, a PEFT method's
 op) is covered here, and `CASES` must hold a case for it: a fast path added without one fails
 `test_every_fast_path_has_a_case`, naming it.
 
@@ -64,6 +64,15 @@ def cross_entropy_case(data):
     t = data.draw(token_ids(V, lead))
     t = np.where(data.draw(arrays(lead)) > 1.0, -100, t)  # about a quarter of the positions ignored
     return [z, t], {}, {}
+
+
+def linear_cross_entropy_case(data):
+    N, C, V = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 4)), data.draw(st.integers(1, 5))
+    scale = np.where(data.draw(arrays((N, 1))) > 0.0, 30.0, 1.0)   # x30: logits past SHIFT_FREE_BOUND, so chunks
+    h, W = data.draw(arrays((N, C))) * scale, data.draw(arrays((V, C)))   # of one step differ in the shifted branch
+    b = data.draw(st.one_of(st.none(), arrays((V,))))
+    t = np.where(data.draw(arrays((N,))) > 1.0, -100, data.draw(token_ids(V, (N,))))   # about a quarter ignored
+    return [h, W, b, t], {"chunk_rows": data.draw(st.integers(1, N + 1))}, {}
 
 
 def layer_norm_case(data):
@@ -132,6 +141,7 @@ CASES = {
     "GELUFn": gelu_case,
     "CrossEntropyFn": cross_entropy_case,
     "LayerNormFn": layer_norm_case,
+    "LinearCrossEntropyFn": linear_cross_entropy_case,
     "scatter_add": scatter_add_case,
     # PEFT methods' fast paths: their ops live in minipeft/peft/, their cases here.
     "LoraLinearFn": lora_linear_case,

@@ -149,7 +149,7 @@ STEP_READS = {
     "minipeft/optim.py (clip_grad_norm_)": 1,              # the global gradient norm: clipping and NaN guard
     "minipeft/loss.py (causal_lm_loss)": 1,                # how many targets: the LM head runs on those rows only
     "minipeft/ops/nn.py (forward)": 2,                     # token ids and position ids in range (the embeddings)
-    "minipeft/ops/loss.py (check_cross_entropy_args)": 1,  # targets in range
+    "minipeft/ops/loss.py (check_targets)": 1,             # targets in range
 }
 
 

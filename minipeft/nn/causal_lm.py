@@ -55,8 +55,9 @@ class CausalLM(Module):
     """Base of the decoder-only models: checks of ids, embeddings and prefixes, forward, the KV cache.
 
     A subclass sets `config` (with vocab_size, context_length, d_model, n_layer) and writes
-    `get_input_embeddings()`, `hidden_states(...)` and `head(h)`; `kv_width` is the width of one layer's keys
-    and values (d_model, or less with grouped-query attention).
+    `get_input_embeddings()`, `hidden_states(...)`, `head(h)` and, where the head is a plain matrix,
+    `linear_head()`; `kv_width` is the width of one layer's keys and values (d_model, or less with grouped-query
+    attention).
     """
 
     name = "model"     # how error messages name the model
@@ -74,6 +75,11 @@ class CausalLM(Module):
 
     def head(self, h: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement head()")
+
+    def linear_head(self) -> tuple[Tensor, Tensor | None] | None:
+        """(W, b) when head(h) is the plain h W^T + b, so the loss can run it in chunks of rows
+        (minipeft.loss.causal_lm_loss); None (this default) when head(h) must run as it is."""
+        return None
 
     def embed_with_positions(self, ids, inputs_embeds, prefix_kv, kv_cache: KVCache | None):
         """(token embeddings x (B, T, C), prefix as n_layer pairs or None, the tokens' positions (T,)), checked.

@@ -8,6 +8,7 @@ fast path while fast ops are on (the default; see minipeft/ops/fastpath.py).
 from minipeft.autograd import register_tensor_ops
 from minipeft.ops._util import record_matmuls
 from minipeft.ops.elementwise import add, div, exp, gelu, log, mul, neg, pow, relu, sub, tanh
+from minipeft.ops.head_loss import linear_cross_entropy
 from minipeft.ops.linalg import linear, matmul
 from minipeft.ops.llama import rms_norm, silu, swiglu
 from minipeft.ops.loss import cross_entropy
@@ -21,7 +22,7 @@ register_tensor_ops(add=add, sub=sub, mul=mul, div=div, neg=neg, pow=pow, matmul
 
 __all__ = [
     "add", "attention", "broadcast_to", "concat", "cross_entropy", "div", "dropout", "embedding", "exp",
-    "gelu", "getitem", "layer_norm", "linear", "log", "matmul", "mean", "mul", "neg", "permute", "pow",
-    "record_matmuls", "relu", "reshape", "rms_norm", "rotary", "silu", "softmax", "split", "sub", "sum", "swiglu",
-    "tanh", "transpose",
+    "gelu", "getitem", "layer_norm", "linear", "linear_cross_entropy", "log", "matmul", "mean", "mul", "neg",
+    "permute", "pow", "record_matmuls", "relu", "reshape", "rms_norm", "rotary", "silu", "softmax", "split", "sub",
+    "sum", "swiglu", "tanh", "transpose",
 ]

@@ -1,6 +1,6 @@
 """Elementwise ops with NumPy broadcasting; backward sums over the broadcast axes.
 
-GELU has a fast path (in-place passes over cache-sized chunks) in ops/fast/gelu.py, tested equal to GELUFn.
+GELU has a fast path (in-place passes over cache-sized chunks) in workshop/fast/gelu.py, tested equal to GELUFn.
 """
 
 from __future__ import annotations

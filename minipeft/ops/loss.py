@@ -3,7 +3,7 @@
     loss = mean over non-ignored rows of  -log softmax(z)[t]  =  logsumexp(z) - z[t]
 
 Fusing the two makes the backward simple: dloss/dz = (softmax(z) - onehot(t)) / n. The fast path
-(ops/fast/cross_entropy.py) computes the same numbers with fewer passes; tests check both equal.
+(workshop/fast/cross_entropy.py) computes the same numbers with fewer passes; tests check both equal.
 """
 
 from __future__ import annotations
@@ -13,26 +13,30 @@ from minipeft.autograd import Function, Tensor
 from minipeft.ops.fastpath import pick
 
 
-def check_cross_entropy_args(logits, targets, ignore_index: int):
-    """Raise on bad targets; return z (N, V), the valid-row mask (N,), n = max(#valid, 1) (0-d), targets (N,)."""
+def check_targets(targets, V: int, ignore_index: int, op: str = "cross_entropy"):
+    """Raise on bad class ids; return the valid-row mask, n = max(#valid, 1) (0-d) and the targets (N,) with
+    ignored rows pointing at class 0 (`valid` zeroes their terms)."""
     xp = backend.xp()
-    V = logits.shape[-1]
     if targets.dtype.kind not in "iu":
-        raise TypeError(f"cross_entropy: targets must be integer class ids, got dtype {targets.dtype}")
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"cross_entropy: logits {logits.shape} need targets of shape {logits.shape[:-1]}, "
-                         f"got {targets.shape}")
-    z = logits.reshape(-1, V)                                     # (N, V)
+        raise TypeError(f"{op}: targets must be integer class ids, got dtype {targets.dtype}")
     t = targets.reshape(-1)                                       # (N,)
     valid = t != ignore_index
     if t.size and bool((valid & ((t < 0) | (t >= V))).any()):    # one read back (a sync on the GPU)
         tv = t[valid]
         bad = int(tv.min()) if int(tv.min()) < 0 else int(tv.max())
-        raise IndexError(f"cross_entropy: target {bad} is out of range for {V} classes "
+        raise IndexError(f"{op}: target {bad} is out of range for {V} classes "
                          f"(use ignore_index={ignore_index} for masked positions)")
     n = xp.maximum(valid.sum(), 1)  # stays on the device; all positions ignored -> loss 0 with zero gradient
-    tt = xp.where(valid, t, 0)    # ignored rows point at class 0; `valid` zeroes their terms
-    return z, valid, n, tt
+    return valid, n, xp.where(valid, t, 0)
+
+
+def check_cross_entropy_args(logits, targets, ignore_index: int):
+    """Raise on bad targets; return z (N, V), the valid-row mask (N,), n = max(#valid, 1) (0-d), targets (N,)."""
+    V = logits.shape[-1]
+    if targets.dtype.kind in "iu" and logits.shape[:-1] != targets.shape:
+        raise ValueError(f"cross_entropy: logits {logits.shape} need targets of shape {logits.shape[:-1]}, "
+                         f"got {targets.shape}")
+    return (logits.reshape(-1, V), *check_targets(targets, V, ignore_index))            # z (N, V)
 
 
 class CrossEntropyFn(Function):

@@ -16,7 +16,7 @@ key/value head h // G, as transformers' `repeat_kv` orders them). Rather than co
 G query heads of a group are stacked into one (G Tq, hs) block that meets its group's K and V in one
 product; with G = 1 (n_kv_head = n_head) it is plain multi-head attention.
 
-The fast path (causal blocks, shift-free softmax) is ops/fast/attention.py, for n_kv_head = n_head; tests
+The fast path (causal blocks, shift-free softmax) is workshop/fast/attention.py, for n_kv_head = n_head; tests
 check both equal.
 """
 

@@ -17,8 +17,13 @@ parameter nothing is kept. Per block, with N = B T tokens, C = d_model, F = d_ff
     fc2 output                                                                 1 N C
     (the second residual add is the next block's "residual stream in")
 
-then ln_f (2 N C) and the loss: the N_t rows that have a target (N_t C), their logits and softmax (2 N_t V).
-The peak adds the backward's largest temporary: the (N_t, V) logits gradient beside the saved softmax.
+then ln_f (2 N C) and the loss: the N_t rows that have a target (N_t C) and two numbers per row (2 N_t: the row
+max and the softmax's row sum). The head and the loss run together in chunks of rows (ops.linear_cross_entropy),
+so no (N_t, V) logits outlive the forward. The peak adds the head's backward: one chunk of logits turned into
+their gradient in place (min(N_t, rows per chunk) x V), the rows' gradient dh and the product it is copied from
+(2 N_t C), and, when the head trains (full fine-tuning), its weight's gradient (V C): the largest temporary while
+all N_t rows fit one chunk (ops.head_loss.CHUNK_BYTES: every batch of the mini GPT). With many small chunks another
+layer's backward temporary can be larger, which this does not model.
 
 This is the accounting of the fast ops (the default; `minipeft.set_fast_ops(False)` runs the reference ops,
 which keep the whole (T, T) attention matrix instead of its causal blocks). Methods predicted: full
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 from minipeft.memory import StepMemory
 from minipeft.nn.gpt import GPTConfig
+from minipeft.ops.head_loss import rows_per_chunk
 from minipeft.peft.tuners.lora.config import LoraConfig
 from minipeft.peft.tuners.targets import ALL_LINEAR, layer_index, matches
 from minipeft.quant.config import BitsAndBytesConfig
@@ -114,7 +120,7 @@ def _activations(cfg: GPTConfig, B: int, T: int, n_targets: int, full: bool, lor
         g = add2
     total += u + norm + u                                           # the last residual, ln_f's xhat, its output
     total += n_targets * C * b if n_targets < N else 0             # the rows that have a target (a copy)
-    total += 2 * n_targets * cfg.vocab_size * b                     # their logits and the loss's softmax
+    total += 2 * n_targets * b                                      # per row: the max and the softmax's sum
     return total
 
 
@@ -164,5 +170,7 @@ def predict_step(config: GPTConfig, method: str | LoraConfig = "full", *, batch_
     dropout = 0.0 if method == "full" else method.lora_dropout
     acts = _activations(config, batch_size, seq_len, n_targets, method == "full", lora, r, dropout,
                         quantization is not None, b)
+    V, C = config.vocab_size, config.d_model
+    head_backward = (min(n_targets, rows_per_chunk(V, b)) * V + 2 * n_targets * C + (V * C if method == "full" else 0))
     return StepMemory(weights=weights, gradients=trainable * b, optimizer_state=2 * trainable * b, activations=acts,
-                      peak=acts + n_targets * config.vocab_size * b)
+                      peak=acts + head_backward * b)

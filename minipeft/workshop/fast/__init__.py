@@ -5,6 +5,18 @@ op back to its reference. Read the reference ops first (minipeft/ops/, the metho
 what it does differently and why. tests/test_fast_ops.py checks every pair equal.
 """
 
-from minipeft.workshop.fast import adamw, attention, cross_entropy, gelu, layer_norm, lora, nf4, qlora, scatter_add
+from minipeft.workshop.fast import (
+    adamw,
+    attention,
+    cross_entropy,
+    gelu,
+    head_loss,
+    layer_norm,
+    lora,
+    nf4,
+    qlora,
+    scatter_add,
+)
 
-__all__ = ["adamw", "attention", "cross_entropy", "gelu", "layer_norm", "lora", "nf4", "qlora", "scatter_add"]
+__all__ = ["adamw", "attention", "cross_entropy", "gelu", "head_loss", "layer_norm", "lora", "nf4", "qlora",
+           "scatter_add"]
