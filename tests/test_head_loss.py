@@ -154,8 +154,9 @@ def test_the_full_logits_are_never_formed():
 def test_a_training_steps_peak_drops_by_the_logits(monkeypatch, keep_rng):
     """A made-up Llama with an 8,192-token vocabulary, LoRA, 512 target rows: the unchunked step keeps the logits
     and their softmax for the backward and forms their gradient there (3 x 16 MiB in float32 at its peak); the
-    chunked step keeps neither (one (N, V) block in the backward at the default budget, 1/8 of it in chunks of
-    64 rows). Measured: peak 52.0 MiB unchunked, 20.2 MiB in one chunk, 8.1 MiB in chunks of 64 rows."""
+    chunked step keeps one (N, V) block at most (at the default budget the rows are one chunk: the reference forms
+    it again in the backward, the fast path keeps it from the forward) and 1/8 of one in chunks of 64 rows.
+    Measured: peak 52.0 MiB unchunked, 20.2 MiB in one chunk, 8.1 MiB in chunks of 64 rows."""
     mp.manual_seed(0)
     cfg = LlamaConfig(vocab_size=8192, context_length=256, d_model=64, n_layer=1, n_head=2, n_kv_head=1, d_ff=128)
     model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -166,7 +167,8 @@ def test_a_training_steps_peak_drops_by_the_logits(monkeypatch, keep_rng):
     chunks = measure_step(model, (x, y), loss_fn=functools.partial(causal_lm_loss, chunk_rows=64))
     monkeypatch.setattr(LlamaForCausalLM, "linear_head", lambda self: None)
     before = measure_step(model, (x, y))
-    assert before.activations - one.activations > 1.9 * logits            # logits and softmax no longer kept
+    assert before.activations - one.activations > 0.9 * logits            # the logits no longer kept
+    assert before.activations - chunks.activations > 1.9 * logits         # ... nor, in chunks, the softmax
     assert before.peak - one.peak > 1.9 * logits
     assert before.peak - chunks.peak > 2.6 * logits                      # ... and 7/8 of the gradient's block
 
@@ -258,3 +260,13 @@ def test_a_target_out_of_range_raises_naming_it():
     with pytest.raises(IndexError, match=re.escape("linear_cross_entropy: target 11 is out of range for 11 "
                                                    "classes (use ignore_index=-100 for masked positions)")):
         ops.linear_cross_entropy(Tensor(np.zeros((3, 5))), Tensor(np.zeros((11, 5))), np.array([0, 11, -100]))
+
+
+def test_one_chunk_is_formed_once_on_the_fast_path(fast):
+    """All rows in one chunk: the fast path keeps the chunk's exp(z - m) from the forward, so the backward spends no
+    second (N, C) x (C, V) product (the reference forms it again, as it does for every chunk)."""
+    h, W, b, t = head_case()
+    V, C = W.shape
+    with ops.record_matmuls() as log:
+        run(chunked(t), (h, W, b), needs=(True, False, False))
+    assert [a for a, c in log if c == (C, V)] == [(7, C)] * (1 if fast else 2)

@@ -18,12 +18,13 @@ parameter nothing is kept. Per block, with N = B T tokens, C = d_model, F = d_ff
     (the second residual add is the next block's "residual stream in")
 
 then ln_f (2 N C) and the loss: the N_t rows that have a target (N_t C) and two numbers per row (2 N_t: the row
-max and the softmax's row sum). The head and the loss run together in chunks of rows (ops.linear_cross_entropy),
-so no (N_t, V) logits outlive the forward. The peak adds the head's backward: one chunk of logits turned into
-their gradient in place (min(N_t, rows per chunk) x V), the rows' gradient dh and the product it is copied from
-(2 N_t C), and, when the head trains (full fine-tuning), its weight's gradient (V C): the largest temporary while
-all N_t rows fit one chunk (ops.head_loss.CHUNK_BYTES: every batch of the mini GPT). With many small chunks another
-layer's backward temporary can be larger, which this does not model.
+max and the softmax's row sum). The head and the loss run together in chunks of rows (ops.linear_cross_entropy).
+While all N_t rows fit one chunk (ops.head_loss.CHUNK_BYTES: every batch of the mini GPT) the fast path keeps that
+chunk's exp(z - m) for the backward (N_t V) and turns it into its gradient in place; with several chunks nothing
+(N_t, V)-sized outlives the forward and the backward forms one chunk at a time (rows per chunk x V). The peak adds
+the head's backward: that chunk, the rows' gradient dh and the product it is copied from (2 N_t C), and, when the
+head trains (full fine-tuning), its weight's gradient (V C). With many small chunks another layer's backward
+temporary can be larger, which this does not model.
 
 This is the accounting of the fast ops (the default; `minipeft.set_fast_ops(False)` runs the reference ops,
 which keep the whole (T, T) attention matrix instead of its causal blocks). Methods predicted: full
@@ -171,6 +172,9 @@ def predict_step(config: GPTConfig, method: str | LoraConfig = "full", *, batch_
     acts = _activations(config, batch_size, seq_len, n_targets, method == "full", lora, r, dropout,
                         quantization is not None, b)
     V, C = config.vocab_size, config.d_model
-    head_backward = (min(n_targets, rows_per_chunk(V, b)) * V + 2 * n_targets * C + (V * C if method == "full" else 0))
+    rows = rows_per_chunk(V, b)
+    kept = n_targets * V if n_targets <= rows else 0        # one chunk: its exp(z - m), kept for the backward
+    acts += kept * b
+    head_backward = (0 if kept else rows * V) + 2 * n_targets * C + (V * C if method == "full" else 0)
     return StepMemory(weights=weights, gradients=trainable * b, optimizer_state=2 * trainable * b, activations=acts,
                       peak=acts + head_backward * b)

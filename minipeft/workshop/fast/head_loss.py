@@ -5,8 +5,10 @@ fast/cross_entropy.py. The chunks, the head's products and the gradients of h, W
 changes is the softmax of a chunk, done as ShiftFreeCrossEntropyFn does it: no max shift when the chunk's logits
 are bounded (decided per chunk), row sums as a matrix-vector product, and the backward's normalisation and scaling
 in one pass. The backward keeps, per row, the row sum s and the shift m (N numbers each), and per chunk whether
-it was shifted, so it forms each chunk's exp(z - m) exactly as the forward did. When all rows fit one chunk,
-every number is the one `cross_entropy(linear(h, W, b), t)` computes on the fast path, bit for bit.
+it was shifted, so it forms each chunk's exp(z - m) exactly as the forward did. When all rows fit one chunk, the
+forward keeps that chunk's exp(z - m) instead (there is no memory to save by dropping it), so the backward spends
+no second head product; then every number is the one `cross_entropy(linear(h, W, b), t)` computes on the fast
+path, bit for bit, with the same products.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class ShiftFreeLinearCrossEntropyFn(Function):
         N, V = h.shape[0], W.shape[0]
         m, s, nll = (xp.empty(N, dtype=h.dtype) for _ in range(3))   # (N,) row max, row sum of e, -log p[target]
         shifted = []                                                 # per chunk: was exp(z - m) formed, or exp(z)
+        kept = None                                                  # one chunk: its e, kept for the backward
         for c in chunks:
             e = chunk_logits(h, W, b, c)                             # (rows, V): z, turned into e in place
             z_target = e[xp.arange(e.shape[0]), tt[c]]               # (rows,) taken before e overwrites z
@@ -42,7 +45,8 @@ class ShiftFreeLinearCrossEntropyFn(Function):
             s[c] = e @ xp.ones(V, dtype=e.dtype)                     # row sums as a matrix-vector product
             nll[c] = (xp.log(s[c]) + m[c] if shift else xp.log(s[c])) - z_target   # logsumexp(z) - z[target]
             shifted.append(shift)
-        ctx.save_for_backward(h, W, b, tt, valid, n, m, s, chunks, shifted)
+            kept = e if len(chunks) == 1 else None
+        ctx.save_for_backward(h, W, b, tt, valid, n, m, s, chunks, shifted, kept)
         return (nll * valid).sum().astype(h.dtype) / n.astype(h.dtype)
 
     @staticmethod
@@ -50,16 +54,19 @@ class ShiftFreeLinearCrossEntropyFn(Function):
         # loss = mean_valid(logsumexp(z) - z_t)  =>  dz = (softmax(z) - onehot(t)) * dloss / n, 0 on ignored rows;
         # softmax(z) = e / s, so the normalisation and the scaling are one pass over the chunk; then as the reference:
         # dh = dz W, dW = sum over chunks of dz^T h, db = sum of dz's rows
-        h, W, b, tt, valid, n, m, s, chunks, shifted = ctx.saved
+        h, W, b, tt, valid, n, m, s, chunks, shifted, kept = ctx.saved
         xp = backend.xp()
         needs = ctx.needs_input_grad[:3]
         g = (valid * (dout / n)).astype(h.dtype)                     # (N,) dloss / n per row, 0 if ignored
         grads = [xp.empty_like(h) if needs[0] else None, None, None]
         for c, shift in zip(chunks, shifted, strict=True):
-            dz = chunk_logits(h, W, b, c)                            # (rows, V) the logits again, then in place:
-            if shift:
-                dz -= m[c, None]
-            xp.exp(dz, out=dz)                                       # e, as the forward formed it
+            if kept is not None:
+                dz = kept                                            # the one chunk's e, kept by the forward
+            else:
+                dz = chunk_logits(h, W, b, c)                        # (rows, V) the logits again, then in place:
+                if shift:
+                    dz -= m[c, None]
+                xp.exp(dz, out=dz)                                   # e, as the forward formed it
             dz *= g[c, None] / s[c, None]                            # e * (g / s) = softmax(z) * g
             dz[xp.arange(dz.shape[0]), tt[c]] -= g[c]                # - onehot(t) * g
             add_chunk_grads(grads, needs, dz, h, W, c)
