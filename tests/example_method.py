@@ -43,8 +43,7 @@ class ParallelAdapterLayer(BaseTunerLayer):
     adapter_layer_names = ("example_down", "example_up")
     other_param_names = ("example_scale",)
 
-    def update_layer(self, name: str, config: ParallelAdapterConfig) -> None:
-        self._check_new(name)
+    def create_adapter(self, name: str, config: ParallelAdapterConfig) -> None:
         base = self.base_layer
         down = Linear(base.in_features, config.bottleneck, bias=False)
         up = Linear(config.bottleneck, base.out_features, bias=False)
@@ -52,8 +51,6 @@ class ParallelAdapterLayer(BaseTunerLayer):
         down.weight.data = down.weight.data.astype(base.weight.dtype)
         self.example_down[name], self.example_up[name] = down, up
         self.example_scale[name] = config.scale
-        if self.active_adapter is None:
-            self.active_adapter = name
 
     def forward(self, x):
         y = self.base_layer(x)
@@ -67,12 +64,6 @@ class ParallelAdapterLayer(BaseTunerLayer):
 class ParallelAdapterModel(BaseTuner):
     layer_classes = (ParallelAdapterLayer,)
     target_types = (Linear,)
-
-    def _create_and_replace(self, config, adapter_name, target, path) -> None:
-        if not isinstance(target, ParallelAdapterLayer):
-            target = ParallelAdapterLayer(target)
-            self.model.set_submodule(path, target)
-        target.update_layer(adapter_name, config)
 
 
 register_peft_method(name="example_parallel", config_cls=ParallelAdapterConfig, model_cls=ParallelAdapterModel,

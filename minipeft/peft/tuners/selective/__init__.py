@@ -11,12 +11,12 @@ from minipeft.peft.tuners.selective.config import (
     last_k_layers_config,
     layernorm_config,
 )
-from minipeft.peft.tuners.selective.layer import SelectiveLayer, SubstitutionLayer
+from minipeft.peft.tuners.selective.layer import SelectiveLayer
 from minipeft.peft.tuners.selective.model import SelectiveModel
 from minipeft.peft.tuners.selective.select import select_parameters
 
 register_peft_method(name="selective", config_cls=SelectiveConfig, model_cls=SelectiveModel, prefix="selective_")
 
-__all__ = ["SelectiveConfig", "SelectiveLayer", "SelectiveModel", "SubstitutionLayer", "bitfit_config",
+__all__ = ["SelectiveConfig", "SelectiveLayer", "SelectiveModel", "bitfit_config",
            "embeddings_config", "full_finetune_config", "last_k_layers_config", "layernorm_config",
            "select_parameters"]
