@@ -13,6 +13,7 @@ import difflib
 import re
 import warnings
 
+from minipeft.nn.layers import Linear
 from minipeft.nn.module import Module
 
 LAYERS_PATTERNS = ("blocks", "layers")   # the list of layers: the mini GPT's, transformers' (Llama and most others)
@@ -50,6 +51,11 @@ def warn_unmatched_patterns(config, fields: tuple[str, ...], paths: list[str]) -
         unmatched = [k for k in getattr(config, field) if not any(pattern_key([k], p) for p in paths)]
         if unmatched:
             warn_unmatched(f"{type(config).__name__}.{field}", unmatched, names, " that this adapter wraps")
+
+
+def modules_named(model: Module, names: set[str], kind: type = Linear) -> list[Module]:
+    """The modules of type `kind` whose own name (the path's last part) is in `names`: a method's targets, counted."""
+    return [m for p, m in model.named_modules() if isinstance(m, kind) and p.rsplit(".", 1)[-1] in names]
 
 
 def layer_index(path: str) -> int | None:
