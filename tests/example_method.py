@@ -23,7 +23,7 @@ from minipeft import backend
 from minipeft.autograd import Function, Tensor
 from minipeft.nn.layers import Linear
 from minipeft.ops._util import mm
-from minipeft.peft.config import ConfigError, PeftConfig, check_field, check_target_fields, is_number
+from minipeft.peft.config import PeftConfig, check_field, check_target_fields, is_count, is_number
 from minipeft.peft.registry import ContractCase, RecipeSpec, register_peft_method
 from minipeft.peft.tuners.base import BaseTuner
 from minipeft.peft.tuners.base_layer import BaseTunerLayer
@@ -76,8 +76,7 @@ class ParallelAdapterConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or self.bottleneck < 1:
-            raise ConfigError(f"ParallelAdapterConfig.bottleneck must be an int >= 1, got {self.bottleneck!r}")
+        check_field(self, "bottleneck", is_count(self.bottleneck), "an int >= 1")
         check_field(self, "scale", is_number(self.scale), "a finite number")
         check_target_fields(self)   # target_modules and layers_to_transform, as every method means them
 
@@ -128,7 +127,8 @@ def _case(target: str) -> ContractCase:
 register_peft_method(name="example_parallel", config_cls=ParallelAdapterConfig, model_cls=ParallelAdapterModel,
                      prefix="example_", contract={"gpt": _case("fc2"), "llama": _case("down_proj")},
                      recipes={"parallel": RecipeSpec("parallel adapter m=8", 1e-2, "not tuned: Bottleneck's rate",
-                                                     "additive", lambda base: ParallelAdapterConfig(bottleneck=8))})
+                                                     "additive", lambda base, batches: ParallelAdapterConfig(
+                                                         bottleneck=8))})
 
 __all__ = ["ParallelAdapterConfig", "ParallelAdapterFn", "ParallelAdapterLayer", "ParallelAdapterModel",
            "parallel_adapter"]

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from minipeft.nn.module import Module
 from minipeft.peft import PeftConfig, full_finetune_config, get_peft_model, tuners
 from minipeft.peft.registry import PEFT_TYPE_TO_RECIPES, PEFT_TYPE_TO_TUNER, RecipeSpec
-from minipeft.peft.tuners.lora import ALL_LINEAR, LORA_ALPHA, LORA_R, NF4_DQ
+from minipeft.peft.tuners.lora import ALL_LINEAR, LORA_ALPHA, LORA_R, NF4_DQ  # noqa: F401 (tutorial 11 reads them)
 from minipeft.quant import BitsAndBytesConfig, quantize_model
 
-__all__ = ["ALL_LINEAR", "LORA_ALPHA", "LORA_R", "METHOD_RECIPES", "NF4_DQ", "BuildContext", "Recipe"]
 # The published table's row order (tutorial 11, BENCHMARKS.md); a method's recipe not named here comes after these,
 # in the order the methods are found.
 TABLE_ORDER = ("full", "lora-qv", "lora-all", "qlora", "houlsby", "pfeiffer", "ia3", "bitfit", "layernorm",
@@ -60,13 +59,12 @@ def _full(base: Module, ctx: BuildContext) -> Module:
 
 def from_spec(spec: RecipeSpec) -> Recipe:
     """A method's declared recipe as the harness runs it: the base (quantized first for QLoRA) with the adapter its
-    config describes, the config made from the base, or from the base and the first `spec.batches` batches."""
+    config describes, made from the base (and the first `spec.batches` training batches, if it reads any)."""
     def make(base: Module, ctx: BuildContext) -> Module:
         model = base if spec.quantization is None else quantize_model(base, spec.quantization)
-        config = (spec.config(base) if spec.config is not None
-                  else spec.config_from_batches(base, ctx.batches(spec.batches)))
-        return get_peft_model(model, config)
-    return Recipe(spec.label, spec.lr, spec.lr_source, make, spec.family, spec.config, spec.quantization)
+        return get_peft_model(model, spec.config(base, ctx.batches(spec.batches) if spec.batches else []))
+    config = None if spec.batches else lambda base: spec.config(base, [])   # the CLI's --r/--alpha/--targets
+    return Recipe(spec.label, spec.lr, spec.lr_source, make, spec.family, config, spec.quantization)
 
 
 def method_recipes() -> dict[str, Recipe]:

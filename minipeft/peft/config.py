@@ -52,9 +52,14 @@ def is_str_list(v) -> bool:
     return isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
 
 
+def is_count(v, low: int = 1) -> bool:
+    """An int >= low (a rank, a width, a number of tokens), not a bool."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
 def is_index(v) -> bool:
     """An int >= 0 (a block index), not a bool."""
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return is_count(v, 0)
 
 
 def check_regex(config, what: str, pattern) -> None:

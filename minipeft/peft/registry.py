@@ -4,7 +4,7 @@ It ties a `peft_type` ("LORA") to its config class, its tuner class and its para
 ("lora_"), which is all that get_peft_model, PeftModel, adapter files and the counts need. Two more things
 a method declares in its own folder travel with it: its contract case (tests/test_tuner_contract.py runs the
 shared contract on it) and, optionally, its recipes for the comparison and the command line, as plain data
-(`RecipeSpec`, see the bottom of this file), so the book imports nothing of the tools that read them.
+(`ContractCase`, `RecipeSpec`, below), so the book imports nothing of the tools that read them.
 """
 
 from __future__ import annotations
@@ -93,8 +93,6 @@ class RecipeSpec(NamedTuple):
     lr: float                                   # AdamW's peak learning rate
     lr_source: str                              # where that rate comes from (a tutorial, a probe)
     family: str                                 # "reparameterized", "additive", "selective", "soft prompt"
-    config: Callable[[Any], PeftConfig] | None = None   # base model -> the adapter config
-    config_from_batches: Callable[[Any, list], PeftConfig] | None = None  # or (base, batches) -> config, for a
-    #                                             method that chooses from data first (sparse's scores)
-    batches: int = 0                            # how many training batches config_from_batches takes
+    config: Callable[[Any, list], PeftConfig]   # (base model, training batches) -> the adapter config
+    batches: int = 0                            # how many batches config reads (sparse's scores); 0: none
     quantization: Any = None                    # a BitsAndBytesConfig: quantize the base first (QLoRA)

@@ -56,16 +56,12 @@ class BaseTuner(Module):
 
     # ---- what a method writes (each has a default) -------------------------------------------------
     def _targets(self, config: PeftConfig) -> dict[str, dict]:
-        """{path: per-module values for update_layer} of the modules to wrap: by default every module
-        `config.target_modules` names (checked by _check_targets first), with none."""
+        """{path: per-module values for update_layer} of the modules to wrap, each checked before any is wrapped: by
+        default every module `config.target_modules` names, with none."""
         paths = find_targets(self.model, config.target_modules, getattr(config, "layers_to_transform", None),
                              allowed=self.target_types + self.layer_classes, method=self.peft_type,
                              skip_inside=(BaseTunerLayer, ModulesToSaveWrapper))
-        self._check_targets(config, paths)
         return {path: {} for path in paths}
-
-    def _check_targets(self, config: PeftConfig, paths: list[str]) -> None:
-        """Refuse a config that does not fit the modules at `paths` before any is wrapped; accepts all by default."""
 
     def _create_and_replace(self, config: PeftConfig, adapter_name: str, target: Module, path: str,
                             **per_module) -> None:

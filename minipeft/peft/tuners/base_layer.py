@@ -19,22 +19,21 @@ from __future__ import annotations
 from minipeft.autograd import no_grad
 from minipeft.nn.module import Module, ModuleDict
 
-NOT_MERGEABLE = "the method adds computation that no change of the base weights reproduces"
-
 
 class BaseTunerLayer(Module):
     """A base module plus named adapters; subclasses write `create_adapter` and `forward` (and merging, if they can)."""
 
-    adapter_layer_names: tuple[str, ...] = ()   # attributes (ModuleDict / ParameterDict) of per-adapter weights
+    adapter_layer_names: tuple[str, ...] = ()   # attributes of per-adapter weights, each a slot_type by adapter name
+    slot_type: type = ModuleDict                # ModuleDict (an adapter's weights are modules) or ParameterDict
     other_param_names: tuple[str, ...] = ()     # attributes (dict) of per-adapter settings
     mergeable: bool = False                     # can the adapter be folded into base_layer's weights?
-    why_not_mergeable: str = NOT_MERGEABLE      # the reason merge() gives when it cannot
+    why_not_mergeable = "the method adds computation that no change of the base weights reproduces"  # if it cannot
     merges_stack: bool = True                   # may a second adapter be merged on top of a merged one?
 
     def __init__(self, base_layer: Module):
         self.base_layer = base_layer
         for slot in self.adapter_layer_names:
-            setattr(self, slot, ModuleDict())
+            setattr(self, slot, self.slot_type())
         for name in self.other_param_names:
             setattr(self, name, {})
         self.active_adapter: str | None = None
@@ -52,6 +51,14 @@ class BaseTunerLayer(Module):
 
     def get_base_layer(self) -> Module:
         return self.base_layer
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
 
     @property
     def base_dtype(self):

@@ -9,7 +9,7 @@ from minipeft import ops
 from minipeft.autograd import Tensor
 from minipeft.nn.layers import Embedding, LayerNorm, Linear
 from minipeft.nn.llama import RMSNorm
-from minipeft.nn.module import Module
+from minipeft.nn.module import Module, ParameterDict
 from minipeft.peft.tuners.base_layer import BaseTunerLayer
 
 
@@ -31,15 +31,28 @@ class SubstitutionLayer(BaseTunerLayer):
     """A base module run with some parameters substituted by the active adapter's; subclasses say how.
 
     `weight` and `bias` read as the values the forward uses (so code that reads `module.weight`, like the
-    tied LM head, sees the adapter's), and other attributes fall through to the base module.
+    tied LM head, sees the adapter's), and other attributes fall through to the base module. The first of
+    `other_param_names` maps each adapter to the base parameters it replaces (names, or a dict keyed by them).
     """
 
-    def substitute(self, name: str, pname: str) -> Tensor:
-        """The tensor that replaces base parameter `pname` under adapter `name`."""
-        raise NotImplementedError
+    slot_type = ParameterDict
+    mergeable = True
+    merges_stack = False                        # merging one adapter replaces base values, kept to restore exactly
+
+    def __init__(self, base_layer: Module):
+        super().__init__(base_layer)
+        self._merged_originals: dict[str, object] = {}   # pname -> what merge() replaced in the base
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(getattr(self, self.other_param_names[0]))   # an adapter may hold only a bias: not the first slot
 
     def trains(self, name: str) -> tuple[str, ...]:
         """The base parameters adapter `name` replaces on this layer."""
+        return tuple(getattr(self, self.other_param_names[0])[name])
+
+    def substitute(self, name: str, pname: str) -> Tensor:
+        """The tensor that replaces base parameter `pname` under adapter `name`."""
         raise NotImplementedError
 
     def effective(self, pname: str) -> Tensor | None:

@@ -13,7 +13,7 @@ from minipeft.peft.tuners.targets import modules_named
 def _matched(layout: str):
     """The layout's config whose widths m give n_adapters x (2 d m + d + m) parameters closest to LoRA r=8 on every
     block linear (the comparison's "LoRA all linear"), 1 <= m <= d."""
-    def config(base) -> BottleneckConfig:
+    def config(base, batches) -> BottleneckConfig:
         cfg, n = base.config, (2 if layout == "houlsby" else 1) * base.config.n_layer   # Houlsby: 2 per block
         budget = sum(LORA_R * (m.in_features + m.out_features) for m in modules_named(base, set(ALL_LINEAR)))
         m = int(min(max(round((budget / n - cfg.d_model) / (2 * cfg.d_model + 1)), 1), cfg.d_model))

@@ -29,10 +29,6 @@ class BottleneckLayer(BaseTunerLayer):
             raise TypeError(f"BottleneckLayer follows a Linear, got {type(base_layer).__name__}")
         super().__init__(base_layer)
 
-    @property
-    def out_features(self) -> int:
-        return self.base_layer.out_features
-
     def create_adapter(self, adapter_name: str, config, bottleneck_size: int) -> None:
         """Down (m, d) kaiming-uniform as a Linear's, up (d, m) zero, both biases zero, m = bottleneck_size.
 

@@ -19,7 +19,7 @@ register_peft_method(name="ia3", config_cls=IA3Config, model_cls=IA3Model, prefi
                           lambda base: base.config.n_layer * (2 * base.kv_width + base.config.d_ff)),
 }, recipes={   # the model type's defaults: keys, values and fc2 on the GPT, the paper's
     "ia3": RecipeSpec("(IA)^3", 3e-1, "tutorial 06 (60-step validation-loss grid) (loss fell at every step up to "
-                      "3e-1)", "additive", lambda base: IA3Config()),
+                      "3e-1)", "additive", lambda base, batches: IA3Config()),
 })
 
 __all__ = ["IA3Config", "IA3Linear", "IA3LinearFn", "IA3Model", "ia3_linear"]

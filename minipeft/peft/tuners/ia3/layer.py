@@ -20,6 +20,7 @@ class IA3Linear(BaseTunerLayer):
     """
 
     adapter_layer_names = ("ia3_l",)
+    slot_type = ParameterDict                        # per-adapter vectors (not modules)
     other_param_names = ("is_feedforward",)
     mergeable = True
 
@@ -27,16 +28,7 @@ class IA3Linear(BaseTunerLayer):
         if not isinstance(base_layer, Linear):
             raise TypeError(f"IA3Linear wraps a Linear, got {type(base_layer).__name__}")
         super().__init__(base_layer)
-        self.ia3_l = ParameterDict()                 # per-adapter vectors (not modules)
         self._premerge: tuple | None = None          # (W, b) as they were before the first merge, while merged
-
-    @property
-    def in_features(self) -> int:
-        return self.base_layer.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base_layer.out_features
 
     def create_adapter(self, adapter_name: str, config, is_feedforward: bool) -> None:
         """Vector l: (1, in) scales the input (a feedforward module), (out, 1) the output; ones unless

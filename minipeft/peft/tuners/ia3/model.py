@@ -21,19 +21,17 @@ class IA3Model(BaseTuner):
 
     def _targets(self, config: IA3Config) -> dict[str, dict]:
         """The targets (the model's defaults filled into a config that left them None, as HF does), each scaling its
-        input if it is a feedforward module."""
+        input if it is a feedforward module; a feedforward_modules name must name a target (HF checks name lists;
+        this also covers regex targets)."""
         config.fill_defaults(self.model)
-        return {p: dict(is_feedforward=matches(p, config.feedforward_modules)) for p in super()._targets(config)}
-
-    def _check_targets(self, config: IA3Config, paths: list[str]) -> None:
-        """A feedforward_modules name must name a target (HF checks name lists; this also covers regex targets)."""
-        if isinstance(config.feedforward_modules, str):
-            return
-        unused = [f for f in config.feedforward_modules if not any(matches(p, [f]) for p in paths)]
+        paths = list(super()._targets(config))
+        ff = config.feedforward_modules
+        unused = [] if isinstance(ff, str) else [f for f in ff if not any(matches(p, [f]) for p in paths)]
         if unused:
             raise ConfigError(f"IA3Config.feedforward_modules {unused} name no module that target_modules="
                               f"{config.target_modules!r} wraps (targets: {paths}); feedforward modules must be "
                               "targets too")
+        return {p: dict(is_feedforward=matches(p, ff)) for p in paths}
 
     def _new_layer(self, target: Module, path: str) -> IA3Linear:
         if target.weight.dtype.kind != "f":   # the op rescales W itself, which here holds 4-bit codes

@@ -23,7 +23,7 @@ T06 = "tutorial 06 (60-step validation-loss grid)"
 def _recipe(label: str, source: str, targets, quantization=None) -> RecipeSpec:
     # one rate for the three (tutorial 06's 1e-2, better than the 3e-3 that tutorials 03, 05 and 10 used at 200-300
     # steps; the comparison trains for fewer), so LoRA against QLoRA compares the base's format only
-    return RecipeSpec(label, 1e-2, source, "reparameterized", lambda base: LoraConfig(
+    return RecipeSpec(label, 1e-2, source, "reparameterized", lambda base, batches: LoraConfig(
         r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=targets), quantization=quantization)
 
 

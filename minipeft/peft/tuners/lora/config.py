@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from minipeft.peft.config import PeftConfig, check_field, check_patterns, check_target_fields, is_number
+from minipeft.peft.config import PeftConfig, check_field, check_patterns, check_target_fields, is_count, is_number
 
 
 @dataclass
@@ -29,7 +29,7 @@ class LoraConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_field(self, "r", _is_rank(self.r), "an int >= 1")
+        check_field(self, "r", is_count(self.r), "an int >= 1")
         check_field(self, "lora_alpha", _is_alpha(self.lora_alpha), "a finite number > 0")
         check_field(self, "lora_dropout", is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1,
                     "a number in [0, 1)")
@@ -40,11 +40,7 @@ class LoraConfig(PeftConfig):
         if self.target_modules is None:
             self.target_modules = ["q_proj", "v_proj"]   # the original paper's choice
         check_target_fields(self)
-        check_patterns(self, rank_pattern=(_is_rank, "ints >= 1"), alpha_pattern=(_is_alpha, "numbers > 0"))
-
-
-def _is_rank(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        check_patterns(self, rank_pattern=(is_count, "ints >= 1"), alpha_pattern=(_is_alpha, "numbers > 0"))
 
 
 def _is_alpha(v) -> bool:

@@ -23,14 +23,6 @@ class LoraLayer(BaseTunerLayer):
     other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout")
     mergeable = True
 
-    @property
-    def in_features(self) -> int:
-        return self.base_layer.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base_layer.out_features
-
     def create_adapter(self, adapter_name: str, config, r: int | None = None, lora_alpha: float | None = None) -> None:
         """A (r, in) and B (out, r), initialised so B A = 0 unless init_lora_weights is False; r and lora_alpha are
         this module's (rank_pattern, alpha_pattern), the config's by default."""

@@ -15,7 +15,7 @@ register_peft_method(name="prefix_tuning", config_cls=PrefixTuningConfig, model_
                      prefix="prompt_", contract={"gpt": CASE, "llama": CASE}, recipes={
     "prefix-tuning": RecipeSpec("prefix tuning n=20", 3e-1, "tutorial 08 (best of 6 in bench/lr_probe.py; AdamW, "
                                 "not Lester et al.'s Adafactor)", "soft prompt",
-                                lambda base: PrefixTuningConfig(num_virtual_tokens=20)),
+                                lambda base, batches: PrefixTuningConfig(num_virtual_tokens=20)),
 })
 
 __all__ = ["PrefixEncoder", "PrefixProjectionFn", "PrefixTuningConfig", "PrefixTuningModel", "prefix_projection",

@@ -15,7 +15,7 @@ register_peft_method(name="prompt_tuning", config_cls=PromptTuningConfig, model_
                      prefix="prompt_", contract={"gpt": CASE, "llama": CASE}, recipes={
     "prompt-tuning": RecipeSpec("prompt tuning n=20", 30.0, "tutorial 08 (best of 10 in bench/lr_probe.py; AdamW, "
                                 "not Lester et al.'s Adafactor)", "soft prompt",
-                                lambda base: PromptTuningConfig(num_virtual_tokens=20,
+                                lambda base, batches: PromptTuningConfig(num_virtual_tokens=20,
                                                                 prompt_tuning_init="SAMPLE_VOCAB")),
 })
 

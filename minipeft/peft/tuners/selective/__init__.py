@@ -29,10 +29,10 @@ register_peft_method(name="selective", config_cls=SelectiveConfig, model_cls=Sel
                           + base.config.n_layer * base.config.d_model * base.config.d_ff
                           + base.config.vocab_size * base.config.d_model),
 }, recipes={
-    "bitfit": RecipeSpec("BitFit", 1e-1, T07, "selective", lambda base: bitfit_config()),
-    "layernorm": RecipeSpec("LayerNorm only", 3e-1, T07, "selective", lambda base: layernorm_config()),
+    "bitfit": RecipeSpec("BitFit", 1e-1, T07, "selective", lambda base, batches: bitfit_config()),
+    "layernorm": RecipeSpec("LayerNorm only", 3e-1, T07, "selective", lambda base, batches: layernorm_config()),
     "last-layer": RecipeSpec("last block", 1e-2, T07, "selective",
-                             lambda base: last_k_layers_config(1, base.config.n_layer)),
+                             lambda base, batches: last_k_layers_config(1, base.config.n_layer)),
 })
 
 __all__ = ["SelectiveConfig", "SelectiveLayer", "SelectiveModel", "bitfit_config",

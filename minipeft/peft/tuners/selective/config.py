@@ -49,15 +49,7 @@ def check_selection_fields(config, default_types: list[str]) -> None:
         check_field(config, "trainable_types", isinstance(t, (list, tuple)) and all(x in TRAINABLE_TYPES for x in t),
                     f"None or a list drawn from {list(TRAINABLE_TYPES)}")
         config.trainable_types = list(dict.fromkeys(t))
-    if config.target_modules is not None:
-        check_target_fields(config)     # names or one regex, layers_to_transform an index or a list of them
-    else:
-        if is_index(config.layers_to_transform):
-            config.layers_to_transform = [config.layers_to_transform]
-        layers = config.layers_to_transform
-        check_field(config, "layers_to_transform", layers is None or (
-            isinstance(layers, (list, tuple)) and all(map(is_index, layers))),
-            "None, a block index (an int >= 0) or a list of them")
+    check_target_fields(config)     # names or one regex, layers_to_transform an index or a list of them
     if config.layers_to_transform is not None:
         config.layers_to_transform = list(config.layers_to_transform)
     if not config.trainable_types and config.target_modules is None:

@@ -19,29 +19,14 @@ and its gradient is the sum of both paths, as for the tied original.
 from __future__ import annotations
 
 from minipeft.autograd import Tensor
-from minipeft.nn.module import Module, ParameterDict
 from minipeft.peft.tuners.substitution import SubstitutionLayer
 
 
 class SelectiveLayer(SubstitutionLayer):
     """Per adapter, a trainable copy of each selected parameter: `selective_weight.<adapter>`, `selective_bias...`."""
 
-    adapter_layer_names = ("selective_weight", "selective_bias")   # the copies (ParameterDicts by adapter)
+    adapter_layer_names = ("selective_weight", "selective_bias")   # the copies, by adapter
     other_param_names = ("selective_params",)                      # adapter -> names of the parameters it trains
-    mergeable = True
-    merges_stack = False                                           # one adapter's copies replace the tensors
-
-    def __init__(self, base_layer: Module):
-        super().__init__(base_layer)
-        self.selective_weight, self.selective_bias = ParameterDict(), ParameterDict()
-        self._merged_originals: dict[str, object] = {}             # pname -> the base array merge() replaced
-
-    @property
-    def adapters(self) -> list[str]:
-        return list(self.selective_params)   # an adapter may hold only a bias, so the first slot is not enough
-
-    def trains(self, name: str) -> tuple[str, ...]:
-        return self.selective_params[name]
 
     def substitute(self, name: str, pname: str) -> Tensor:
         return getattr(self, f"selective_{pname}")[name]

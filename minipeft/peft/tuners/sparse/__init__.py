@@ -19,7 +19,7 @@ register_peft_method(name="sparse", config_cls=SparseConfig, model_cls=SparseMod
                      contract={"gpt": CASE, "llama": CASE},
                      recipes={"sparse": RecipeSpec(   # tutorial 07's: the top 1% by Fisher score over 8 batches
                          "sparse 1% (Fisher)", 3e-2, "tutorial 07 (best of 4 in bench/lr_probe.py, 60 steps of 8)",
-                         "selective", config_from_batches=lambda base, batches: select_sparse_entries(
+                         "selective", lambda base, batches: select_sparse_entries(
                              base, SparseConfig(percent=1.0, score="fisher"), batches), batches=8)})
 
 __all__ = ["SparseConfig", "SparseLayer", "SparseModel", "SparseReplaceFn", "apply_sparse_diff", "entry_count",

@@ -12,7 +12,7 @@ import numpy as np
 
 from minipeft import backend
 from minipeft.autograd import Tensor
-from minipeft.nn.module import Module, Parameter, ParameterDict
+from minipeft.nn.module import Parameter
 from minipeft.peft.tuners.sparse.config import MAX_ENTRIES
 from minipeft.peft.tuners.sparse.op import sparse_replace
 from minipeft.peft.tuners.substitution import SubstitutionLayer
@@ -47,22 +47,8 @@ def remove_sparse_diff(W, indices, originals) -> None:
 class SparseLayer(SubstitutionLayer):
     """Per adapter, trained values at fixed indices of selected parameters: `sparse_weight.<adapter>` (k,), ..."""
 
-    adapter_layer_names = ("sparse_weight", "sparse_bias")   # the values (ParameterDicts by adapter)
+    adapter_layer_names = ("sparse_weight", "sparse_bias")   # the values, by adapter
     other_param_names = ("sparse_indices",)                   # adapter -> {pname: int32 (k,) indices, or None}
-    mergeable = True
-    merges_stack = False                                      # the entries one diff overwrote are kept to restore
-
-    def __init__(self, base_layer: Module):
-        super().__init__(base_layer)
-        self.sparse_weight, self.sparse_bias = ParameterDict(), ParameterDict()
-        self._merged_originals: dict[str, object] = {}         # pname -> the entries merge() overwrote
-
-    @property
-    def adapters(self) -> list[str]:
-        return list(self.sparse_indices)
-
-    def trains(self, name: str) -> tuple[str, ...]:
-        return tuple(self.sparse_indices[name])
 
     def values(self, name: str, pname: str) -> Parameter:
         return getattr(self, f"sparse_{pname}")[name]
