@@ -6,6 +6,7 @@ declares, and listed by the comparison with the recipe it declares."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,11 @@ def test_without_the_folder_the_method_is_unknown(tmp_path):
     root = _copy(tmp_path, with_folder=False)
     r = _run(root, "-c", CHECK, str(root / "minipeft"), str(tmp_path / "adapter"))
     assert r.returncode != 0 and "cannot import name 'ParallelAdapterConfig'" in r.stderr
+
+
+def test_contributing_points_only_at_files_of_the_repository():
+    text = (REPO / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    assert "../" not in text
+    paths = re.findall(r"`((?:minipeft|tests|tutorials)/[\w/.]+)`", text)
+    missing = [p for p in paths if not (REPO / p).exists() and "example_parallel" not in p]   # made by the test above
+    assert len(paths) >= 5 and not missing, missing

@@ -18,7 +18,7 @@ from minipeft.nn.module import Module, ModuleDict, Parameter
 from minipeft.peft.config import PeftConfig
 from minipeft.peft.tuners.base_layer import BaseTunerLayer
 from minipeft.peft.tuners.modules_to_save import ModulesToSaveWrapper
-from minipeft.peft.tuners.targets import find_targets, matches
+from minipeft.peft.tuners.targets import find_targets, matches, pattern_value, warn_unmatched_patterns
 
 MODULES_TO_SAVE = "modules_to_save"
 
@@ -39,6 +39,7 @@ class BaseTuner(Module):
     target_types: ClassVar[tuple[type[Module], ...]] = ()     # module types `target_modules` may name
     tuner_slot_names: ClassVar[tuple[str, ...]] = ()          # per-adapter ModuleDicts on the tuner itself
     mergeable: ClassVar[bool] = False                         # can adapters be folded into the base weights?
+    pattern_fields: ClassVar[dict[str, tuple[str, str]]] = {}  # update_layer argument -> (pattern field, field)
 
     def __init__(self, model: Module, config: PeftConfig, adapter_name: str):
         holder = _HOLDERS.get(model)
@@ -57,11 +58,14 @@ class BaseTuner(Module):
     # ---- what a method writes (each has a default) -------------------------------------------------
     def _targets(self, config: PeftConfig) -> dict[str, dict]:
         """{path: per-module values for update_layer} of the modules to wrap, each checked before any is wrapped: by
-        default every module `config.target_modules` names, with none."""
+        default every module `config.target_modules` names, with the value each `pattern_fields` entry gives there
+        (the pattern's first key that matches the path, else the config's field: Hugging Face's rule)."""
         paths = find_targets(self.model, config.target_modules, getattr(config, "layers_to_transform", None),
                              allowed=self.target_types + self.layer_classes, method=self.peft_type,
                              skip_inside=(BaseTunerLayer, ModulesToSaveWrapper))
-        return {path: {} for path in paths}
+        warn_unmatched_patterns(config, tuple(p for p, _ in self.pattern_fields.values()), paths)
+        return {path: {arg: pattern_value(getattr(config, pattern), path, getattr(config, field))
+                       for arg, (pattern, field) in self.pattern_fields.items()} for path in paths}
 
     def _create_and_replace(self, config: PeftConfig, adapter_name: str, target: Module, path: str,
                             **per_module) -> None:

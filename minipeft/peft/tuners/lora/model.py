@@ -9,7 +9,6 @@ from minipeft.peft.tuners.base import BaseTuner
 from minipeft.peft.tuners.lora.config import LoraConfig
 from minipeft.peft.tuners.lora.layer import LoraLayer, LoraLinear
 from minipeft.peft.tuners.lora.quantized import LoraLinear4bit
-from minipeft.peft.tuners.targets import pattern_value, warn_unmatched_patterns
 from minipeft.quant.linear4bit import Linear4bit
 
 
@@ -19,14 +18,7 @@ class LoraModel(BaseTuner):
     layer_classes = (LoraLayer,)       # LoraLinear, and LoraLinear4bit for 4-bit bases
     target_types = (Linear,)           # Linear4bit (a quantized Linear) included
     mergeable = True
-
-    def _targets(self, config: LoraConfig) -> dict[str, dict]:
-        """Each target with its rank and lora_alpha: rank_pattern's / alpha_pattern's first matching key, else r /
-        lora_alpha (Hugging Face's rule); a pattern key that matches no target is warned about."""
-        paths = list(super()._targets(config))
-        warn_unmatched_patterns(config, ("rank_pattern", "alpha_pattern"), paths)
-        return {p: dict(r=pattern_value(config.rank_pattern, p, config.r),
-                        lora_alpha=pattern_value(config.alpha_pattern, p, config.lora_alpha)) for p in paths}
+    pattern_fields = {"r": ("rank_pattern", "r"), "lora_alpha": ("alpha_pattern", "lora_alpha")}   # per module
 
     def _new_layer(self, target: Module, path: str) -> LoraLayer:
         return (LoraLinear4bit if isinstance(target, Linear4bit) else LoraLinear)(target)   # 4-bit: QLoRA
