@@ -6,7 +6,7 @@ from minipeft.peft.registry import ContractCase, RecipeSpec, register_peft_metho
 from minipeft.peft.tuners.lora import fast as _fast  # noqa: F401 (registers the op's fast path)
 from minipeft.peft.tuners.lora import qlora_fast as _qlora_fast  # noqa: F401 (and the QLoRA op's)
 from minipeft.peft.tuners.lora.config import LoraConfig
-from minipeft.peft.tuners.lora.layer import LoraLinear
+from minipeft.peft.tuners.lora.layer import LoraLayer, LoraLinear
 from minipeft.peft.tuners.lora.model import LoraModel
 from minipeft.peft.tuners.lora.op import LoraLinearFn, lora_linear
 from minipeft.peft.tuners.lora.qlora_op import QLoraLinearFn, qlora_linear
@@ -48,5 +48,5 @@ register_peft_method(name="lora", config_cls=LoraConfig, model_cls=LoraModel, pr
     "qlora": _recipe("QLoRA r=8 (NF4+DQ)", T06 + ", as LoRA all linear", "all-linear", NF4_DQ),
 })
 
-__all__ = ["LoraConfig", "LoraLinear", "LoraLinear4bit", "LoraLinearFn", "LoraModel", "QLoraLinearFn", "lora_linear",
+__all__ = ["LoraConfig", "LoraLayer", "LoraLinear", "LoraLinear4bit", "LoraLinearFn", "LoraModel", "QLoraLinearFn", "lora_linear",
            "qlora_linear"]

@@ -3,6 +3,7 @@ the last k blocks, the embedding table, or all of them: full fine-tuning), each 
 base stays untouched. One folder: config (with the named choices), the selection, layer, model, register."""
 
 from minipeft.peft.registry import ContractCase, RecipeSpec, register_peft_method
+from minipeft.peft.tuners.selection import select_parameters
 from minipeft.peft.tuners.selective.config import (
     SelectiveConfig,
     bitfit_config,
@@ -13,7 +14,6 @@ from minipeft.peft.tuners.selective.config import (
 )
 from minipeft.peft.tuners.selective.layer import SelectiveLayer
 from minipeft.peft.tuners.selective.model import SelectiveModel
-from minipeft.peft.tuners.selective.select import select_parameters
 
 T07 = "tutorial 07 (best of 4 in bench/lr_probe.py, 60 steps of 8)"
 register_peft_method(name="selective", config_cls=SelectiveConfig, model_cls=SelectiveModel, prefix="selective_",

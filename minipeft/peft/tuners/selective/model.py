@@ -4,9 +4,9 @@ parameter in a `SelectiveLayer` and give it the adapter's copies."""
 from __future__ import annotations
 
 from minipeft.peft.tuners.base import BaseTuner
+from minipeft.peft.tuners.selection import SUPPORTED, select_parameters
 from minipeft.peft.tuners.selective.config import SelectiveConfig
 from minipeft.peft.tuners.selective.layer import SelectiveLayer
-from minipeft.peft.tuners.selective.select import SUPPORTED, select_parameters
 
 
 class SelectiveModel(BaseTuner):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from minipeft.peft.tuners.base import BaseTuner
-from minipeft.peft.tuners.selective.select import SUPPORTED
+from minipeft.peft.tuners.selection import SUPPORTED
 from minipeft.peft.tuners.sparse.config import SparseConfig, check_total
 from minipeft.peft.tuners.sparse.layer import SparseLayer
 from minipeft.peft.tuners.sparse.score import candidate_parameters
