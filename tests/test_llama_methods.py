@@ -95,8 +95,9 @@ def test_lora_q_v_and_all_linear_mean_what_they_mean_in_hugging_face():
 
 def test_layers_to_transform_and_layers_pattern_name_llama_layers():
     # layers_pattern is Hugging Face's (minipeft reads both families' layer lists): a file may name them
-    peft = get_peft_model(build_llama(0), LoraConfig.from_dict({"r": 2, "target_modules": ["q_proj"],
-                                                                "layers_to_transform": [1], "layers_pattern": "layers"}))
+    lora = LoraConfig.from_dict({"r": 2, "target_modules": ["q_proj"], "layers_to_transform": [1],
+                                 "layers_pattern": "layers"})
+    peft = get_peft_model(build_llama(0), lora)
     assert wrapped(peft, LoraLinear) == ["model.layers.1.self_attn.q_proj"]
     ia3 = IA3Config.from_dict({"layers_to_transform": 1, "layers_pattern": ["layers"]})
     assert get_peft_model(build_llama(0), ia3) is not None
