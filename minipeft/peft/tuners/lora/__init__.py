@@ -48,5 +48,5 @@ register_peft_method(name="lora", config_cls=LoraConfig, model_cls=LoraModel, pr
     "qlora": _recipe("QLoRA r=8 (NF4+DQ)", T06 + ", as LoRA all linear", "all-linear", NF4_DQ),
 })
 
-__all__ = ["LoraConfig", "LoraLayer", "LoraLinear", "LoraLinear4bit", "LoraLinearFn", "LoraModel", "QLoraLinearFn", "lora_linear",
-           "qlora_linear"]
+__all__ = ["LoraConfig", "LoraLayer", "LoraLinear", "LoraLinear4bit", "LoraLinearFn", "LoraModel", "QLoraLinearFn",
+           "lora_linear", "qlora_linear"]
