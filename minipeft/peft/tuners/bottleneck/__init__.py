@@ -1,5 +1,6 @@
 """Bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2020): out = y + f(y W_down^T + b_down) W_up^T + b_up
-after the targeted Linears. One folder: config, op, layer, model, and the one line that registers the method."""
+after the targeted Linears. One folder: config, op, layer, model, and the registration (with the
+method's contract case and recipes)."""
 
 from minipeft.peft.registry import ContractCase, RecipeSpec, register_peft_method
 from minipeft.peft.tuners.bottleneck.config import BottleneckConfig
@@ -28,16 +29,12 @@ def _houlsby_count(base) -> int:
                for m in modules_named(base, {"out_proj", "fc2", "o_proj", "down_proj"}))
 
 
-def _houlsby(base, batches) -> BottleneckConfig:
-    return BottleneckConfig.houlsby(bottleneck_size=3, non_linearity="gelu")
-
-
+CASE = ContractCase(lambda base, batches: BottleneckConfig.houlsby(bottleneck_size=3, non_linearity="gelu"),
+                    _houlsby_count)
+T06 = "tutorial 06 (60-step validation-loss grid)"
 register_peft_method(name="bottleneck", config_cls=BottleneckConfig, model_cls=BottleneckModel, prefix="adapter_",
-                     contract={"gpt": ContractCase(_houlsby, _houlsby_count),
-                               "llama": ContractCase(_houlsby, _houlsby_count)},
-                     recipes={"houlsby": RecipeSpec("Houlsby adapters", 1e-2, "tutorial 06 (60-step validation-loss "
-                                                    "grid)", "additive", _matched("houlsby")),
-                              "pfeiffer": RecipeSpec("Pfeiffer adapters", 1e-2, "tutorial 06 (60-step validation-loss "
-                                                     "grid)", "additive", _matched("pfeiffer"))})
+                     contract={"gpt": CASE, "llama": CASE},
+                     recipes={"houlsby": RecipeSpec("Houlsby adapters", 1e-2, T06, "additive", _matched("houlsby")),
+                              "pfeiffer": RecipeSpec("Pfeiffer adapters", 1e-2, T06, "additive", _matched("pfeiffer"))})
 
 __all__ = ["BottleneckAdapterFn", "BottleneckConfig", "BottleneckLayer", "BottleneckModel", "bottleneck_adapter"]

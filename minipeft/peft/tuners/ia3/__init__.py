@@ -1,5 +1,5 @@
 """(IA)^3 (Liu et al., 2022): learned vectors rescale the keys, the values and the MLP's inner activation. One folder:
-config, op, layer, model, and the one line that registers the method."""
+config, op, layer, model, and the registration (with its contract case and recipe)."""
 
 from minipeft.peft.registry import ContractCase, RecipeSpec, register_peft_method
 from minipeft.peft.tuners.ia3.config import IA3Config

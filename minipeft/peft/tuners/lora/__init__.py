@@ -1,6 +1,6 @@
 """LoRA (Hu et al., 2021): W = W0 + (alpha / r) B A on the targeted Linear layers. One folder: config, op (and
-its fast path), layer, model, and the one line that registers the method. On a 4-bit base (minipeft.quant)
-the same adapters make QLoRA: qlora_op.py (and its fast path) and quantized.py's LoraLinear4bit."""
+its fast path), layer, model, and the registration (with its contract case and recipes). On a 4-bit base
+(minipeft.quant) the same adapters make QLoRA: qlora_op.py (and its fast path) and quantized.py's LoraLinear4bit."""
 
 from minipeft.peft.registry import ContractCase, RecipeSpec, register_peft_method
 from minipeft.peft.tuners.lora import fast as _fast  # noqa: F401 (registers the op's fast path)

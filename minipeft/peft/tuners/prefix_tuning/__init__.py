@@ -1,7 +1,7 @@
 """Prefix tuning (Li & Liang, 2021): trainable keys and values in front of every attention layer's, optionally made
 by a small MLP while training and folded into a plain table afterwards. One folder: config, op (the MLP), model,
-and the line that registers the method. Its weights are named as Hugging Face names them (`prompt_encoder`, saved
-as `prompt_embeddings`), so it shares prompt tuning's parameter prefix, "prompt_"."""
+and the registration (with its contract case and recipe). Its weights are named as Hugging Face names them
+(`prompt_encoder`, saved as `prompt_embeddings`), so it shares prompt tuning's parameter prefix, "prompt_"."""
 
 from minipeft.peft.registry import ContractCase, RecipeSpec, register_peft_method
 from minipeft.peft.tuners.prefix_tuning.config import PrefixTuningConfig

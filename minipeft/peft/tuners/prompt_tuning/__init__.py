@@ -1,6 +1,6 @@
 """Prompt tuning (Lester et al., 2021): trainable virtual-token embeddings in front of every input; the base model,
 its embedding table included, stays frozen. One folder: config, op, model, the nearest-token reading of a learned
-prompt, and the line that registers the method."""
+prompt, and the registration (with its contract case and recipe)."""
 
 from minipeft.peft.registry import ContractCase, RecipeSpec, register_peft_method
 from minipeft.peft.tuners.prompt_tuning.config import PromptTuningConfig

@@ -1,6 +1,7 @@
 """Selective fine-tuning: train chosen *existing* parameters of the base model (BitFit, LayerNorm tuning,
 the last k blocks, the embedding table, or all of them: full fine-tuning), each as a per-adapter copy so the
-base stays untouched. One folder: config (with the named choices), the selection, layer, model, register."""
+base stays untouched. One folder: config (with the named choices), layer, model, register
+(with the contract case and recipes); the selection it shares with sparse fine-tuning is tuners/selection.py."""
 
 from minipeft.peft.registry import ContractCase, RecipeSpec, register_peft_method
 from minipeft.peft.tuners.selection import select_parameters

@@ -1,5 +1,6 @@
 """Sparse fine-tuning: the top p% of the model's entries, ranked by a gradient score (Fisher or |g|), train as
-values at fixed indices, stored as a sparse diff. One folder: config, op, layer, scoring, model, register."""
+values at fixed indices, stored as a sparse diff. One folder: config, op, layer, scoring, model, register (with the
+contract case and recipe)."""
 
 from minipeft.peft.registry import ContractCase, RecipeSpec, register_peft_method
 from minipeft.peft.tuners.sparse.config import SparseConfig, entry_count
