@@ -6,6 +6,7 @@ for each family fails the suite, by name."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Callable
@@ -84,6 +85,17 @@ def test_every_registered_method_declares_a_case(family):
     missing = [m for m in METHODS if family not in PEFT_TYPE_TO_CONTRACT[m]]
     assert not missing, (f"registered methods without a {family!r} contract case: {missing}; pass "
                          f"contract={{{family!r}: ContractCase(...)}} to register_peft_method")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_layer_keeps_the_one_update_layer_and_merge_of_the_base(method):
+    """One contract: every method's layer adds an adapter through the base's update_layer(adapter_name, config,
+    **per_module) and merges through the base's merge()/unmerge(); it writes only create_adapter and the merge
+    hooks, so the name check, the first adapter's activation and the merge bookkeeping exist once."""
+    for cls in PEFT_TYPE_TO_TUNER[method].layer_classes:
+        for shared in ("update_layer", "merge", "unmerge", "delete_adapter"):
+            assert getattr(cls, shared) is getattr(BaseTunerLayer, shared), f"{cls.__name__} overrides {shared}()"
+        assert list(inspect.signature(cls.create_adapter).parameters)[:3] == ["self", "adapter_name", "config"]
 
 
 @each
