@@ -1,7 +1,8 @@
 """A method is one folder: adding tests/example_method.py as minipeft/peft/tuners/example_parallel/ to a copy of the
 package, and changing nothing else, makes it a method like those that ship: exported by minipeft.peft, trained,
 saved and loaded through get_peft_model and PeftModel, run through the whole tuner contract with the case it
-declares, and listed by the comparison with the recipe it declares."""
+declares, and listed by the comparison with the recipe it declares. The example also keeps CONTRIBUTING's dtype
+rule on a 4-bit base, and CONTRIBUTING names only files of the repository."""
 
 from __future__ import annotations
 
@@ -98,3 +99,21 @@ def test_contributing_points_only_at_files_of_the_repository():
     paths = re.findall(r"`((?:minipeft|tests|tutorials)/[\w/.]+)`", text)
     missing = [p for p in paths if not (REPO / p).exists() and "example_parallel" not in p]   # made by the test above
     assert len(paths) >= 5 and not missing, missing
+
+
+def test_the_example_makes_float_adapters_on_a_4bit_base_and_trains_them():
+    """CONTRIBUTING's dtype rule: adapter weights in base_dtype (a Linear4bit's compute dtype), not its weight's uint8
+    codes, and the base reached through base_layer(x); the example follows it, so it trains on a quantized GPT."""
+    import example_method
+    from lora_helpers import batch, build_gpt, train_steps
+
+    from minipeft.peft import get_peft_model
+    from minipeft.quant import Linear4bit, quantize_model
+
+    base = quantize_model(build_gpt(0))
+    peft = get_peft_model(base, example_method.ParallelAdapterConfig(bottleneck=2, target_modules=["fc1"]))
+    layers = [m for _, m in peft.named_modules() if isinstance(m, example_method.ParallelAdapterLayer)]
+    assert layers and all(isinstance(m.base_layer, Linear4bit) for m in layers)
+    assert {p.dtype.name for p in peft.base_model.adapter_parameters("default").values()} == {"float32"}
+    losses = train_steps(peft, *batch(1), steps=3)
+    assert losses[-1] < losses[0]
