@@ -127,7 +127,7 @@ def test_bad_op_inputs_are_named():
 def test_the_layer_computes_the_adapter_on_the_base_layers_output():
     base = Linear(6, 5).to(np.float64)
     layer = BottleneckLayer(base)
-    layer.update_layer("default", 2, "gelu")
+    layer.update_layer("default", BottleneckConfig(non_linearity="gelu"), bottleneck_size=2)
     rng = np.random.default_rng(1)
     layer.adapter_up["default"].weight.data = rng.standard_normal((5, 2))
     layer.adapter_up["default"].bias.data = rng.standard_normal(5)

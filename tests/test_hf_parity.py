@@ -129,23 +129,29 @@ def test_from_pretrained_given_a_peft_model_says_to_use_load_adapter(tmp_path):
         PeftModel.from_pretrained(peft, folder)
 
 
-def test_configs_take_hf_fields_they_do_not_implement_at_their_off_values():
-    """PEFT users write LoraConfig(use_dora=False, fan_in_fan_out=False): accepted (and not stored), as from a file;
-    any other value is refused naming the field, whatever the method."""
-    assert LoraConfig(r=4, use_dora=False, fan_in_fan_out=False) == LoraConfig(r=4)
-    with pytest.raises(ConfigError, match=r"LoraConfig sets use_dora=True, a Hugging Face PEFT option .* when off"):
-        LoraConfig(use_dora=True)
+def test_files_may_set_hf_fields_minipeft_lacks_only_to_their_off_values():
+    """Hugging Face compatibility is at the file boundary: adapter_config.json may carry use_dora=false (accepted, not
+    stored); any other value is refused naming the field, whatever the method. The constructor takes only the fields
+    the method has, as any dataclass."""
+    from minipeft.peft.config import HF_OFF_VALUES
     from minipeft.peft.registry import PEFT_TYPE_TO_CONFIG
 
+    assert LoraConfig.from_dict({"r": 4, "use_dora": False, "fan_in_fan_out": False}) == LoraConfig(r=4)
+    with pytest.raises(ConfigError, match=r"LoraConfig sets use_dora=True, a Hugging Face PEFT option .* when off"):
+        LoraConfig.from_dict({"use_dora": True})
+    with pytest.raises(TypeError, match="use_dora"):
+        LoraConfig(use_dora=False)
     checked = 0
     for cls in PEFT_TYPE_TO_CONFIG.values():
-        for key, off in cls.UNSUPPORTED_FIELDS.items():
-            kwargs = {"num_virtual_tokens": 4} if "num_virtual_tokens" in cls.__dataclass_fields__ else {}
-            cls(**kwargs, **{key: off[0]})
+        kwargs = {"num_virtual_tokens": 4} if "num_virtual_tokens" in cls.__dataclass_fields__ else {}
+        for key, off in HF_OFF_VALUES.items():
+            if key in cls.__dataclass_fields__:     # a method that implements the field checks it as its own
+                continue
+            cls.from_dict({**kwargs, key: off[0]})
             with pytest.raises(ConfigError, match=f"{key}="):
-                cls(**kwargs, **{key: "on"})
+                cls.from_dict({**kwargs, key: "on"})
             checked += 1
-    assert checked >= 16
+    assert checked >= 16 * len(PEFT_TYPE_TO_CONFIG)
 
 
 def test_saving_several_adapters_writes_none_when_one_cannot_be_saved(tmp_path, monkeypatch):
@@ -171,8 +177,8 @@ def test_saving_several_adapters_writes_none_when_one_cannot_be_saved(tmp_path, 
 
 
 def test_a_subclass_may_implement_a_field_minipeft_lists_as_unsupported():
-    """The constructor's off-value handling is for fields the class lacks: a student's config that adds DoRA as a
-    real field keeps it, from the constructor and from a dict."""
+    """The file's off-value handling is for fields the class lacks: a student's config that adds DoRA as a real field
+    keeps it, from the constructor and from a dict."""
     import dataclasses
 
     @dataclasses.dataclass

@@ -128,7 +128,7 @@ def test_merged_equals_unmerged_within_rounding_and_unmerge_restores_bit_for_bit
     if bias:
         base.bias.data = rng.standard_normal(d).astype(dtype)
     layer = IA3Linear(base)
-    layer.update_layer("default", scale_input)
+    layer.update_layer("default", IA3Config(), is_feedforward=scale_input)
     l = (1 + away_from_zero(rng.standard_normal(layer.ia3_l["default"].shape))).astype(dtype)  # |l - 1| >= 0.5
     layer.ia3_l["default"].data = l
     x = rng.standard_normal((n, k)).astype(dtype)
@@ -152,7 +152,7 @@ def test_unmerge_is_exact_even_where_a_scale_is_zero():
     base.bias.data = backend.asarray(np.array([0.5, -1.0, 2.0], np.float32))
     W0, b0 = to_numpy(base.weight.data).copy(), to_numpy(base.bias.data).copy()
     layer = IA3Linear(base)
-    layer.update_layer("default", is_feedforward=False)
+    layer.update_layer("default", IA3Config(), is_feedforward=False)
     layer.ia3_l["default"].data = backend.asarray(np.array([[0.0], [3.0], [1e-30]], np.float32))
     layer.merge()
     assert np.all(to_numpy(base.weight.data)[0] == 0) and to_numpy(base.bias.data)[0] == 0

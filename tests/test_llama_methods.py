@@ -15,6 +15,7 @@ from minipeft.peft import (
     ConfigError,
     IA3Config,
     LoraConfig,
+    LoraLayer,
     PeftModel,
     PrefixTuningConfig,
     PromptTuningConfig,
@@ -93,12 +94,15 @@ def test_lora_q_v_and_all_linear_mean_what_they_mean_in_hugging_face():
 
 
 def test_layers_to_transform_and_layers_pattern_name_llama_layers():
-    peft = get_peft_model(build_llama(0), LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[1],
-                                                     layers_pattern="layers"))
+    # layers_pattern is Hugging Face's (minipeft reads both families' layer lists): a file may name them
+    lora = LoraConfig.from_dict({"r": 2, "target_modules": ["q_proj"], "layers_to_transform": [1],
+                                 "layers_pattern": "layers"})
+    peft = get_peft_model(build_llama(0), lora)
     assert wrapped(peft, LoraLinear) == ["model.layers.1.self_attn.q_proj"]
-    assert get_peft_model(build_llama(0), IA3Config(layers_to_transform=1, layers_pattern=["layers"])) is not None
+    ia3 = IA3Config.from_dict({"layers_to_transform": 1, "layers_pattern": ["layers"]})
+    assert get_peft_model(build_llama(0), ia3) is not None
     with pytest.raises(ConfigError, match="layers_pattern='h'"):
-        LoraConfig(layers_pattern="h")
+        LoraConfig.from_dict({"layers_pattern": "h"})
     last = get_peft_model(build_llama(0), last_k_layers_config(1, 2))
     names = trainable(last)
     assert names and all(".model.layers.1." in n for n in names)
@@ -179,7 +183,7 @@ def test_qlora_on_a_llama_quantizes_every_projection_and_trains():
     assert len(quantized) == 2 * 7
     codes = {p: to_numpy(base.get_submodule(p).weight.data).copy() for p in quantized}
     peft = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules="all-linear"))
-    assert len(wrapped(peft, LoraLinear)) == 2 * 7
+    assert len(wrapped(peft, LoraLayer)) == 2 * 7        # LoraLinear4bit, LoRA's layer on a 4-bit base
     start = logits(peft, ids)
     losses = train_steps(peft, ids, tgt, steps=4)
     assert losses[-1] < losses[0]

@@ -18,7 +18,7 @@ from lora_helpers import merge_bound, seeded
 from minipeft import Tensor, no_grad, to_numpy
 from minipeft.nn import Linear
 from minipeft.optim import AdamW
-from minipeft.peft import LoraLinear
+from minipeft.peft import LoraConfig, LoraLinear
 
 
 def make_layer(d_in, d_out, r=4, alpha=8.0, dtype=np.float64, seed=0, init=False, rslora=False, dropout=0.0,
@@ -27,7 +27,8 @@ def make_layer(d_in, d_out, r=4, alpha=8.0, dtype=np.float64, seed=0, init=False
         layer = LoraLinear(Linear(d_in, d_out, bias=bias).to(dtype))
         if bias:  # a non-zero bias, so a path that drops it shows
             layer.base_layer.bias.data = (np.arange(d_out) / d_out - 0.5).astype(dtype)
-        layer.update_layer("default", r, alpha, dropout, init_lora_weights=init, use_rslora=rslora)
+        layer.update_layer("default", LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=init,
+                                                 use_rslora=rslora))
     return layer
 
 
@@ -89,7 +90,7 @@ def test_unmerge_restores_W0_and_20_cycles_do_not_drift(dtype):
     of W0, and 20 cycles within 20 eps (|W0| + |D|), elementwise (1.01x for the drift term itself)."""
     layer = make_layer(9, 7, r=3, alpha=16.0, dtype=dtype)
     W0 = weight(layer)
-    D = to_numpy(layer.delta_weight("default"))
+    D = to_numpy(layer.get_delta_weight("default"))
     eps = float(np.finfo(dtype).eps)
     scale = np.abs(W0) + np.abs(D)
     layer.merge()
@@ -108,7 +109,7 @@ def test_delta_weight_is_scaled_B_times_A():
         layer = make_layer(5, 3, r=4, alpha=16.0, rslora=rslora)
         assert layer.scaling["default"] == pytest.approx(s, rel=1e-15)
         A, B = to_numpy(layer.lora_A["default"].weight.data), to_numpy(layer.lora_B["default"].weight.data)
-        np.testing.assert_allclose(to_numpy(layer.delta_weight("default")), s * B @ A, rtol=1e-14)
+        np.testing.assert_allclose(to_numpy(layer.get_delta_weight("default")), s * B @ A, rtol=1e-14)
         W0 = weight(layer)
         layer.merge()
         np.testing.assert_allclose(weight(layer), W0 + s * B @ A, rtol=1e-14, atol=1e-15)
@@ -135,7 +136,7 @@ def test_forward_while_merged_does_not_add_the_lora_path_again():
     layer = make_layer(6, 4, r=2, alpha=8.0)
     x = np.random.default_rng(0).standard_normal((3, 6))
     W0, b = weight(layer), to_numpy(layer.base_layer.bias.data)
-    D = to_numpy(layer.delta_weight("default"))
+    D = to_numpy(layer.get_delta_weight("default"))
     layer.merge()
     merged = run(layer, x)
     np.testing.assert_array_equal(merged, run(layer.base_layer, x))          # exactly the merged Linear
@@ -157,7 +158,7 @@ def test_default_init_B_is_zero_so_output_is_bit_exact_base():
 def test_gaussian_init_draws_A_with_std_one_over_r():
     with seeded(0):
         layer = LoraLinear(Linear(400, 3).to(np.float64))
-        layer.update_layer("g", 4, 8.0, init_lora_weights="gaussian")
+        layer.update_layer("g", LoraConfig(r=4, lora_alpha=8.0, init_lora_weights="gaussian"))
     A = to_numpy(layer.lora_A["g"].weight.data)
     assert abs(A.std() - 1 / 4) < 0.02 and (to_numpy(layer.lora_B["g"].weight.data) == 0).all()
 
@@ -182,8 +183,8 @@ def test_adapters_are_named_and_managed():
     assert names == ["base_layer.weight", "base_layer.bias", "lora_A.default.weight", "lora_B.default.weight"]
     assert layer.active_adapter == "default" and not layer.merged
     with pytest.raises(ValueError, match="already exists"):
-        layer.update_layer("default", 2, 4.0)
-    layer.update_layer("other", 2, 4.0)
+        layer.update_layer("default", LoraConfig(r=2, lora_alpha=4.0))
+    layer.update_layer("other", LoraConfig(r=2, lora_alpha=4.0))
     assert layer.active_adapter == "default"          # adding does not activate
     layer.merge()
     with pytest.raises(RuntimeError, match="unmerge"):

@@ -217,7 +217,7 @@ def lora_pair(dtype=np.float64, dropout=0.0):
     ql, fl = LoraLinear4bit(q), LoraLinear(f)
     for layer in (ql, fl):
         with seeded(3):
-            layer.update_layer("default", r=3, lora_alpha=6, lora_dropout=dropout, init_lora_weights=False)
+            layer.update_layer("default", LoraConfig(r=3, lora_alpha=6, lora_dropout=dropout, init_lora_weights=False))
     return ql, fl
 
 

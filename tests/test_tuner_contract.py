@@ -1,133 +1,47 @@
 """The tuner contract, checked for every registered PEFT method on both model families, the "test" GPT and a tiny
 random Llama (grouped-query attention, RMSNorm, SwiGLU, no biases): inject, count, differ, save/load, fingerprint,
-merge (or a clear refusal), and adapter management. A method registered without a case here for each family fails
-the suite."""
+merge (or a clear refusal), and adapter management. Each method declares its case (a config for the family's test
+model and the closed-form trainable count) in its own folder, when it registers; a method registered without a case
+for each family fails the suite, by name."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import example_method  # noqa: F401 (registers EXAMPLE_PARALLEL, a non-mergeable method written outside the package)
 import numpy as np
 import pytest
 from lora_helpers import batch, build_gpt, build_llama, logits, seeded, snapshot, train_steps
 
 from minipeft import backend, no_grad
-from minipeft.nn import Linear
 from minipeft.peft import (
     PEFT_TYPE_TO_TUNER,
     AdapterError,
     BaseTunerLayer,
-    BottleneckConfig,
-    IA3Config,
-    LoraConfig,
     PeftModel,
-    PrefixTuningConfig,
-    PromptTuningConfig,
     fingerprint,
     get_peft_model,
 )
+from minipeft.peft.registry import PEFT_TYPE_TO_CONTRACT
 from minipeft.peft.save_load import base_named_parameters
-from minipeft.peft.tuners.selective import SelectiveConfig
-from minipeft.peft.tuners.sparse import SparseConfig, select_sparse_entries
 
-
-@dataclass
-class Case:
-    config: Callable[[], object]             # a config of this method for the family's test model
-    trainable: Callable[[object], int]       # the closed-form trainable count, from the base model's shapes
-
-
-def _linears(model, names):
-    return [m for p, m in model.named_modules() if isinstance(m, Linear) and p.rsplit(".", 1)[-1] in names]
-
-
-GPT_CASES = {
-    # LoRA: r (in + out) per adapted matrix, here with a rank_pattern so per-layer ranks are counted too
-    "LORA": Case(lambda: LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "fc1"],
-                                    rank_pattern={"blocks.1.mlp.fc1": 3}),
-                 lambda base: sum((3 if m is base.blocks[1].mlp.fc1 else 2) * (m.in_features + m.out_features)
-                                  for m in _linears(base, {"q_proj", "v_proj", "fc1"}))),
-    # bottleneck adapters, Houlsby layout: 2 d m + d + m per adapter, d the output width of the Linear it follows
-    "BOTTLENECK": Case(lambda: BottleneckConfig.houlsby(bottleneck_size=3, non_linearity="gelu"),
-                       lambda base: sum(2 * m.out_features * 3 + m.out_features + 3
-                                        for m in _linears(base, {"out_proj", "fc2"}))),
-    # (IA)^3: one number per output of k_proj and v_proj, one per input of fc2 (the MLP's inner activation)
-    "IA3": Case(lambda: IA3Config(target_modules=["k_proj", "v_proj", "fc2"], feedforward_modules=["fc2"]),
-                lambda base: sum(m.out_features for m in _linears(base, {"k_proj", "v_proj"}))
-                + sum(m.in_features for m in _linears(base, {"fc2"}))),
-    # prompt tuning: n virtual tokens of d_model each; prefix tuning: a key and a value of d_model per layer per token
-    "PROMPT_TUNING": Case(lambda: PromptTuningConfig(num_virtual_tokens=3), lambda base: 3 * base.config.d_model),
-    "PREFIX_TUNING": Case(lambda: PrefixTuningConfig(num_virtual_tokens=2),
-                          lambda base: 2 * 2 * base.config.n_layer * base.config.d_model),
-    # selective: a trained copy of every LayerNorm's scale and shift, of fc1 (weight and bias) and of the embedding
-    # table, which the tied head also reads: the sum of those tensors' sizes
-    "SELECTIVE": Case(lambda: SelectiveConfig(trainable_types=["norm"], target_modules=["fc1", "wte"]),
-                      lambda base: sum(p.size for n, p in base.named_parameters()
-                                       if ".ln_" in n or n.startswith(("ln_f.", "wte.")) or ".fc1." in n)),
-    # sparse: the top 10% of all the base's entries by Fisher score on one batch, round(0.1 N)
-    "SPARSE": Case(lambda: select_sparse_entries(build_gpt(0), SparseConfig(percent=10), [batch(0)]),
-                   lambda base: round(10 * base.num_parameters() / 100)),
-    # the parallel adapter: m (in + out) per targeted Linear
-    "EXAMPLE_PARALLEL": Case(lambda: example_method.ParallelAdapterConfig(bottleneck=3, target_modules=["fc2"]),
-                             lambda base: sum(3 * (m.in_features + m.out_features) for m in _linears(base, {"fc2"}))),
-}
-
-
-def _kv_width(base) -> int:
-    """n_kv_head * head_dim: the output width of a Llama's k_proj and v_proj (8 in the tiny one, d_model 16)."""
-    c = base.config
-    return c.n_kv_head * (c.d_model // c.n_head)
-
-
-def _llama_lora_count(L: int, d: int, kv: int, ff: int) -> int:
-    """r (in + out) summed: q_proj d -> d and v_proj d -> kv at r=2 in every layer, gate_proj d -> ff at r=2 in
-    layer 0 and r=3 in layer 1 (the rank_pattern)."""
-    return L * (2 * (d + d) + 2 * (d + kv)) + (2 + 3) * (d + ff)
-
-
-LLAMA_CASES = {
-    # LoRA on q, v (v_proj is d_model -> n_kv_head * head_dim) and gate_proj, a rank_pattern on layer 1's gate
-    "LORA": Case(lambda: LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "gate_proj"],
-                                    rank_pattern={"model.layers.1.mlp.gate_proj": 3}),
-                 lambda base: _llama_lora_count(base.config.n_layer, base.config.d_model, _kv_width(base),
-                                                base.config.d_ff)),
-    # Houlsby: after o_proj and after down_proj (the attention and MLP outputs, width d_model): 2 d m + d + m each
-    "BOTTLENECK": Case(lambda: BottleneckConfig.houlsby(bottleneck_size=3, non_linearity="gelu"),
-                       lambda base: 2 * base.config.n_layer * (2 * base.config.d_model * 3 + base.config.d_model + 3)),
-    # (IA)^3 with Hugging Face's Llama defaults: k_proj's and v_proj's outputs (kv width each), down_proj's input (d_ff)
-    "IA3": Case(lambda: IA3Config(),
-                lambda base: base.config.n_layer * (2 * _kv_width(base) + base.config.d_ff)),
-    # prompt tuning: n x d_model; prefix tuning: a key and a value of n_kv_head * head_dim per layer per token (HF)
-    "PROMPT_TUNING": Case(lambda: PromptTuningConfig(num_virtual_tokens=3), lambda base: 3 * base.config.d_model),
-    "PREFIX_TUNING": Case(lambda: PrefixTuningConfig(num_virtual_tokens=2),
-                          lambda base: 2 * 2 * base.config.n_layer * _kv_width(base)),
-    # selective: every RMSNorm's scale (2 per layer + the final norm), gate_proj's weight and the (tied) embedding
-    "SELECTIVE": Case(lambda: SelectiveConfig(trainable_types=["norm"], target_modules=["gate_proj", "embed_tokens"]),
-                      lambda base: (2 * base.config.n_layer + 1) * base.config.d_model
-                      + base.config.n_layer * base.config.d_model * base.config.d_ff
-                      + base.config.vocab_size * base.config.d_model),
-    "SPARSE": Case(lambda: select_sparse_entries(build_llama(0), SparseConfig(percent=10), [batch(0)]),
-                   lambda base: round(10 * base.num_parameters() / 100)),
-    "EXAMPLE_PARALLEL": Case(lambda: example_method.ParallelAdapterConfig(bottleneck=3, target_modules=["down_proj"]),
-                             lambda base: base.config.n_layer * 3 * (base.config.d_ff + base.config.d_model)),
-}
+if "EXAMPLE_PARALLEL" not in PEFT_TYPE_TO_TUNER:   # the package holds it only where test_new_method put its folder
+    import example_method  # noqa: F401 (registers EXAMPLE_PARALLEL, a non-mergeable method from outside the package)
 
 
 @dataclass
 class Family:
     build: Callable[..., object]             # (seed, dtype=) -> a fresh base model, the same weights per seed
-    cases: dict[str, Case]
     norm_params: tuple[str, ...]             # two 1-D norm parameters of layer 1 (the fingerprint must cover them)
 
 
 FAMILIES = {
-    "gpt": Family(build_gpt, GPT_CASES, ("blocks.1.ln_1.weight", "blocks.1.ln_2.bias")),
-    "llama": Family(build_llama, LLAMA_CASES, ("model.layers.1.input_layernorm.weight",
-                                              "model.layers.1.post_attention_layernorm.weight")),
+    "gpt": Family(build_gpt, ("blocks.1.ln_1.weight", "blocks.1.ln_2.bias")),
+    "llama": Family(build_llama, ("model.layers.1.input_layernorm.weight",
+                                  "model.layers.1.post_attention_layernorm.weight")),
 }
 METHODS = sorted(PEFT_TYPE_TO_TUNER)
 # every test below runs once per (family, method)
@@ -144,8 +58,13 @@ def build(family: str, seed: int = 0, dtype=np.float32):
     return FAMILIES[family].build(seed, dtype=dtype)
 
 
+def case(family: str, method: str):
+    """The method's own contract case for the family (declared in its folder, given to register_peft_method)."""
+    return PEFT_TYPE_TO_CONTRACT[method][family]
+
+
 def config(family: str, method: str):
-    return FAMILIES[family].cases[method].config()
+    return case(family, method).config(build(family), [batch(0)])
 
 
 def make(family: str, method: str, seed: int = 0, dtype=np.float32):
@@ -162,15 +81,27 @@ def randomize_adapter(peft, name: str = "default", seed: int = 0) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_registered_method_has_a_case(family):
-    cases = FAMILIES[family].cases
-    assert set(METHODS) == set(cases), f"registered methods without a {family} case: {set(METHODS) - set(cases)}"
+def test_every_registered_method_declares_a_case(family):
+    missing = [m for m in METHODS if family not in PEFT_TYPE_TO_CONTRACT[m]]
+    assert not missing, (f"registered methods without a {family!r} contract case: {missing}; pass "
+                         f"contract={{{family!r}: ContractCase(...)}} to register_peft_method")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_layer_keeps_the_one_update_layer_and_merge_of_the_base(method):
+    """One contract: every method's layer adds an adapter through the base's update_layer(adapter_name, config,
+    **per_module) and merges through the base's merge()/unmerge(); it writes only create_adapter and the merge
+    hooks, so the name check, the first adapter's activation and the merge bookkeeping exist once."""
+    for cls in PEFT_TYPE_TO_TUNER[method].layer_classes:
+        for shared in ("update_layer", "merge", "unmerge", "delete_adapter"):
+            assert getattr(cls, shared) is getattr(BaseTunerLayer, shared), f"{cls.__name__} overrides {shared}()"
+        assert list(inspect.signature(cls.create_adapter).parameters)[:3] == ["self", "adapter_name", "config"]
 
 
 @each
 def test_inject_trains_exactly_the_closed_form_count_and_nothing_of_the_base(family, method):
     base = build(family)
-    want = FAMILIES[family].cases[method].trainable(base)
+    want = case(family, method).trainable(base)
     base_params = {id(p) for _, p in base.named_parameters()}
     peft = get_peft_model(base, config(family, method))
     trainable, total = peft.get_nb_trainable_parameters()

@@ -19,6 +19,21 @@ INFORMATIONAL_FIELDS = frozenset({
 })
 
 
+# Hugging Face PEFT config fields no method here implements, with the values that mean "not used" (the methods'
+# fields of those names, where one implements it, take precedence). from_dict() accepts a file that sets one to such a
+# value and refuses any other by name, since loading it would give other outputs.
+HF_OFF_VALUES: dict[str, tuple] = {
+    "use_dora": (False,), "fan_in_fan_out": (False,), "lora_bias": (False,), "use_qalora": (False,),
+    "loftq_config": ({}, None), "megatron_config": (None,), "layer_replication": (None,),
+    "layers_pattern": (None, [], "blocks", "layers", ["blocks"], ["layers"]),   # the lists targets.layer_index reads
+    "exclude_modules": (None, []),
+    "trainable_token_indices": (None,), "eva_config": (None,), "corda_config": (None,),
+    "target_parameters": (None, []), "alora_invocation_tokens": (None,), "arrow_config": (None,),
+    "ensure_weight_tying": (False,), "megatron_core": ("megatron.core", None), "qalora_group_size": (16, None),
+    "tokenizer_kwargs": (None, {}),
+}
+
+
 def check_field(config, name: str, ok: bool, allowed: str) -> None:
     """Raise a ConfigError naming the config class, the field, its value and what is allowed, unless ok."""
     if not ok:
@@ -35,9 +50,14 @@ def is_str_list(v) -> bool:
     return isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
 
 
+def is_count(v, low: int = 1) -> bool:
+    """An int >= low (a rank, a width, a number of tokens), not a bool."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
 def is_index(v) -> bool:
     """An int >= 0 (a block index), not a bool."""
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return is_count(v, 0)
 
 
 def check_regex(config, what: str, pattern) -> None:
@@ -76,34 +96,24 @@ def check_target_fields(config) -> None:
                     "None or a list of module names")
 
 
-def check_unsupported_off(cls, key: str, value) -> None:
-    """A Hugging Face field `cls` does not implement is accepted at the value that means "off", else refused."""
-    off = cls.UNSUPPORTED_FIELDS[key]
-    if not any(value == v for v in off):
-        raise ConfigError(f"{cls.__name__} sets {key}={value!r}, a Hugging Face PEFT option minipeft does not "
-                          f"implement for {cls.PEFT_TYPE} (accepted only when off: {' or '.join(repr(v) for v in off)})"
-                          "; train the adapter without it")
-
-
-class _TakesHFOffValues(type):
-    """Lets a config's constructor take the Hugging Face fields its method does not implement at their "off" values,
-    as PEFT's does (LoraConfig(use_dora=False)); any other value is refused by name. They are not stored."""
-
-    def __call__(cls, *args, **kwargs):
-        real = {f.name for f in fields(cls) if f.init}     # a subclass may implement one (a student's DoRA)
-        for key in [k for k in kwargs if k in cls.UNSUPPORTED_FIELDS and k not in real]:
-            check_unsupported_off(cls, key, kwargs.pop(key))
-        return super().__call__(*args, **kwargs)
+def check_patterns(config, **checks) -> None:
+    """Check pattern fields (LoRA's rank_pattern, alpha_pattern): each a dict {module regex: value}, every key a valid
+    regex and every value passing its check; `checks` maps a field to (ok(value), what is allowed)."""
+    for name, (ok, allowed) in checks.items():
+        pattern = getattr(config, name)
+        if not isinstance(pattern, dict):
+            raise ConfigError(f"{type(config).__name__}.{name} must be a dict {{module regex: value}}, got {pattern!r}")
+        for key, value in pattern.items():
+            check_regex(config, f"{name} key", key)
+            if not ok(value):
+                raise ConfigError(f"{type(config).__name__}.{name}[{key!r}] = {value!r}; values must be {allowed}")
 
 
 @dataclass
-class PeftConfig(metaclass=_TakesHFOffValues):
+class PeftConfig:
     """Fields every method shares; a subclass sets PEFT_TYPE, adds its fields and validates them in __post_init__."""
 
     PEFT_TYPE: ClassVar[str] = ""
-    # Hugging Face fields this method does not implement, with the values that mean "not used": a file that
-    # sets one to anything else is refused (naming the field), since loading it would give other outputs.
-    UNSUPPORTED_FIELDS: ClassVar[dict[str, tuple]] = {}
 
     peft_type: str = field(default="", init=False)   # which method, e.g. "LORA" (set from PEFT_TYPE)
     task_type: str | None = "CAUSAL_LM"              # the only task our GPT serves
@@ -128,8 +138,9 @@ class PeftConfig(metaclass=_TakesHFOffValues):
     def from_dict(cls, d: dict) -> PeftConfig:
         """Rebuild from a dict (e.g. adapter_config.json, ours or Hugging Face's).
 
-        Informational fields are ignored; a field this method does not implement is accepted only at the
-        value that means "off", otherwise refused with its name. A field we do not know at all (each Hugging Face
+        Hugging Face compatibility happens here, at the file boundary, not in the constructor: informational fields
+        are ignored; a Hugging Face field minipeft does not implement (HF_OFF_VALUES) is accepted only at a value that
+        means "off", otherwise refused with its name. A field we do not know at all (each Hugging Face
         PEFT release adds some, written as null) is accepted when it is off (null, false or empty), with one
         warning naming them all, as Hugging Face's own loader drops unknown keys; at any other value it is refused.
         """
@@ -143,8 +154,12 @@ class PeftConfig(metaclass=_TakesHFOffValues):
         for key, value in d.items():
             if key in known or key in INFORMATIONAL_FIELDS or key == "peft_type":
                 continue
-            if key in cls.UNSUPPORTED_FIELDS:
-                check_unsupported_off(cls, key, value)
+            if key in HF_OFF_VALUES:
+                off = HF_OFF_VALUES[key]
+                if not any(value == v for v in off):
+                    raise ConfigError(f"{cls.__name__} sets {key}={value!r}, a Hugging Face PEFT option minipeft does "
+                                      f"not implement for {cls.PEFT_TYPE} (accepted only when off: "
+                                      f"{' or '.join(repr(v) for v in off)}); train the adapter without it")
                 continue
             if not is_off(value):
                 raise ConfigError(f"adapter config has a field {key!r} (= {value!r}) that {cls.__name__} does not "

@@ -1,21 +1,31 @@
 """`register_peft_method`: the one line that makes a method known, as in Hugging Face PEFT.
 
 It ties a `peft_type` ("LORA") to its config class, its tuner class and its parameter prefix
-("lora_"), which is all that get_peft_model, PeftModel, adapter files and the counts need.
+("lora_"), which is all that get_peft_model, PeftModel, adapter files and the counts need. Two more things
+a method declares in its own folder travel with it: its contract case (tests/test_tuner_contract.py runs the
+shared contract on it) and, optionally, its recipes for the comparison and the command line, as plain data
+(`ContractCase`, `RecipeSpec`, below), so the book imports nothing of the tools that read them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from minipeft.peft.config import ConfigError, PeftConfig
 
 PEFT_TYPE_TO_CONFIG: dict[str, type[PeftConfig]] = {}
 PEFT_TYPE_TO_TUNER: dict[str, type] = {}
 PEFT_TYPE_TO_PREFIX: dict[str, str] = {}
+PEFT_TYPE_TO_CONTRACT: dict[str, dict] = {}    # peft_type -> {model family: ContractCase}
+PEFT_TYPE_TO_RECIPES: dict[str, dict] = {}     # peft_type -> {recipe key: RecipeSpec}
 
 
-def register_peft_method(*, name: str, config_cls: type[PeftConfig], model_cls: type,
-                         prefix: str | None = None) -> None:
-    """Register method `name` (e.g. "lora": peft_type "LORA", prefix "lora_" unless given)."""
+def register_peft_method(*, name: str, config_cls: type[PeftConfig], model_cls: type, prefix: str | None = None,
+                         contract: dict[str, ContractCase] | None = None,
+                         recipes: dict[str, RecipeSpec] | None = None) -> None:
+    """Register method `name` (e.g. "lora": peft_type "LORA", prefix "lora_" unless given), with its contract case
+    for each test model family ("gpt", "llama") and its recipes (optional)."""
     peft_type = name.upper()
     prefix = prefix if prefix is not None else name.lower() + "_"
     if peft_type in PEFT_TYPE_TO_TUNER:
@@ -35,6 +45,8 @@ def register_peft_method(*, name: str, config_cls: type[PeftConfig], model_cls: 
     PEFT_TYPE_TO_CONFIG[peft_type] = config_cls
     PEFT_TYPE_TO_TUNER[peft_type] = model_cls
     PEFT_TYPE_TO_PREFIX[peft_type] = prefix
+    PEFT_TYPE_TO_CONTRACT[peft_type] = dict(contract or {})
+    PEFT_TYPE_TO_RECIPES[peft_type] = dict(recipes or {})
 
 
 def config_from_dict(d: dict) -> PeftConfig:
@@ -64,3 +76,23 @@ def _builds(cls: type[PeftConfig], d: dict) -> bool:
     except (ConfigError, TypeError, ValueError):
         return False
     return True
+
+
+class ContractCase(NamedTuple):
+    """A method's case of the tuner contract on one family's test model: a config for it, and the closed-form
+    count of the parameters that config trains, from the base model's shapes."""
+
+    config: Callable[[Any, list], PeftConfig]   # (base model, a few (ids, targets) batches) -> config
+    trainable: Callable[[Any], int]             # base model -> the trainable count the config must give
+
+
+class RecipeSpec(NamedTuple):
+    """How the comparison (python -m minipeft compare, tutorial 11) and `finetune --method` train with this method."""
+
+    label: str                                  # the table's row name
+    lr: float                                   # AdamW's peak learning rate
+    lr_source: str                              # where that rate comes from (a tutorial, a probe)
+    family: str                                 # "reparameterized", "additive", "selective", "soft prompt"
+    config: Callable[[Any, list], PeftConfig]   # (base model, training batches) -> the adapter config
+    batches: int = 0                            # how many batches config reads (sparse's scores); 0: none
+    quantization: Any = None                    # a BitsAndBytesConfig: quantize the base first (QLoRA)

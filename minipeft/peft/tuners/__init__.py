@@ -1,20 +1,18 @@
 """The PEFT methods, one package each, and what they share (BaseTuner, BaseTunerLayer, targets, modules_to_save).
 
-Importing this package imports every method, and each registers itself (see minipeft.peft.registry).
+Importing this package imports every method package found in this folder, and each registers itself (see
+minipeft.peft.registry): adding a method is adding its folder, with no list to edit. `METHOD_PACKAGES` holds
+them by folder name; minipeft.peft exports each one's `__all__`.
 """
+
+import importlib
+import pkgutil
 
 from minipeft.peft.tuners.base import BaseTuner
 from minipeft.peft.tuners.base_layer import BaseTunerLayer
-from minipeft.peft.tuners.bottleneck import BottleneckConfig, BottleneckLayer, BottleneckModel
-from minipeft.peft.tuners.ia3 import IA3Config, IA3Linear, IA3Model
-from minipeft.peft.tuners.lora import LoraConfig, LoraLinear, LoraModel, lora_linear
 from minipeft.peft.tuners.modules_to_save import ModulesToSaveWrapper
-from minipeft.peft.tuners.prefix_tuning import PrefixTuningConfig, PrefixTuningModel
-from minipeft.peft.tuners.prompt_tuning import PromptTuningConfig, PromptTuningModel
-from minipeft.peft.tuners.selective import SelectiveConfig, SelectiveModel
-from minipeft.peft.tuners.sparse import SparseConfig, SparseModel
 
-__all__ = ["BaseTuner", "BaseTunerLayer", "BottleneckConfig", "BottleneckLayer", "BottleneckModel",
-           "IA3Config", "IA3Linear", "IA3Model", "LoraConfig", "LoraLinear", "LoraModel", "ModulesToSaveWrapper",
-           "PrefixTuningConfig", "PrefixTuningModel", "PromptTuningConfig", "PromptTuningModel",
-           "lora_linear", "SelectiveConfig", "SelectiveModel", "SparseConfig", "SparseModel"]
+METHOD_PACKAGES = {m.name: importlib.import_module(f"{__name__}.{m.name}")
+                   for m in pkgutil.iter_modules(__path__) if m.ispkg}
+
+__all__ = ["METHOD_PACKAGES", "BaseTuner", "BaseTunerLayer", "ModulesToSaveWrapper"]

@@ -1,7 +1,8 @@
 """`BaseTuner`: what every PEFT method shares at the model level, as Hugging Face PEFT's `BaseTuner` does.
 
-A method subclasses it and writes one hook, `_create_and_replace` (wrap the module at a path with
-its layer), plus optional extras; everything else lives here once: finding the targets, injecting,
+A method subclasses it and declares its layer classes and target types; its hooks have defaults: `_targets`
+(which modules, and what each one's adapter needs from there), `_create_and_replace` (wrap the module at a
+path with the layer and call its update_layer), plus optional extras; everything else lives here once: injecting,
 freezing the base, the adapter registry (add, set, delete, enable, disable), merging where the method
 allows it, and the names each adapter's weights have on disk. The user's model is kept as `.model`
 (so parameter paths read `base_model.model.<module path>` inside a PeftModel, as in PEFT) and is
@@ -17,7 +18,7 @@ from minipeft.nn.module import Module, ModuleDict, Parameter
 from minipeft.peft.config import PeftConfig
 from minipeft.peft.tuners.base_layer import BaseTunerLayer
 from minipeft.peft.tuners.modules_to_save import ModulesToSaveWrapper
-from minipeft.peft.tuners.targets import find_targets, matches
+from minipeft.peft.tuners.targets import find_targets, matches, pattern_value, warn_unmatched_patterns
 
 MODULES_TO_SAVE = "modules_to_save"
 
@@ -38,6 +39,7 @@ class BaseTuner(Module):
     target_types: ClassVar[tuple[type[Module], ...]] = ()     # module types `target_modules` may name
     tuner_slot_names: ClassVar[tuple[str, ...]] = ()          # per-adapter ModuleDicts on the tuner itself
     mergeable: ClassVar[bool] = False                         # can adapters be folded into the base weights?
+    pattern_fields: ClassVar[dict[str, tuple[str, str]]] = {}  # update_layer argument -> (pattern field, field)
 
     def __init__(self, model: Module, config: PeftConfig, adapter_name: str):
         holder = _HOLDERS.get(model)
@@ -53,10 +55,30 @@ class BaseTuner(Module):
         self.inject_adapter(adapter_name, config)
         _HOLDERS[model] = weakref.ref(self)
 
-    # ---- what a method writes ----------------------------------------------------------------------
-    def _create_and_replace(self, config: PeftConfig, adapter_name: str, target: Module, path: str) -> None:
-        """Give the module at `path` adapter `adapter_name`: wrap it in the method's layer, or extend the wrapper."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _create_and_replace()")
+    # ---- what a method writes (each has a default) -------------------------------------------------
+    def _targets(self, config: PeftConfig) -> dict[str, dict]:
+        """{path: per-module values for update_layer} of the modules to wrap, each checked before any is wrapped: by
+        default every module `config.target_modules` names, with the value each `pattern_fields` entry gives there
+        (the pattern's first key that matches the path, else the config's field: Hugging Face's rule)."""
+        paths = find_targets(self.model, config.target_modules, getattr(config, "layers_to_transform", None),
+                             allowed=self.target_types + self.layer_classes, method=self.peft_type,
+                             skip_inside=(BaseTunerLayer, ModulesToSaveWrapper))
+        warn_unmatched_patterns(config, tuple(p for p, _ in self.pattern_fields.values()), paths)
+        return {path: {arg: pattern_value(getattr(config, pattern), path, getattr(config, field))
+                       for arg, (pattern, field) in self.pattern_fields.items()} for path in paths}
+
+    def _create_and_replace(self, config: PeftConfig, adapter_name: str, target: Module, path: str,
+                            **per_module) -> None:
+        """Give the module at `path` adapter `adapter_name`: wrap it in the method's layer unless it is one already
+        (a second adapter joins the first's wrapper), then add the adapter to the layer."""
+        if not isinstance(target, self.layer_classes):
+            target = self._new_layer(target, path)
+            self.model.set_submodule(path, target)
+        target.update_layer(adapter_name, config, **per_module)
+
+    def _new_layer(self, target: Module, path: str) -> BaseTunerLayer:
+        """The method's layer around base module `target`: layer_classes[0] by default."""
+        return self.layer_classes[0](target)
 
     def _mark_extra_trainable(self, adapter_name: str, config: PeftConfig) -> None:
         """Unfreeze anything beyond the adapter's own weights (LoRA's `bias` option); nothing by default."""
@@ -90,16 +112,9 @@ class BaseTuner(Module):
         self.set_adapter(self.active_adapter if self.active_adapter in self.peft_config else name)
 
     def _inject(self, name: str, config: PeftConfig) -> None:
-        """Wrap every module that `config.target_modules` names (methods without targets override this)."""
-        paths = find_targets(self.model, config.target_modules, getattr(config, "layers_to_transform", None),
-                             allowed=self.target_types + self.layer_classes, method=self.peft_type,
-                             skip_inside=(BaseTunerLayer, ModulesToSaveWrapper))
-        self._check_targets(config, paths)
-        for path in paths:
-            self._create_and_replace(config, name, self.model.get_submodule(path), path)
-
-    def _check_targets(self, config: PeftConfig, paths: list[str]) -> None:
-        """Refuse a config that does not fit the modules at `paths` before any is wrapped; accepts all by default."""
+        """Wrap every target module (methods without wrapped layers, the soft prompts, override this)."""
+        for path, per_module in self._targets(config).items():
+            self._create_and_replace(config, name, self.model.get_submodule(path), path, **per_module)
 
     def _wrap_module_to_save(self, target: str, name: str) -> None:
         found = [p for p, m in self.model.named_modules()

@@ -19,14 +19,10 @@ from typing import ClassVar
 
 from minipeft import ops
 from minipeft.nn.module import Module
-from minipeft.peft.config import ConfigError, PeftConfig, check_field, is_str_list
+from minipeft.peft.config import ConfigError, PeftConfig, check_field, is_count, is_str_list
 from minipeft.peft.tuners.base import BaseTuner
 
 PROMPT_EMBEDDINGS = "prompt_embeddings"   # Hugging Face's key for a prompt-learning adapter's weights
-
-
-def _is_count(v, low: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
 @dataclass
@@ -49,11 +45,11 @@ class PromptLearningConfig(PeftConfig):
         super().__post_init__()
         name = type(self).__name__
         # 0 would train nothing: a run at a constant loss that looks like a run
-        check_field(self, "num_virtual_tokens", _is_count(self.num_virtual_tokens, 1),
+        check_field(self, "num_virtual_tokens", is_count(self.num_virtual_tokens),
                     f"an int >= 1 (the soft prompt's length, e.g. {name}(num_virtual_tokens=20))")
         for field_name in ("token_dim", "num_attention_heads", "num_layers"):
             v = getattr(self, field_name)
-            check_field(self, field_name, v is None or _is_count(v, 1), "None (taken from the model) or an int >= 1")
+            check_field(self, field_name, v is None or is_count(v), "None (taken from the model) or an int >= 1")
         check_field(self, "num_transformer_submodules", self.num_transformer_submodules in (None, 1),
                     "None or 1 (a decoder-only model has one transformer stack; 2 is for encoder-decoders)")
         check_field(self, "modules_to_save", self.modules_to_save is None or is_str_list(self.modules_to_save),

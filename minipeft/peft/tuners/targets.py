@@ -13,12 +13,11 @@ import difflib
 import re
 import warnings
 
+from minipeft.nn.layers import Linear
 from minipeft.nn.module import Module
 
 LAYERS_PATTERNS = ("blocks", "layers")   # the list of layers: the mini GPT's, transformers' (Llama and most others)
 _LAYER = re.compile(rf"(?:^|\.)(?:{'|'.join(LAYERS_PATTERNS)})\.(\d+)\.")
-# layers_pattern values a config accepts: the ones that name the list layer_index reads (or none)
-LAYERS_PATTERN_VALUES = (None, [], *LAYERS_PATTERNS, *([p] for p in LAYERS_PATTERNS))
 ALL_LINEAR = "all-linear"   # Hugging Face's shorthand: every Linear except the output layer
 
 
@@ -35,6 +34,28 @@ def pattern_key(patterns, path: str) -> str | None:
     A key is a regex: "v_proj" matches "blocks.0.attn.v_proj", "blocks.1.attn.v_proj" only that layer's.
     """
     return next((k for k in patterns if re.match(rf"(.*\.)?({k})$", path)), None)
+
+
+def pattern_value(patterns: dict, path: str, default):
+    """The value at module `path`: the value of `patterns`' first key that matches it, else `default` (LoRA's r
+    and rank_pattern, lora_alpha and alpha_pattern: Hugging Face's rule, for any method with such patterns)."""
+    key = pattern_key(patterns, path)
+    return default if key is None else patterns[key]
+
+
+def warn_unmatched_patterns(config, fields: tuple[str, ...], paths: list[str]) -> None:
+    """Warn about a key of a pattern field (rank_pattern, ...) that matches none of the wrapped `paths`: it would leave
+    them at the default without a word (Hugging Face PEFT is silent here)."""
+    names = sorted({p.rsplit(".", 1)[-1] for p in paths})
+    for field in fields:
+        unmatched = [k for k in getattr(config, field) if not any(pattern_key([k], p) for p in paths)]
+        if unmatched:
+            warn_unmatched(f"{type(config).__name__}.{field}", unmatched, names, " that this adapter wraps")
+
+
+def modules_named(model: Module, names: set[str], kind: type = Linear) -> list[Module]:
+    """The modules of type `kind` whose own name (the path's last part) is in `names`: a method's targets, counted."""
+    return [m for p, m in model.named_modules() if isinstance(m, kind) and p.rsplit(".", 1)[-1] in names]
 
 
 def layer_index(path: str) -> int | None:

@@ -5,10 +5,11 @@ from, and `make(base, ctx)`, which turns a fresh copy of the base model into the
 PeftModel, or the base itself for full fine-tuning). Every method then trains through one code path,
 `minipeft.workshop.finetune.finetune`, on the same data, steps, batch and seed.
 
-Learning rates: the rate each method's tutorial found or used. The LoRA variants (q,v; all linear; QLoRA)
-share tutorial 06's 1e-2, picked there by validation loss after 60 steps over a grid (better than the 3e-3
-that tutorials 03, 05 and 10 used at 200-300 steps): the comparison trains for fewer steps than those, and
-one rate for the three keeps LoRA against QLoRA a comparison of the base's format only.
+The recipes are the methods' own: each method package under minipeft/peft/tuners/ declares its recipes
+(`RecipeSpec`s: label, rate, the rate's source, family, config) when it registers, and this module collects
+those of every package found there; full fine-tuning, the baseline, is the one defined here. A method registered
+from outside the package (`--import your_method.py`) reaches `finetune --method` through its peft_type, not
+the table.
 """
 
 from __future__ import annotations
@@ -17,29 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from minipeft.nn.module import Module
-from minipeft.peft import (
-    BottleneckConfig,
-    IA3Config,
-    LoraConfig,
-    PeftConfig,
-    PrefixTuningConfig,
-    PromptTuningConfig,
-    SparseConfig,
-    bitfit_config,
-    full_finetune_config,
-    get_peft_model,
-    last_k_layers_config,
-    layernorm_config,
-    select_sparse_entries,
-)
+from minipeft.peft import PeftConfig, full_finetune_config, get_peft_model, tuners
+from minipeft.peft.registry import PEFT_TYPE_TO_RECIPES, PEFT_TYPE_TO_TUNER, RecipeSpec
+from minipeft.peft.tuners.lora import ALL_LINEAR, LORA_ALPHA, LORA_R, NF4_DQ  # noqa: F401 (tutorial 11 reads them)
 from minipeft.quant import BitsAndBytesConfig, quantize_model
 
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]   # the GPT's "all-linear" (its head is tied)
-LORA_R, LORA_ALPHA = 8, 16                                               # tutorial 03's LoRA
-IA3_TARGETS = ["k_proj", "v_proj", "fc2"]                                # the (IA)^3 paper's: keys, values, MLP
-VIRTUAL_TOKENS = 20                                                      # soft prompts (tutorials 08, 09)
-SPARSE_PERCENT, SCORE_BATCHES = 1.0, 8                                   # tutorial 07: top 1% by Fisher, 8 batches
-NF4_DQ = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+# The published table's row order (tutorial 11, BENCHMARKS.md); a method's recipe not named here comes after these,
+# in the order the methods are found.
+TABLE_ORDER = ("full", "lora-qv", "lora-all", "qlora", "houlsby", "pfeiffer", "ia3", "bitfit", "layernorm",
+               "last-layer", "sparse", "prompt-tuning", "prefix-tuning")
 
 
 @dataclass(frozen=True)
@@ -66,71 +53,32 @@ class Recipe:
     quantization: BitsAndBytesConfig | None = None      # the base is quantized with this first (QLoRA)
 
 
-def lora_budget(base: Module) -> int:
-    """Trainable parameters of LoRA r=8 on every block linear: what the bottleneck widths are matched to."""
-    return sum(LORA_R * (m.in_features + m.out_features) for path, m in base.named_modules()
-               if path.rsplit(".", 1)[-1] in ALL_LINEAR)
-
-
-def matched_width(budget: int, n_adapters: int, d: int) -> int:
-    """The bottleneck width m whose n_adapters x (2 d m + d + m) parameters come closest to budget (1 <= m <= d)."""
-    return int(min(max(round((budget / n_adapters - d) / (2 * d + 1)), 1), d))
-
-
 def _full(base: Module, ctx: BuildContext) -> Module:
     return get_peft_model(base, full_finetune_config()) if ctx.full_model_adapter else base
 
 
-def _bottleneck(layout: str) -> Callable[[Module], PeftConfig]:
-    def config(base: Module) -> PeftConfig:
-        cfg = base.config
-        per_block = 2 if layout == "houlsby" else 1                     # Houlsby: after attention and MLP
-        m = matched_width(lora_budget(base), per_block * cfg.n_layer, cfg.d_model)
-        return getattr(BottleneckConfig, layout)(bottleneck_size=m, non_linearity="relu")
-    return config
-
-
-def _sparse(base: Module, ctx: BuildContext) -> Module:
-    config = select_sparse_entries(base, SparseConfig(percent=SPARSE_PERCENT, score="fisher"),
-                                   ctx.batches(SCORE_BATCHES))
-    return get_peft_model(base, config)
-
-
-def peft_recipe(label: str, lr: float, lr_source: str, config: Callable[[Module], PeftConfig], family: str,
-                quantization: BitsAndBytesConfig | None = None) -> Recipe:
-    """A recipe that is an adapter config on the base (quantized first when `quantization` is given)."""
+def from_spec(spec: RecipeSpec) -> Recipe:
+    """A method's declared recipe as the harness runs it: the base (quantized first for QLoRA) with the adapter its
+    config describes, made from the base (and the first `spec.batches` training batches, if it reads any)."""
     def make(base: Module, ctx: BuildContext) -> Module:
-        return get_peft_model(base if quantization is None else quantize_model(base, quantization), config(base))
-    return Recipe(label, lr, lr_source, make, family, config, quantization)
+        model = base if spec.quantization is None else quantize_model(base, spec.quantization)
+        return get_peft_model(model, spec.config(base, ctx.batches(spec.batches) if spec.batches else []))
+    config = None if spec.batches else lambda base: spec.config(base, [])   # the CLI's --r/--alpha/--targets
+    return Recipe(spec.label, spec.lr, spec.lr_source, make, spec.family, config, spec.quantization)
 
 
-def _lora(targets: list[str] | str) -> Callable[[Module], PeftConfig]:
-    return lambda base: LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=targets)
+def method_recipes() -> dict[str, Recipe]:
+    """Full fine-tuning, then the recipes of every method package under minipeft/peft/tuners/, in TABLE_ORDER."""
+    found = {"full": Recipe("full fine-tuning", 1e-3, "tutorial 03 (also 07-09)", _full, "full")}
+    for peft_type, specs in PEFT_TYPE_TO_RECIPES.items():
+        if not PEFT_TYPE_TO_TUNER[peft_type].__module__.startswith(tuners.__name__ + "."):
+            continue                                     # registered from outside the package: not in the table
+        for key, spec in specs.items():
+            if key in found:
+                raise ValueError(f"{peft_type} declares the recipe {key!r}, which another method declares too")
+            found[key] = from_spec(spec)
+    order = sorted(found, key=lambda k: TABLE_ORDER.index(k) if k in TABLE_ORDER else len(TABLE_ORDER))
+    return {key: found[key] for key in order}
 
 
-T06 = "tutorial 06 (60-step validation-loss grid)"
-T07 = "tutorial 07"
-T07_LR = " (best of 4 in bench/lr_probe.py, 60 steps of 8)"
-T08, PROBE = "tutorial 08", " in bench/lr_probe.py; AdamW, not Lester et al.'s Adafactor)"
-METHOD_RECIPES: dict[str, Recipe] = {
-    "full": Recipe("full fine-tuning", 1e-3, "tutorial 03 (also 07-09)", _full, "full"),
-    "lora-qv": peft_recipe("LoRA r=8 q,v", 1e-2, T06 + " (module docstring)", _lora(["q_proj", "v_proj"]),
-                           "reparameterized"),
-    "lora-all": peft_recipe("LoRA r=8 all linear", 1e-2, T06, _lora("all-linear"), "reparameterized"),
-    "qlora": peft_recipe("QLoRA r=8 (NF4+DQ)", 1e-2, T06 + ", as LoRA all linear", _lora("all-linear"),
-                         "reparameterized", quantization=NF4_DQ),
-    "houlsby": peft_recipe("Houlsby adapters", 1e-2, T06, _bottleneck("houlsby"), "additive"),
-    "pfeiffer": peft_recipe("Pfeiffer adapters", 1e-2, T06, _bottleneck("pfeiffer"), "additive"),
-    "ia3": peft_recipe("(IA)^3", 3e-1, T06 + " (loss fell at every step up to 3e-1)",
-                       lambda b: IA3Config(), "additive"),   # the model type's defaults: IA3_TARGETS on the GPT
-    "bitfit": peft_recipe("BitFit", 1e-1, T07 + T07_LR, lambda b: bitfit_config(), "selective"),
-    "layernorm": peft_recipe("LayerNorm only", 3e-1, T07 + T07_LR, lambda b: layernorm_config(), "selective"),
-    "last-layer": peft_recipe("last block", 1e-2, T07 + T07_LR, lambda b: last_k_layers_config(1, b.config.n_layer),
-                              "selective"),
-    "sparse": Recipe("sparse 1% (Fisher)", 3e-2, T07 + T07_LR, _sparse, "selective"),
-    "prompt-tuning": peft_recipe(f"prompt tuning n={VIRTUAL_TOKENS}", 30.0, T08 + " (best of 10" + PROBE,
-                                 lambda b: PromptTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS,
-                                                              prompt_tuning_init="SAMPLE_VOCAB"), "soft prompt"),
-    "prefix-tuning": peft_recipe(f"prefix tuning n={VIRTUAL_TOKENS}", 3e-1, T08 + " (best of 6" + PROBE,
-                                 lambda b: PrefixTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS), "soft prompt"),
-}
+METHOD_RECIPES: dict[str, Recipe] = method_recipes()

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from minipeft.nn.module import Module
-from minipeft.peft.config import ConfigError, PeftConfig, check_field, check_target_fields, is_number
+from minipeft.peft.config import ConfigError, PeftConfig, check_field, check_target_fields, is_count, is_number
 from minipeft.peft.tuners.bottleneck.op import NON_LINEARITIES
 from minipeft.peft.tuners.targets import default_for
 
@@ -64,8 +64,7 @@ class BottleneckConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.bottleneck_size is not None:
-            check_field(self, "bottleneck_size", isinstance(self.bottleneck_size, int)
-                        and not isinstance(self.bottleneck_size, bool) and self.bottleneck_size >= 1,
+            check_field(self, "bottleneck_size", is_count(self.bottleneck_size),
                         "an int >= 1 (the adapter's hidden width m), or None to use reduction_factor")
         if self.reduction_factor is not None:
             check_field(self, "reduction_factor", is_number(self.reduction_factor) and self.reduction_factor >= 1,

@@ -22,23 +22,19 @@ class BottleneckLayer(BaseTunerLayer):
 
     adapter_layer_names = ("adapter_down", "adapter_up")
     other_param_names = ("non_linearity",)
+    why_not_mergeable = NOT_MERGEABLE
 
     def __init__(self, base_layer: Linear):
         if not isinstance(base_layer, Linear):
             raise TypeError(f"BottleneckLayer follows a Linear, got {type(base_layer).__name__}")
         super().__init__(base_layer)
 
-    @property
-    def out_features(self) -> int:
-        return self.base_layer.out_features
-
-    def update_layer(self, name: str, bottleneck_size: int, non_linearity: str = "relu") -> None:
-        """Add adapter `name`: down (m, d) kaiming-uniform as a Linear's, up (d, m) zero, both biases zero.
+    def create_adapter(self, adapter_name: str, config, bottleneck_size: int) -> None:
+        """Down (m, d) kaiming-uniform as a Linear's, up (d, m) zero, both biases zero, m = bottleneck_size.
 
         With W_up = 0 and b_up = 0 the adapter adds exactly 0: the model starts as the base model, and the
         first step's gradient reaches W_up through f(y W_down^T) (non-zero, since W_down is random).
         """
-        self._check_new(name)
         xp, dt, d = backend.xp(), self.base_dtype, self.out_features   # a 4-bit base: its compute dtype, not uint8
         down = Linear(d, bottleneck_size, bias=True)
         up = Linear(bottleneck_size, d, bias=True)
@@ -46,14 +42,8 @@ class BottleneckLayer(BaseTunerLayer):
         down.bias.data = xp.zeros(bottleneck_size, dtype=dt)
         up.weight.data = xp.zeros((d, bottleneck_size), dtype=dt)
         up.bias.data = xp.zeros(d, dtype=dt)
-        self.adapter_down[name], self.adapter_up[name] = down, up
-        self.non_linearity[name] = non_linearity
-        if self.active_adapter is None:
-            self.active_adapter = name
-
-    def merge(self, name: str | None = None) -> None:
-        raise TypeError(f"a bottleneck adapter cannot be merged into its base layer: {NOT_MERGEABLE}; keep it "
-                        "unmerged")
+        self.adapter_down[adapter_name], self.adapter_up[adapter_name] = down, up
+        self.non_linearity[adapter_name] = config.non_linearity
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.base_layer(x)

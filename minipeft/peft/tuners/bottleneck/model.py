@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from minipeft.nn.layers import Linear
-from minipeft.nn.module import Module
 from minipeft.peft.tuners.base import BaseTuner
 from minipeft.peft.tuners.bottleneck.config import BottleneckConfig
 from minipeft.peft.tuners.bottleneck.layer import NOT_MERGEABLE, BottleneckLayer
@@ -17,23 +16,12 @@ class BottleneckModel(BaseTuner):
     target_types = (Linear,)
     mergeable = False
 
-    def _inject(self, name: str, config: BottleneckConfig) -> None:
-        """Place the adapters where the config's layout says in this model (if it names no modules), then wrap."""
+    def _targets(self, config: BottleneckConfig) -> dict[str, dict]:
+        """Place the adapters where the config's layout says in this model (if it names no modules); each target's
+        bottleneck width m = config.size_for(d), every one checked (1 <= m <= d) before any module is wrapped."""
         config.fill_targets(self.model)
-        super()._inject(name, config)
-
-    def _check_targets(self, config: BottleneckConfig, paths: list[str]) -> None:
-        """Every target's bottleneck width fits (1 <= m <= d) before any module is wrapped."""
-        for path in paths:
-            target = self.model.get_submodule(path)            # a Linear, or the wrapper of an earlier adapter
-            config.size_for(target.out_features, path)
-
-    def _create_and_replace(self, config: BottleneckConfig, adapter_name: str, target: Module, path: str) -> None:
-        """Wrap the Linear at `path` (or reuse its wrapper) and add an adapter of width m = config.size_for(d)."""
-        if not isinstance(target, BottleneckLayer):
-            target = BottleneckLayer(target)
-            self.model.set_submodule(path, target)
-        target.update_layer(adapter_name, config.size_for(target.out_features, path), config.non_linearity)
+        return {p: dict(bottleneck_size=config.size_for(self.model.get_submodule(p).out_features, p))
+                for p in super()._targets(config)}
 
     def _check_mergeable(self, what: str) -> None:
         raise TypeError(f"{what}: {self.peft_type} adapters cannot be merged into the base weights: {NOT_MERGEABLE}. "

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from minipeft.nn.module import Module
 from minipeft.peft.config import ConfigError, PeftConfig, check_field, check_regex, check_target_fields, is_str_list
-from minipeft.peft.tuners.targets import LAYERS_PATTERN_VALUES, default_for
+from minipeft.peft.tuners.targets import default_for
 
 # Hugging Face PEFT's defaults by model_type (peft/utils/constants.py, TRANSFORMERS_MODELS_TO_IA3_*), used when
 # target_modules / feedforward_modules are None: the keys, the values and the MLP's inner activation, which is the
@@ -30,9 +30,6 @@ class IA3Config(PeftConfig):
     """
 
     PEFT_TYPE: ClassVar[str] = "IA3"
-    UNSUPPORTED_FIELDS: ClassVar[dict[str, tuple]] = {
-        "exclude_modules": (None, []), "layers_pattern": LAYERS_PATTERN_VALUES,
-    }
 
     target_modules: list[str] | str | None = None        # names, one regex, or "all-linear"; None: the model's
     #                                                      default (DEFAULT_TARGETS), filled in by get_peft_model

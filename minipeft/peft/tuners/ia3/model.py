@@ -19,28 +19,23 @@ class IA3Model(BaseTuner):
     target_types = (Linear,)
     mergeable = True
 
-    def _inject(self, name: str, config: IA3Config) -> None:
-        """Fill the model's default targets into a config that left them None (as HF does), then wrap them."""
+    def _targets(self, config: IA3Config) -> dict[str, dict]:
+        """The targets (the model's defaults filled into a config that left them None, as HF does), each scaling its
+        input if it is a feedforward module; a feedforward_modules name must name a target (HF checks name lists;
+        this also covers regex targets)."""
         config.fill_defaults(self.model)
-        super()._inject(name, config)
-
-    def _check_targets(self, config: IA3Config, paths: list[str]) -> None:
-        """A feedforward_modules name must name a target (HF checks name lists; this also covers regex targets)."""
-        if isinstance(config.feedforward_modules, str):
-            return
-        unused = [f for f in config.feedforward_modules if not any(matches(p, [f]) for p in paths)]
+        paths = list(super()._targets(config))
+        ff = config.feedforward_modules
+        unused = [] if isinstance(ff, str) else [f for f in ff if not any(matches(p, [f]) for p in paths)]
         if unused:
             raise ConfigError(f"IA3Config.feedforward_modules {unused} name no module that target_modules="
                               f"{config.target_modules!r} wraps (targets: {paths}); feedforward modules must be "
                               "targets too")
+        return {p: dict(is_feedforward=matches(p, ff)) for p in paths}
 
-    def _create_and_replace(self, config: IA3Config, adapter_name: str, target: Module, path: str) -> None:
-        """Wrap the Linear at `path` (or reuse its wrapper) and add the vector, input-side if it is feedforward."""
-        if not isinstance(target, IA3Linear):
-            if target.weight.dtype.kind != "f":   # the op rescales W itself, which here holds 4-bit codes
-                raise TypeError(f"IA3 cannot wrap {path!r}: it is a {type(target).__name__} holding "
-                                f"{target.weight.dtype} codes (a 4-bit base), and (IA)^3 on a quantized base is not "
-                                "implemented; use LoRA on it (QLoRA), or apply IA3 to the float base model")
-            target = IA3Linear(target)
-            self.model.set_submodule(path, target)
-        target.update_layer(adapter_name, matches(path, config.feedforward_modules), config.init_ia3_weights)
+    def _new_layer(self, target: Module, path: str) -> IA3Linear:
+        if target.weight.dtype.kind != "f":   # the op rescales W itself, which here holds 4-bit codes
+            raise TypeError(f"IA3 cannot wrap {path!r}: it is a {type(target).__name__} holding "
+                            f"{target.weight.dtype} codes (a 4-bit base), and (IA)^3 on a quantized base is not "
+                            "implemented; use LoRA on it (QLoRA), or apply IA3 to the float base model")
+        return IA3Linear(target)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from minipeft.peft.config import ConfigError, PeftConfig, check_field, check_regex, check_target_fields, is_number
-from minipeft.peft.tuners.targets import LAYERS_PATTERN_VALUES, pattern_key
+from minipeft.peft.config import PeftConfig, check_field, check_patterns, check_target_fields, is_count, is_number
 
 
 @dataclass
@@ -14,14 +13,6 @@ class LoraConfig(PeftConfig):
     """LoRA: W = W0 + (lora_alpha / r) * B A on every targeted Linear (Hu et al., 2021)."""
 
     PEFT_TYPE: ClassVar[str] = "LORA"
-    UNSUPPORTED_FIELDS: ClassVar[dict[str, tuple]] = {
-        "use_dora": (False,), "fan_in_fan_out": (False,), "lora_bias": (False,), "use_qalora": (False,),
-        "loftq_config": ({}, None), "megatron_config": (None,), "layer_replication": (None,),
-        "layers_pattern": LAYERS_PATTERN_VALUES, "exclude_modules": (None, []),
-        "trainable_token_indices": (None,), "eva_config": (None,), "corda_config": (None,),
-        "target_parameters": (None, []), "alora_invocation_tokens": (None,), "arrow_config": (None,),
-        "ensure_weight_tying": (False,), "megatron_core": ("megatron.core", None), "qalora_group_size": (16, None),
-    }
 
     r: int = 8                                       # rank of the update B A
     lora_alpha: float = 8                            # scale numerator: s = lora_alpha / r
@@ -38,7 +29,7 @@ class LoraConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_field(self, "r", _is_rank(self.r), "an int >= 1")
+        check_field(self, "r", is_count(self.r), "an int >= 1")
         check_field(self, "lora_alpha", _is_alpha(self.lora_alpha), "a finite number > 0")
         check_field(self, "lora_dropout", is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1,
                     "a number in [0, 1)")
@@ -49,33 +40,7 @@ class LoraConfig(PeftConfig):
         if self.target_modules is None:
             self.target_modules = ["q_proj", "v_proj"]   # the original paper's choice
         check_target_fields(self)
-        for name, pattern, ok, allowed in (("rank_pattern", self.rank_pattern, _is_rank, "ints >= 1"),
-                                           ("alpha_pattern", self.alpha_pattern, _is_alpha, "numbers > 0")):
-            if not isinstance(pattern, dict):
-                raise ConfigError(f"LoraConfig.{name} must be a dict {{module regex: value}}, got {pattern!r}")
-            for key, value in pattern.items():
-                check_regex(self, f"{name} key", key)
-                if not ok(value):
-                    raise ConfigError(f"LoraConfig.{name}[{key!r}] = {value!r}; values must be {allowed}")
-
-    @property
-    def scaling(self) -> float:
-        """s = alpha / r, or alpha / sqrt(r) with use_rslora (the default rank and alpha)."""
-        return self.lora_alpha / (self.r**0.5 if self.use_rslora else self.r)
-
-    def rank_for(self, path: str) -> int:
-        """The rank at module `path`: rank_pattern's first matching key, else r (Hugging Face's rule)."""
-        key = pattern_key(self.rank_pattern, path)
-        return self.r if key is None else self.rank_pattern[key]
-
-    def alpha_for(self, path: str) -> float:
-        """lora_alpha at module `path`: alpha_pattern's first matching key, else lora_alpha."""
-        key = pattern_key(self.alpha_pattern, path)
-        return self.lora_alpha if key is None else self.alpha_pattern[key]
-
-
-def _is_rank(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        check_patterns(self, rank_pattern=(is_count, "ints >= 1"), alpha_pattern=(_is_alpha, "numbers > 0"))
 
 
 def _is_alpha(v) -> bool:

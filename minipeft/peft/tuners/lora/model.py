@@ -1,4 +1,5 @@
-"""`LoraModel`: LoRA on the tuner contract: wrap each targeted Linear in a `LoraLinear`, and LoRA's `bias` option."""
+"""`LoraModel`: LoRA on the tuner contract: wrap each targeted Linear in a `LoraLinear` (a 4-bit one in a
+`LoraLinear4bit`: QLoRA) at the rank and alpha the patterns give its path, and LoRA's `bias` option."""
 
 from __future__ import annotations
 
@@ -6,35 +7,21 @@ from minipeft.nn.layers import Linear
 from minipeft.nn.module import Module
 from minipeft.peft.tuners.base import BaseTuner
 from minipeft.peft.tuners.lora.config import LoraConfig
-from minipeft.peft.tuners.lora.layer import LoraLinear
+from minipeft.peft.tuners.lora.layer import LoraLayer, LoraLinear
 from minipeft.peft.tuners.lora.quantized import LoraLinear4bit
-from minipeft.peft.tuners.targets import pattern_key, warn_unmatched
 from minipeft.quant.linear4bit import Linear4bit
 
 
 class LoraModel(BaseTuner):
     """The user's model with LoRA adapters on the Linear layers `target_modules` names."""
 
-    layer_classes = (LoraLinear,)      # LoraLinear4bit, its subclass for 4-bit bases, included
+    layer_classes = (LoraLayer,)       # LoraLinear, and LoraLinear4bit for 4-bit bases
     target_types = (Linear,)           # Linear4bit (a quantized Linear) included
     mergeable = True
+    pattern_fields = {"r": ("rank_pattern", "r"), "lora_alpha": ("alpha_pattern", "lora_alpha")}   # per module
 
-    def _create_and_replace(self, config: LoraConfig, adapter_name: str, target: Module, path: str) -> None:
-        """Wrap the Linear at `path` (or reuse its wrapper) and add the adapter, with rank_pattern/alpha_pattern."""
-        if not isinstance(target, LoraLinear):
-            target = (LoraLinear4bit if isinstance(target, Linear4bit) else LoraLinear)(target)   # 4-bit: QLoRA
-            self.model.set_submodule(path, target)
-        target.update_layer(adapter_name, config.rank_for(path), config.alpha_for(path), config.lora_dropout,
-                            config.init_lora_weights, config.use_rslora)
-
-    def _check_targets(self, config: LoraConfig, paths: list[str]) -> None:
-        """Warn about a rank_pattern or alpha_pattern key that matches none of the wrapped modules (it would leave
-        them at the default r or lora_alpha without a word; Hugging Face PEFT is silent here)."""
-        names = sorted({p.rsplit(".", 1)[-1] for p in paths})
-        for field in ("rank_pattern", "alpha_pattern"):
-            unmatched = [k for k in getattr(config, field) if not any(pattern_key([k], p) for p in paths)]
-            if unmatched:
-                warn_unmatched(f"LoraConfig.{field}", unmatched, names, " that this adapter wraps")
+    def _new_layer(self, target: Module, path: str) -> LoraLayer:
+        return (LoraLinear4bit if isinstance(target, Linear4bit) else LoraLinear)(target)   # 4-bit: QLoRA
 
     def inject_adapter(self, name: str, config: LoraConfig) -> None:
         """BaseTuner's, with Hugging Face PEFT's rule for LoRA's bias option: an adapter with bias != 'none' trains
@@ -67,5 +54,5 @@ class LoraModel(BaseTuner):
     def _extra_saved_parameters(self, adapter_name: str, config: LoraConfig) -> list[str]:
         return self._trained_biases(config)
 
-    def lora_layers(self) -> list[LoraLinear]:
-        return [m for m in self.tuner_layers() if isinstance(m, LoraLinear)]
+    def lora_layers(self) -> list[LoraLayer]:
+        return [m for m in self.tuner_layers() if isinstance(m, LoraLayer)]

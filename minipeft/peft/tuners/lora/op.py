@@ -51,34 +51,46 @@ class LoraLinearFn(Function):
 
     @staticmethod
     def forward(ctx, x, W0, b, A, B, scale=1.0, dropout_p=0.0):
-        d, s, x2, keep, xd = lora_inputs(x, W0, b, A, B, scale, dropout_p)
-        h = mm(xd, A.T)                                              # (N, r) down-projection
-        y = mm(x2, W0.T)                                             # (N, d) the frozen path
-        y += s * mm(h, B.T)                                          # (N, d) plus the low-rank path
-        if b is not None:
-            y += b
-        ctx.save_for_backward(x2, xd, keep, h, W0, A, B, s, x.shape)
-        return y.reshape(*x.shape[:-1], d)                           # (..., d)
+        return lora_forward(ctx, x, W0, b, A, B, scale, dropout_p, kept=W0)
 
     @staticmethod
     def backward(ctx, dout):
-        # forward was y = x W0^T + b + s h B^T with h = xd A^T and xd = x * keep, so
-        #   dB = s dy^T h;  dh = s dy B;  dA = dh^T xd;  dx = dy W0 + (dh A) * keep
-        #   dW0 = dy^T x and db = sum over rows of dy, only when W0 / b are trainable
-        x2, xd, keep, h, W0, A, B, s, xshape = ctx.saved
-        nx, nW0, nb, nA, nB = ctx.needs_input_grad
-        dy = dout.reshape(-1, W0.shape[0])                           # (N, d)
-        dB = s * mm(dy.T, h) if nB else None                         # (d, r)
-        dh = s * mm(dy, B) if (nA or nx) else None                   # (N, r)
-        dA = mm(dh.T, xd) if nA else None                            # (r, k)
-        dx = None
-        if nx:
-            dxd = mm(dh, A)                                          # (N, k) through the adapter
-            dx = mm(dy, W0) + (dxd if keep is None else dxd * keep)  # (N, k) plus through the frozen path
-            dx = dx.reshape(xshape)
-        dW0 = mm(dy.T, x2) if nW0 else None                          # (d, k) never formed for a frozen base
-        db = dy.sum(axis=0) if nb else None                          # (d,)
-        return dx, dW0, db, dA, dB
+        return lora_backward(ctx, dout, ctx.needs_input_grad)
+
+
+def lora_forward(ctx, x, W0, b, A, B, scale: float, dropout_p: float, kept):
+    """The forward of LoRA's op, shared with QLoRA's; `kept` is what backward gets W0 back from (W0 itself here,
+    QLoRA's 4-bit weight there)."""
+    d, s, x2, keep, xd = lora_inputs(x, W0, b, A, B, scale, dropout_p)
+    h = mm(xd, A.T)                                                  # (N, r) down-projection
+    y = mm(x2, W0.T)                                                 # (N, d) the frozen path
+    y += s * mm(h, B.T)                                              # (N, d) plus the low-rank path
+    if b is not None:
+        y += b
+    ctx.save_for_backward(x2, xd, keep, h, kept, A, B, s, x.shape)
+    return y.reshape(*x.shape[:-1], d)                               # (..., d)
+
+
+def lora_backward(ctx, dout, needs: tuple[bool, ...], frozen_weight=lambda kept: kept):
+    """The backward of LoRA's op, shared with QLoRA's: (dx, dW0, db, dA, dB) for the inputs that need one (`needs`);
+    `frozen_weight(kept)` gives W0 back from what forward kept (QLoRA's dequantizes it)."""
+    # forward was y = x W0^T + b + s h B^T with h = xd A^T and xd = x * keep, so
+    #   dB = s dy^T h;  dh = s dy B;  dA = dh^T xd;  dx = dy W0 + (dh A) * keep
+    #   dW0 = dy^T x and db = sum over rows of dy, only when W0 / b are trainable
+    x2, xd, keep, h, kept, A, B, s, xshape = ctx.saved
+    nx, nW0, nb, nA, nB = needs
+    dy = dout.reshape(-1, kept.shape[0])                             # (N, d)
+    dB = s * mm(dy.T, h) if nB else None                             # (d, r)
+    dh = s * mm(dy, B) if (nA or nx) else None                       # (N, r)
+    dA = mm(dh.T, xd) if nA else None                                # (r, k)
+    dx = None
+    if nx:
+        dxd = mm(dh, A)                                              # (N, k) through the adapter
+        dx = mm(dy, frozen_weight(kept)) + (dxd if keep is None else dxd * keep)  # (N, k) plus the frozen path
+        dx = dx.reshape(xshape)
+    dW0 = mm(dy.T, x2) if nW0 else None                              # (d, k) never formed for a frozen base
+    db = dy.sum(axis=0) if nb else None                              # (d,)
+    return dx, dW0, db, dA, dB
 
 
 def lora_linear(x: Tensor, W0: Tensor, b: Tensor | None, A: Tensor, B: Tensor, scale: float,

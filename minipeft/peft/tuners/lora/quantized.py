@@ -15,44 +15,32 @@ adapter files are identical to LoRA's on a float base); what differs is the base
 from __future__ import annotations
 
 from minipeft.autograd import Tensor
-from minipeft.peft.tuners.base_layer import BaseTunerLayer
-from minipeft.peft.tuners.lora.layer import LoraLinear
+from minipeft.peft.tuners.lora.layer import LoraLayer
 from minipeft.peft.tuners.lora.qlora_op import qlora_linear
 from minipeft.quant.linear4bit import Linear4bit
 
 
-class LoraLinear4bit(LoraLinear):
+class LoraLinear4bit(LoraLayer):
     """y = x dequantize(W0)^T + b + s * B(A(dropout(x))); A and B float, W0 in NF4 and frozen."""
-
-    accepts_4bit = True
 
     def __init__(self, base_layer: Linear4bit):
         if not isinstance(base_layer, Linear4bit):
             raise TypeError(f"LoraLinear4bit wraps a Linear4bit (a quantized Linear), got {type(base_layer).__name__};"
                             " wrap a float Linear with LoraLinear")
-        BaseTunerLayer.__init__(self, base_layer)
+        super().__init__(base_layer)
         self._quantized: list[Linear4bit] = []    # the 4-bit base while merged (a list: not a child module)
 
-    def merge(self, name: str | None = None) -> None:
+    def merge_into_base(self, name: str) -> None:
         """Dequantize the base into a float Linear (on the first merge) and add s * B A to it."""
-        name = name or self.active_adapter
-        if name in self.adapters and not self.merged:
+        if not self.merged:
             self._quantized.append(self.base_layer)
             self.base_layer = self.base_layer.to_linear()
-        super().merge(name)     # raises for an unknown or already merged adapter, before anything changed
+        super().merge_into_base(name)
 
-    def unmerge(self) -> None:
-        """Put the original 4-bit base back (exactly as it was) and mark every adapter unmerged."""
-        if not self.merged_adapters:
-            raise RuntimeError("unmerge(): no adapter is merged into this layer")
+    def unmerge_from_base(self) -> None:
+        """Put the original 4-bit base back, exactly as it was."""
         self.base_layer = self._quantized.pop()
-        self.merged_adapters.clear()
 
-    def forward(self, x: Tensor) -> Tensor:
-        name = self.active_adapter
-        if self.disable_adapters or self.merged or name is None:
-            return self.base_layer(x)
-        p = self.lora_dropout[name] if self.training else 0.0
+    def lora_forward(self, x: Tensor, A: Tensor, B: Tensor, scale: float, dropout_p: float) -> Tensor:
         base = self.base_layer
-        return qlora_linear(x, base.quant_state(), base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
-                            self.scaling[name], p)
+        return qlora_linear(x, base.quant_state(), base.bias, A, B, scale, dropout_p)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from minipeft.nn.module import Module
-from minipeft.peft.config import check_field
-from minipeft.peft.tuners.soft_prompt import PromptLearningConfig, _is_count
+from minipeft.peft.config import check_field, is_count
+from minipeft.peft.tuners.soft_prompt import PromptLearningConfig
 
 
 @dataclass
@@ -32,8 +32,8 @@ class PrefixTuningConfig(PromptLearningConfig):
     def __post_init__(self):
         super().__post_init__()
         check_field(self, "prefix_projection", isinstance(self.prefix_projection, bool), "True or False")
-        check_field(self, "encoder_hidden_size", self.encoder_hidden_size is None or _is_count(
-            self.encoder_hidden_size, 1), "None (token_dim) or an int >= 1")
+        check_field(self, "encoder_hidden_size", self.encoder_hidden_size is None or is_count(self.encoder_hidden_size),
+                    "None (token_dim) or an int >= 1")
 
     def model_shape(self, model: Module) -> dict[str, int]:
         """As Hugging Face fills it: with grouped-query attention a layer's keys and values have n_kv_head heads, so

@@ -32,7 +32,6 @@ class PromptTuningConfig(PromptLearningConfig):
     """
 
     PEFT_TYPE: ClassVar[str] = "PROMPT_TUNING"
-    UNSUPPORTED_FIELDS: ClassVar[dict[str, tuple]] = {"tokenizer_kwargs": (None, {})}
 
     prompt_tuning_init: str = "RANDOM"             # "RANDOM" | "SAMPLE_VOCAB" | "TEXT" (see the docstring)
     prompt_tuning_init_text: str | None = None     # TEXT: the text whose token embeddings start the prompt

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from minipeft.peft.config import ConfigError, PeftConfig, check_field, check_target_fields, is_index
-
-TRAINABLE_TYPES = ("bias", "norm", "embedding", "all")   # what `trainable_types` may name
+from minipeft.peft.config import ConfigError, PeftConfig, is_index
+from minipeft.peft.tuners.selection import check_selection_fields
 
 
 @dataclass
@@ -38,32 +37,6 @@ class SelectiveConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         check_selection_fields(self, default_types=["bias"])
-
-
-def check_selection_fields(config, default_types: list[str]) -> None:
-    """Check and normalize trainable_types / target_modules / layers_to_transform (selective and sparse share them)."""
-    t = config.trainable_types
-    if t is None:
-        config.trainable_types = list(default_types) if config.target_modules is None else []
-    else:
-        check_field(config, "trainable_types", isinstance(t, (list, tuple)) and all(x in TRAINABLE_TYPES for x in t),
-                    f"None or a list drawn from {list(TRAINABLE_TYPES)}")
-        config.trainable_types = list(dict.fromkeys(t))
-    if config.target_modules is not None:
-        check_target_fields(config)     # names or one regex, layers_to_transform an index or a list of them
-    else:
-        if is_index(config.layers_to_transform):
-            config.layers_to_transform = [config.layers_to_transform]
-        layers = config.layers_to_transform
-        check_field(config, "layers_to_transform", layers is None or (
-            isinstance(layers, (list, tuple)) and all(map(is_index, layers))),
-            "None, a block index (an int >= 0) or a list of them")
-    if config.layers_to_transform is not None:
-        config.layers_to_transform = list(config.layers_to_transform)
-    if not config.trainable_types and config.target_modules is None:
-        raise ConfigError(f"{type(config).__name__} selects nothing: trainable_types={config.trainable_types!r} and "
-                          "target_modules=None; name a kind (trainable_types=['bias'] for BitFit, ['norm'], ['all']) "
-                          "or modules (target_modules=['wte'])")
 
 
 # ---- the usual choices, by name ---------------------------------------------------------------------------

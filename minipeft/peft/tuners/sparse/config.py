@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from minipeft.peft.config import ConfigError, PeftConfig, check_field, is_number
-from minipeft.peft.tuners.selective.config import check_selection_fields
+from minipeft.peft.tuners.selection import check_selection_fields
 
 SCORES = ("fisher", "magnitude")
 MAX_ENTRIES = 2**31 - 1      # indices are stored as int32

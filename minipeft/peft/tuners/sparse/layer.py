@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from minipeft import backend
-from minipeft.autograd import Tensor, no_grad
-from minipeft.nn.module import Module, Parameter, ParameterDict
-from minipeft.peft.tuners.selective.layer import SubstitutionLayer
+from minipeft.autograd import Tensor
+from minipeft.nn.module import Parameter
 from minipeft.peft.tuners.sparse.config import MAX_ENTRIES
 from minipeft.peft.tuners.sparse.op import sparse_replace
+from minipeft.peft.tuners.substitution import SubstitutionLayer
 
 
 def check_indices(indices, k: int, size: int, what: str) -> np.ndarray:
@@ -47,21 +47,8 @@ def remove_sparse_diff(W, indices, originals) -> None:
 class SparseLayer(SubstitutionLayer):
     """Per adapter, trained values at fixed indices of selected parameters: `sparse_weight.<adapter>` (k,), ..."""
 
-    adapter_layer_names = ("sparse_weight", "sparse_bias")   # the values (ParameterDicts by adapter)
+    adapter_layer_names = ("sparse_weight", "sparse_bias")   # the values, by adapter
     other_param_names = ("sparse_indices",)                   # adapter -> {pname: int32 (k,) indices, or None}
-    mergeable = True
-
-    def __init__(self, base_layer: Module):
-        super().__init__(base_layer)
-        self.sparse_weight, self.sparse_bias = ParameterDict(), ParameterDict()
-        self._merged_originals: dict[str, object] = {}         # pname -> the entries merge() overwrote
-
-    @property
-    def adapters(self) -> list[str]:
-        return list(self.sparse_indices)
-
-    def trains(self, name: str) -> tuple[str, ...]:
-        return tuple(self.sparse_indices[name])
 
     def values(self, name: str, pname: str) -> Parameter:
         return getattr(self, f"sparse_{pname}")[name]
@@ -79,22 +66,20 @@ class SparseLayer(SubstitutionLayer):
                              "batches)")
         return idx
 
-    def update_layer(self, name: str, counts: dict[str, int], indices: dict[str, object] | None = None) -> None:
-        """Add adapter `name` with counts[pname] entries per parameter; values start as the base's own entries.
+    def create_adapter(self, adapter_name: str, config, counts: dict[str, int],
+                       indices: dict[str, object] | None = None) -> None:
+        """counts[pname] entries per parameter; with indices the values start as the base's own entries there.
 
         Without indices (an adapter rebuilt from its config, before its file is read) the values are zeros
         and the forward refuses to run until set_indices() gives the positions.
         """
-        self._check_new(name)
-        self.sparse_indices[name] = {}
+        self.sparse_indices[adapter_name] = {}
         for pname, k in counts.items():
             W0 = getattr(self.base_layer, pname).data
-            getattr(self, f"sparse_{pname}")[name] = Parameter(backend.xp().zeros(k, dtype=W0.dtype))
-            self.sparse_indices[name][pname] = None
+            getattr(self, f"sparse_{pname}")[adapter_name] = Parameter(backend.xp().zeros(k, dtype=W0.dtype))
+            self.sparse_indices[adapter_name][pname] = None
             if indices is not None:
-                self.set_indices(name, pname, indices[pname])
-        if self.active_adapter is None:
-            self.active_adapter = name
+                self.set_indices(adapter_name, pname, indices[pname])
 
     def checked_indices(self, name: str, pname: str, indices) -> np.ndarray:
         """`indices` as host int32, checked to fit adapter `name`'s values in parameter `pname`."""
@@ -110,29 +95,18 @@ class SparseLayer(SubstitutionLayer):
         if take_base_values:
             self.values(name, pname).data = getattr(self.base_layer, pname).data.reshape(-1)[idx].copy()
 
-    def merge(self, name: str | None = None) -> None:
+    def merge_into_base(self, name: str) -> None:
         """Apply the adapter's sparse diff to the base parameters (the overwritten entries kept, for unmerge)."""
-        name = name or self.active_adapter
-        if self.merged_adapters:
-            raise RuntimeError(f"adapter {self.merged_adapters[0]!r} is already merged into this layer; "
-                               "unmerge() first")
-        if name not in self.adapters:
-            raise KeyError(f"no adapter named {name!r} on this layer; it holds {self.adapters}")
         chosen = {pname: self.indices(name, pname) for pname in self.trains(name)}  # all, before any write
-        with no_grad():
-            for pname, idx in chosen.items():
-                W = getattr(self.base_layer, pname).data
-                self._merged_originals[pname] = (idx, apply_sparse_diff(W, idx, self.values(name, pname).data))
-        self.merged_adapters.append(name)
+        for pname, idx in chosen.items():
+            W = getattr(self.base_layer, pname).data
+            self._merged_originals[pname] = (idx, apply_sparse_diff(W, idx, self.values(name, pname).data))
 
-    def unmerge(self) -> None:
+    def unmerge_from_base(self) -> None:
         """Remove the merged sparse diff: the overwritten entries back, bit for bit."""
-        if not self.merged_adapters:
-            raise RuntimeError("unmerge(): no adapter is merged into this layer")
         for pname, (idx, originals) in self._merged_originals.items():
             remove_sparse_diff(getattr(self.base_layer, pname).data, idx, originals)
         self._merged_originals.clear()
-        self.merged_adapters.clear()
 
     def extra_repr(self) -> str:
         counts = {n: {p: self.values(n, p).shape[0] for p in ps} for n, ps in self.sparse_indices.items()}

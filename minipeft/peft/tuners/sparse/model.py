@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from minipeft.peft.tuners.base import BaseTuner
-from minipeft.peft.tuners.selective.select import SUPPORTED
+from minipeft.peft.tuners.selection import SUPPORTED
 from minipeft.peft.tuners.sparse.config import SparseConfig, check_total
 from minipeft.peft.tuners.sparse.layer import SparseLayer
 from minipeft.peft.tuners.sparse.score import candidate_parameters
@@ -21,7 +21,9 @@ class SparseModel(BaseTuner):
     target_types = SUPPORTED
     mergeable = True
 
-    def _inject(self, name: str, config: SparseConfig) -> None:
+    def _targets(self, config: SparseConfig) -> dict[str, dict]:
+        """Every module holding chosen entries, with their count per parameter (`counts`) and, once chosen, their
+        positions (`indices`); the entries are checked against this model's candidates first."""
         if not config.entries:
             raise ValueError(f"{config!r} has no chosen entries; choose them from a few batches first: "
                              "config = select_sparse_entries(base_model, config, batches)")
@@ -39,16 +41,8 @@ class SparseModel(BaseTuner):
         for key, k in config.entries.items():
             path, pname = key.rsplit(".", 1)
             by_module.setdefault(path, {})[pname] = k
-        for path, counts in by_module.items():
-            target = self.model.get_submodule(path)
-            if not isinstance(target, SparseLayer):
-                target = SparseLayer(target)
-                self.model.set_submodule(path, target)
-            chosen = None if config.selection is None else {p: config.selection[f"{path}.{p}"] for p in counts}
-            target.update_layer(name, counts, chosen)
-
-    def _create_and_replace(self, config, adapter_name, target, path) -> None:
-        raise TypeError("SparseModel wraps modules in _inject, from the entries the config chose")
+        return {path: dict(counts=counts, indices=None if config.selection is None else
+                           {p: config.selection[f"{path}.{p}"] for p in counts}) for path, counts in by_module.items()}
 
     # ---- the indices travel in the adapter file, beside the values -----------------------------------------
     def _sparse_slots(self, name: str):

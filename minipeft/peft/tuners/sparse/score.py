@@ -23,7 +23,7 @@ from minipeft import backend
 from minipeft.loss import causal_lm_loss
 from minipeft.nn.module import Module, Parameter
 from minipeft.peft.tuners.base_layer import BaseTunerLayer
-from minipeft.peft.tuners.selective.select import select_parameters
+from minipeft.peft.tuners.selection import select_parameters
 from minipeft.peft.tuners.sparse.config import SparseConfig, entry_count
 
 

@@ -1,4 +1,5 @@
-"""Which base parameters a selection names: by kind (bias, norm, embedding, all), by module pattern, by layer index.
+"""Which base parameters a selection names: by kind (bias, norm, embedding, all), by module pattern, by layer index;
+and the check of the config fields that say so.
 
 Shared by selective fine-tuning (the selected tensors train) and sparse fine-tuning (the selected tensors are
 the candidates whose entries are scored). A module already wrapped by one of these methods counts as the
@@ -12,9 +13,11 @@ from collections.abc import Iterator
 from minipeft.nn.layers import Embedding, LayerNorm, Linear
 from minipeft.nn.llama import RMSNorm
 from minipeft.nn.module import Module, Parameter
+from minipeft.peft.config import ConfigError, check_field, check_target_fields
 from minipeft.peft.tuners.base_layer import BaseTunerLayer
 from minipeft.peft.tuners.targets import layer_index, matches
 
+TRAINABLE_TYPES = ("bias", "norm", "embedding", "all")   # what `trainable_types` may name
 NORMS = (LayerNorm, RMSNorm)                          # "norm" selects their parameters (RMSNorm has only a scale)
 SUPPORTED = (Linear, LayerNorm, RMSNorm, Embedding)   # the modules that hold parameters in the GPT and the Llama
 
@@ -87,3 +90,21 @@ def select_parameters(model: Module, config, method: str) -> dict[str, list[str]
         raise ValueError(f"{method}: trainable_types={types!r}, target_modules={targets!r} selected no parameter"
                          f"{where}. Modules with parameters: {leaves}")
     return chosen
+
+
+def check_selection_fields(config, default_types: list[str]) -> None:
+    """Check and normalize trainable_types / target_modules / layers_to_transform (selective and sparse share them)."""
+    t = config.trainable_types
+    if t is None:
+        config.trainable_types = list(default_types) if config.target_modules is None else []
+    else:
+        check_field(config, "trainable_types", isinstance(t, (list, tuple)) and all(x in TRAINABLE_TYPES for x in t),
+                    f"None or a list drawn from {list(TRAINABLE_TYPES)}")
+        config.trainable_types = list(dict.fromkeys(t))
+    check_target_fields(config)     # names or one regex, layers_to_transform an index or a list of them
+    if config.layers_to_transform is not None:
+        config.layers_to_transform = list(config.layers_to_transform)
+    if not config.trainable_types and config.target_modules is None:
+        raise ConfigError(f"{type(config).__name__} selects nothing: trainable_types={config.trainable_types!r} and "
+                          "target_modules=None; name a kind (trainable_types=['bias'] for BitFit, ['norm'], ['all']) "
+                          "or modules (target_modules=['wte'])")
