@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         stamp = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "commit": git_commit(),
                  "command": COMMAND}
         atomic_write_text(KNOWLEDGE_FILE, "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in kept))
+        notes = json.loads(META_FILE.read_text(encoding="utf-8")).get("notes") if META_FILE.is_file() else None
         write_json(META_FILE, {
             "summary": f"kept {len(kept)} of {len(items)} candidates answered correctly by SmolLM2-135M-Instruct "
                        f"zero-shot, greedy, {stamp['date']}, commit {stamp['commit'][:7]}, {COMMAND}",
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
                         f"{MAX_NEW_TOKENS} new tokens",
             "scoring": "minipeft.data.knowledge.is_correct (rule in that module's docstring)",
             "kept": len(kept), "candidates": len(items), "by_kind": by_kind, **stamp,
+            **({"notes": notes} if notes else {}),    # written by hand after reading the replies; kept on rewrite
             "kept_replies": [{"question": it["question"], "reply": r}
                              for it, ok, r in zip(items, res["correct"], res["replies"], strict=True) if ok],
             "rejected": [{**it, "reply": r}
