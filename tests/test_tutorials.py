@@ -122,3 +122,5 @@ def test_lora_vs_full_on_the_llm_path(home, monkeypatch, capsys, keep_rng):
     assert rows["LoRA r=8"]["trainable"] == c.n_layer * per_layer
     assert rows["full fine-tuning"]["trainable"] == r["n_base"]
     assert rows["full fine-tuning"]["stored"] > 4 * r["n_base"] > rows["LoRA r=8"]["stored"]
+    assert list(r["forgetting"]) == ["base, zero-shot", "LoRA r=8", "full fine-tuning"]
+    assert all(0 <= share <= 1 and ppl > 1 for share, ppl in r["forgetting"].values())

@@ -34,6 +34,7 @@ from minipeft.memory import format_bytes
 from minipeft.peft import LoraConfig, get_peft_model
 from minipeft.workshop.checkpoint import save_checkpoint
 from minipeft.workshop.data.generator import make_splits
+from minipeft.workshop.data.knowledge import ENGLISH_FILE, knowledge_score, load_knowledge, text_perplexity
 from minipeft.workshop.finetune import evaluate, finetune
 from minipeft.workshop.llm.weights import save_hf_folder
 from minipeft.workshop.pretrain import QUICK_NOTE
@@ -47,11 +48,12 @@ LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
 LR_LORA, LR_FULL = 3e-3, 1e-3
 SEED = 0
-QUICK = dict(N_TRAIN=64, N_TEST=4, STEPS=8, BATCH=8)
+QUICK = dict(N_TRAIN=64, N_TEST=4, STEPS=8, BATCH=8, N_KNOWLEDGE=4)
 # --base smollm2-135m-instruct: fewer, shorter steps (a step of 4 dialogues takes seconds on 2 cores), LoRA on every
 # linear layer of the 30 blocks, learning rates for this model (LoRA's as tutorial 12's; full's from a probe of
 # 1e-5, 3e-5 and 1e-4, BENCHMARKS.md, "Tutorial 03: LoRA vs full fine-tuning")
-REAL_LLM = dict(N_TRAIN=400, N_TEST=12, STEPS=40, BATCH=4, LR_LORA=1e-3, LR_FULL=3e-5, TARGETS="all-linear")
+REAL_LLM = dict(N_TRAIN=400, N_TEST=12, STEPS=40, BATCH=4, LR_LORA=1e-3, LR_FULL=3e-5, TARGETS="all-linear",
+                N_KNOWLEDGE=None)   # forgetting: every kept general-knowledge question (minipeft/workshop/data/)
 
 
 def stored_bytes(save) -> int:
@@ -75,9 +77,20 @@ def main(argv: list[str] | None = None) -> dict:
     lora = {**LORA, "target_modules": cfg["TARGETS"]}
     splits = make_splits(TASK, n_train, 0 if llm else 8, n_test, seed=SEED)
     rows = []
+    # on a real LLM, what it knew: the share of general-knowledge questions the base answered right that each model
+    # still answers, and its perplexity on English text nobody here wrote (the Declaration of Independence)
+    questions = load_knowledge()[:cfg.get("N_KNOWLEDGE")] if llm else []
+    english = ENGLISH_FILE.read_text(encoding="utf-8")
+    forgetting = {}
+
+    def remembers(name, model):
+        if llm:
+            forgetting[name] = (knowledge_score(model, base.tokenizer, questions)["accuracy"],
+                                text_perplexity(model, base.tokenizer, english))
 
     base = load_tutorial_base(args.base, args.quick)
     scores, base_preds = evaluate(base.model, base.tokenizer, splits["test"], TASK)
+    remembers("base, zero-shot", base.model)
     n_base = base.model.num_parameters()
     rows.append(("base, zero-shot", 0, scores, None, None, 0))
 
@@ -88,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     res = finetune(peft, base.tokenizer, TASK, splits["train"], steps=steps, batch_size=batch, lr=cfg["LR_LORA"],
                    warmup=min(20, steps // 10) if llm else 20, seed=SEED, progress=not args.quick, desc="LoRA")
     lora_scores, lora_preds = evaluate(peft, base.tokenizer, splits["test"], TASK)
+    remembers(f"LoRA r={LORA['r']}", peft)
     rows.append((f"LoRA r={LORA['r']}", peft.get_nb_trainable_parameters()[0], lora_scores, res.wall_time_s,
                  res.peak_memory_bytes, stored_bytes(peft.save_pretrained)))
 
@@ -99,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     res = finetune(full, base.tokenizer, TASK, splits["train"], steps=steps, batch_size=batch, lr=cfg["LR_FULL"],
                    warmup=min(20, steps // 10) if llm else 20, seed=SEED, progress=not args.quick, desc="full")
     full_scores, full_preds = evaluate(full, base.tokenizer, splits["test"], TASK)
+    remembers("full fine-tuning", full)
     save = ((lambda d: save_hf_folder(full, base.tokenizer, d)) if llm else
             (lambda d: save_checkpoint(full, os.path.join(d, "model.safetensors"))))
     rows.append(("full fine-tuning", full.num_parameters(), full_scores, res.wall_time_s, res.peak_memory_bytes,
@@ -122,6 +137,12 @@ def main(argv: list[str] | None = None) -> dict:
           "gradients and AdamW state; grads+Adam: 12 bytes per trainable float32 parameter (gradient, m, v),\n"
           "the part LoRA removes for frozen weights; stored: bytes written to disk per task")
 
+    if forgetting:
+        print(f"\nwhat the model knew: {len(questions)} general-knowledge questions the base answers right zero-shot, "
+              "and perplexity on English text (the Declaration of Independence)")
+        print(f"{'model':<18}{'still right':>12}{'perplexity':>12}")
+        for name, (share, ppl) in forgetting.items():
+            print(f"{name:<18}{share:>11.0%}{ppl:>12.2f}")
     for i in range(min(2, n_test)):
         print(f"\n--- test dialogue {i} ---\n{splits['test'][i]['dialogue']}")
         print(f"reference : {splits['test'][i]['summary']}")
@@ -129,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"LoRA      : {lora_preds[i]}")
         print(f"full      : {full_preds[i]}")
     return {"rows": {name: {"trainable": n, "scores": sc, "stored": stored} for name, n, sc, _, _, stored in rows},
-            "n_base": n_base, "config": base.model.config}
+            "n_base": n_base, "config": base.model.config, "forgetting": forgetting}
 
 
 if __name__ == "__main__":
