@@ -130,12 +130,14 @@ def by_kind(errors: dict[str, tuple[float, float]]) -> dict[str, dict]:
     return kinds
 
 
-def print_by_kind(kinds: dict[str, dict[str, dict]]) -> None:
+def print_by_kind(formats: dict[str, dict[str, dict]]) -> None:
+    """One row per layer kind, per format its worst |e| and worst |e| / bound (by_kind's columns)."""
     print("by layer kind: the worst weight of each")
-    print(f"{'layer':<12}{'layers':>7}" + "".join(f"{f'{n} max |e|':>18}{'/ bound':>9}" for n in kinds))
-    for kind in next(iter(kinds.values())):
-        print(f"{kind:<12}{next(iter(kinds.values()))[kind]['layers']:>7}"
-              + "".join(f"{k[kind]['max_abs']:>18.2e}{k[kind]['bound_ratio']:>9.3f}" for k in kinds.values()))
+    print(f"{'layer':<12}{'layers':>7}" + "".join(f"{f'{n} max |e|':>18}{'/ bound':>9}" for n in formats))
+    first = next(iter(formats.values()))
+    for kind in first:
+        print(f"{kind:<12}{first[kind]['layers']:>7}"
+              + "".join(f"{k[kind]['max_abs']:>18.2e}{k[kind]['bound_ratio']:>9.3f}" for k in formats.values()))
 
 
 @no_grad()
