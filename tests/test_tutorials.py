@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 TUTORIALS = sorted((Path(__file__).parent.parent / "tutorials").glob("[0-9][0-9]_*.py"))
@@ -124,3 +125,54 @@ def test_lora_vs_full_on_the_llm_path(home, monkeypatch, capsys, keep_rng):
     assert rows["full fine-tuning"]["stored"] > 4 * r["n_base"] > rows["LoRA r=8"]["stored"]
     assert list(r["forgetting"]) == ["base, zero-shot", "LoRA r=8", "full fine-tuning"]
     assert all(0 <= share <= 1 and ppl > 1 for share, ppl in r["forgetting"].values())
+
+
+
+def test_multitask_swap_on_the_llm_path(home, monkeypatch, capsys, keep_rng):
+    """Tutorial 04 with --base on the tiny random Llama: three LoRA adapters on q, v of one base, each r (d_in + d_out)
+    per matrix and stored as exactly that many float32 values after its safetensors header; every adapter is scored
+    on every task, and the adapters reloaded onto a fresh base reproduce every prediction."""
+    path = next(p for p in TUTORIALS if p.name.startswith("04_"))
+    out, r = run_tutorial(path, home, monkeypatch, capsys, "--base", "smollm2-135m-instruct")
+    c, tasks = r["config"], ("dialogsum", "qa", "sentiment")
+    d, kv = c.d_model, c.n_kv_head * c.d_model // c.n_head
+    per_adapter = c.n_layer * 8 * ((d + d) + (d + kv))                       # q (d -> d), v (d -> kv), r = 8
+    assert type(c).__name__ == "LlamaConfig" and "tiny-llama.gguf" in out
+    assert r["trainable"] == dict.fromkeys(tasks, per_adapter)
+    for t in tasks:                                                          # lora_A, lora_B in float32, nothing else
+        assert r["files"][t]["bytes"] == 4 * per_adapter + r["files"][t]["header"]
+    adapters = {k: v for k, v in r["matrix"].items() if k[0] != "base"}
+    assert sorted(adapters) == sorted((a, t) for a in tasks for t in tasks)
+    assert all(0 <= v <= 1 for v in r["matrix"].values())
+    assert r["same"] == [True, True, True]
+
+
+def test_qlora_on_the_llm_path(home, monkeypatch, capsys, keep_rng):
+    """Tutorial 10 with --base on the tiny random Llama: the 4-bit linears take their closed-form bytes (NF4 + DQ:
+    4 bits a weight, an 8-bit scale per 64, a float32 per 256 scales and one float32 mean per tensor), every layer
+    kind's worst weight lies within the NF4 bound, quantizing moves the held-out loss, and LoRA and QLoRA train the
+    same closed-form count."""
+    path = next(p for p in TUTORIALS if p.name.startswith("10_"))
+    out, r = run_tutorial(path, home, monkeypatch, capsys, "--base", "smollm2-135m-instruct")
+    c, b = r["config"], r["bytes"]
+    d, f, kv = c.d_model, c.d_ff, c.n_kv_head * c.d_model // c.n_head
+    sizes = [d * d, kv * d, kv * d, d * d, f * d, f * d, d * f] * c.n_layer  # q, k, v, o, gate, up, down
+    dq_bytes = sum(n // 2 + n // 64 + 4 * -(-(n // 64) // 256) + 4 for n in sizes)
+    assert type(c).__name__ == "LlamaConfig" and "tiny-llama.gguf" in out
+    assert b["NF4"]["linear_bits"] == 4.5 and b["NF4 + DQ"]["linear_bits"] == 8 * dq_bytes / sum(sizes)
+    assert 4.127 < b["NF4 + DQ"]["linear_bits"] < 4.2
+    assert b["NF4 + DQ"]["total"] < b["NF4"]["total"] < b["float32"]["total"]
+    for kinds in r["error_by_kind"].values():
+        assert sorted(kinds) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        for k in kinds.values():
+            assert k["layers"] == c.n_layer and k["max_abs"] > 0
+            assert k["bound_ratio"] <= 1 + 1e-5                              # float32 rounding aside
+    vl = r["val_loss"]
+    assert all(np.isfinite(v) for v in vl.values()) and vl["NF4"] != vl["float32"] != vl["NF4 + DQ"]
+    per_layer = 8 * ((d + d) + (d + kv) * 2 + (d + d) + 2 * (d + f) + (f + d))   # LoRA r=8 on every linear
+    runs = r["runs"]
+    assert runs["LoRA, fp32 base"]["trainable"] == runs["QLoRA, NF4+DQ"]["trainable"] == c.n_layer * per_layer
+    assert all({"rougeL", "fact_recall"} <= set(run["scores"]) for run in runs.values())
+    assert runs["QLoRA, NF4+DQ"]["held"] < runs["LoRA, fp32 base"]["held"]
+    merge = r["merge"]
+    assert merge["QLoRA merged, fp32"]["logit_diff"] < 1e-4 < merge["merged, re-NF4+DQ"]["logit_diff"]

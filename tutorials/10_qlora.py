@@ -27,8 +27,15 @@ QLoRA reached ROUGE-L 0.719 / facts 0.26 against LoRA's 0.740 / 0.27 on the floa
 dialogues: within noise), at 1.01x LoRA's step time in bench/bench_qlora.py's alternated run; merging exactly
 into float32 changed no logit; re-quantizing the merged weights moved logits by up to 2.1 and scored 0.739.
 
+On the real instruct model (`--base smollm2-135m-instruct`, REAL_LLM below) the same evidence comes from
+its 210 linears (106M of its 135M weights), with the error's worst case per layer kind (q, k, v, o, gate,
+up, down) and, in place of the mini GPT's corpus, the validation loss of the task's held-out rows (the
+summary tokens of dialogues it never trained on) before and after quantizing. Its figures are to be
+measured with the command below.
+
     python tutorials/10_qlora.py          # ~4.5 minutes on 2 cores (two fine-tunings of 300 steps)
     python tutorials/10_qlora.py --quick  # a tiny model, seconds
+    python tutorials/10_qlora.py --base smollm2-135m-instruct   # the real LLM (REAL_LLM below)
 """
 
 from __future__ import annotations
@@ -56,8 +63,9 @@ from minipeft.quant.double_quant import absmax_error_bound, max_half_gap_dynamic
 from minipeft.quant.storage import bytes_from_shapes, llama_matrices
 from minipeft.workshop.data.batching import encode_corpus
 from minipeft.workshop.data.generator import make_corpus, make_splits
-from minipeft.workshop.finetune import evaluate, finetune
-from minipeft.workshop.pretrain import FULL, QUICK, QUICK_NOTE, lm_loss, load_base_model
+from minipeft.workshop.finetune import evaluate, finetune, validation_loss
+from minipeft.workshop.pretrain import FULL, QUICK, QUICK_NOTE, lm_loss
+from minipeft.workshop.tutorial_base import add_base_option, is_llm, load_tutorial_base
 
 # ---- config -------------------------------------------------------------------------------------
 TASK = "dialogsum"
@@ -68,6 +76,16 @@ LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0,
 NF4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
 NF4_DQ = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
 QUICK_SIZES = dict(N_TRAIN=64, N_TEST=4, STEPS=8, BATCH=8)
+# --base smollm2-135m-instruct: LoRA r=8 on every linear at 1e-3 (tutorial 03's REAL_LLM rate for all-linear, from
+# bench/lr_probe.py --base smollm2-135m-instruct), 40 steps of 4 dialogues, 6 test dialogues, the held-out loss on
+# 32 validation dialogues. Time on 2 cores from BENCHMARKS.md's figures ("The real model"; "QLoRA": NF4 + DQ
+# dequantizes ~1.3 GB/s, so the 106M linear weights take ~0.33 s): 5 loads x 6.4 s = 32 s; 4 quantizations and 2
+# error passes over 106M weights ~25 s; held-out loss, 5 models x 32 rows (forward only, ~a third of a 2.7 s step
+# per 4 rows) ~40 s; training 40 x ~3.5 s (LoRA on every linear, more than q, v's 2.7 s) = 140 s and QLoRA
+# 40 x (3.5 + 2 x 0.33) s = 166 s; generation of <= 48 tokens for 6 dialogues: float models (LoRA, merged)
+# 2 x 6 x 4 s = 48 s, 4-bit models (QLoRA, re-quantized merge: every token dequantizes every layer)
+# 2 x 6 x (4 + 48 x 0.33) s = 238 s. About 690 s: 11.5 minutes.
+REAL_LLM = dict(N_TRAIN=400, N_VAL=32, N_TEST=6, STEPS=40, BATCH=4, LR=1e-3, WARMUP=4, TARGETS="all-linear")
 # LLaMA (Touvron et al., 2023, table 2): d_model, layers, MLP width (SwiGLU), vocabulary
 LLAMA = {"LLaMA-7B": (4096, 32, 11008, 32000), "LLaMA-65B": (8192, 80, 22016, 32000)}
 # QLoRA paper figures (Dettmers et al., 2023): section 3 (double quantization) and table 1 (model sizes, 4-bit)
@@ -79,17 +97,17 @@ def say(text: str) -> None:
     print(textwrap.fill(text, 110, initial_indent="- ", subsequent_indent="  "))
 
 
-def base_copy(quick: bool, config: BitsAndBytesConfig | None = None):
+def base_copy(base: str, quick: bool, config: BitsAndBytesConfig | None = None):
     """A fresh copy of the cached base model (quantized in place if a config is given)."""
-    model = load_base_model(quick=quick, progress=False).model
+    model = load_tutorial_base(base, quick).model
     return model if config is None else quantize_model(model, config)
 
 
-def worst_bound_ratio(quantized, reference) -> float:
-    """max over weights of |w - w_hat| / its bound: max_half_gap * block absmax, plus with double quantization the
-    8-bit scale's own error, s_j times the dynamic map's half gap. At most 1 by construction (float32 rounding
-    aside)."""
-    worst = 0.0
+def layer_errors(quantized, reference) -> dict[str, tuple[float, float]]:
+    """{path: (max |w - w_hat|, max of |w - w_hat| / its bound)} per quantized layer. The bound: max_half_gap *
+    block absmax, plus with double quantization the 8-bit scale's own error, s_j times the dynamic map's half
+    gap. The ratio is at most 1 by construction (float32 rounding aside)."""
+    out = {}
     for path, layer in quantized_layers(quantized).items():
         w = to_numpy(reference.get_submodule(path).weight.data).reshape(-1, layer.blocksize).astype(np.float64)
         err = np.abs(w - to_numpy(layer.dequantize()).reshape(w.shape))
@@ -98,8 +116,28 @@ def worst_bound_ratio(quantized, reference) -> float:
             nblocks = w.shape[0]
             bound = bound + to_numpy(absmax_error_bound(layer.nested_absmax.data, nblocks,
                                                         layer.nested_blocksize))[:, None]
-        worst = max(worst, float((err / np.where(bound > 0, bound, 1)).max()))
-    return worst
+        out[path] = (float(err.max()), float((err / np.where(bound > 0, bound, 1)).max()))
+    return out
+
+
+def by_kind(errors: dict[str, tuple[float, float]]) -> dict[str, dict]:
+    """layer_errors grouped by the layer's name (q_proj, ..., down_proj): the count and each column's worst."""
+    kinds: dict[str, dict] = {}
+    for path, (e, ratio) in errors.items():
+        k = kinds.setdefault(path.rsplit(".", 1)[-1], {"layers": 0, "max_abs": 0.0, "bound_ratio": 0.0})
+        k["layers"] += 1
+        k["max_abs"], k["bound_ratio"] = max(k["max_abs"], e), max(k["bound_ratio"], ratio)
+    return kinds
+
+
+def print_by_kind(formats: dict[str, dict[str, dict]]) -> None:
+    """One row per layer kind, per format its worst |e| and worst |e| / bound (by_kind's columns)."""
+    print("by layer kind: the worst weight of each")
+    print(f"{'layer':<12}{'layers':>7}" + "".join(f"{f'{n} max |e|':>18}{'/ bound':>9}" for n in formats))
+    first = next(iter(formats.values()))
+    for kind in first:
+        print(f"{kind:<12}{first[kind]['layers']:>7}"
+              + "".join(f"{k[kind]['max_abs']:>18.2e}{k[kind]['bound_ratio']:>9.3f}" for k in formats.values()))
 
 
 @no_grad()
@@ -152,37 +190,57 @@ def print_llama() -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and data, finishes in seconds")
+    add_base_option(parser)
     args = parser.parse_args(argv)
     if args.quick:
         print(QUICK_NOTE)
-    q = args.quick
-    n_train, n_test, steps, batch = (QUICK_SIZES[k] if q else globals()[k] for k in QUICK_SIZES)
-    splits = make_splits(TASK, n_train, 8, n_test, seed=SEED)
-    base = load_base_model(quick=q, progress=not q)
+    q, llm = args.quick, is_llm(args.base)
+    sizes = {"N_TRAIN": N_TRAIN, "N_VAL": 8, "N_TEST": N_TEST, "STEPS": STEPS, "BATCH": BATCH, "LR": LR, "WARMUP": 20,
+             "TARGETS": LORA["target_modules"], **(REAL_LLM if llm else {}), **(QUICK_SIZES if q else {})}
+    n_train, n_test, steps, batch = (sizes[k] for k in QUICK_SIZES)
+    lora = {**LORA, "target_modules": sizes["TARGETS"]}
+    splits = make_splits(TASK, n_train, sizes["N_VAL"], n_test, seed=SEED)
+    base = load_tutorial_base(args.base, q)
     tok, ref = base.tokenizer, base.model
-    models = {"float32": ref, "NF4": base_copy(q, NF4), "NF4 + DQ": base_copy(q, NF4_DQ)}
-    result: dict = {"bytes": print_storage(models, q)}
+    models = {"float32": ref, "NF4": base_copy(args.base, q, NF4), "NF4 + DQ": base_copy(args.base, q, NF4_DQ)}
+    result: dict = {"bytes": print_storage(models, q), "config": ref.config}
 
     print("\n2. quantization error of the linears' weights (float32 weights minus dequantized)")
     print(f"{'format':<16}{'mean |e|':>11}{'RMS e':>11}{'max |e|':>11}{'RMS e / RMS w':>15}{'max |e| / bound':>17}")
-    result["error"] = {}
+    result["error"], result["error_by_kind"] = {}, {}
     for name in ("NF4", "NF4 + DQ"):
         e = quantization_error(models[name], ref)
-        e["bound_ratio"] = worst_bound_ratio(models[name], ref)
-        result["error"][name] = e
+        layers = layer_errors(models[name], ref)
+        e["bound_ratio"] = max(ratio for _, ratio in layers.values())
+        result["error"][name], result["error_by_kind"][name] = e, by_kind(layers)
         print(f"{name:<16}{e['mean_abs']:>11.2e}{e['rms']:>11.2e}{e['max_abs']:>11.2e}{e['relative_rms']:>15.3f}"
               f"{e['bound_ratio']:>17.3f}")
     print(f"bound: half the widest gap between codes ({max_half_gap():.4f}) times the block's absmax, plus with DQ the "
           f"8-bit scale's own\nerror bound s_j * {max_half_gap_dynamic():.5f} (half the widest gap of the dynamic map; "
           "s_j: its block of 256 scales' largest distance from their mean)")
+    if llm:
+        print_by_kind(result["error_by_kind"])
 
-    cfg = QUICK if q else FULL
-    val = encode_corpus(make_corpus(cfg.n_val_docs, seed=cfg.seed + 10_000), tok)
-    print(f"\n3. validation loss and perplexity ({min(64, (len(val) - 1) // cfg.seq_len)} windows of {cfg.seq_len} "
-          "held-out tokens)")
+    if llm:   # the task's held-out rows: loss per summary token of dialogues no run trains on
+        seq, val_ids = 64, tok.encode("\n".join(r["dialogue"] for r in splits["val"]))
+        print(f"\n3. validation loss and perplexity (the summary tokens of {len(splits['val'])} held-out dialogues, "
+              "teacher-forced)")
+
+        def heldout(model) -> float:
+            return validation_loss(model, tok, splits["val"], TASK)
+    else:
+        cfg = QUICK if q else FULL
+        val_ids = encode_corpus(make_corpus(cfg.n_val_docs, seed=cfg.seed + 10_000), tok)
+        seq = min(64, cfg.seq_len)
+        print(f"\n3. validation loss and perplexity ({min(64, (len(val_ids) - 1) // cfg.seq_len)} windows of "
+              f"{cfg.seq_len} held-out tokens)")
+
+        def heldout(model) -> float:
+            return lm_loss(model, val_ids, cfg.seq_len)
+
     result["val_loss"] = {}
     for name, model in models.items():
-        loss = lm_loss(model, val, cfg.seq_len)
+        loss = heldout(model)
         result["val_loss"][name] = loss
         print(f"{name:<16} loss {loss:.4f}   perplexity {np.exp(loss):.4f}")
 
@@ -191,18 +249,17 @@ def main(argv: list[str] | None = None) -> dict:
     runs = {}
     for name, config in (("LoRA, fp32 base", None), ("QLoRA, NF4+DQ", NF4_DQ)):
         mp.manual_seed(SEED)
-        peft = get_peft_model(base_copy(q, config), LoraConfig(**LORA))
+        peft = get_peft_model(base_copy(args.base, q, config), LoraConfig(**lora))
         if config is not None:
             peft.print_trainable_parameters()
-        res = finetune(peft, tok, TASK, splits["train"], steps=steps, batch_size=batch, lr=LR, seed=SEED,
-                       progress=not q, desc=name)
+        res = finetune(peft, tok, TASK, splits["train"], steps=steps, batch_size=batch, lr=sizes["LR"],
+                       warmup=sizes["WARMUP"], seed=SEED, progress=not q, desc=name)
         scores, preds = evaluate(peft, tok, splits["test"], TASK)
         runs[name] = {"peft": peft, "res": res, "scores": scores, "preds": preds,
                       "trainable": peft.get_nb_trainable_parameters()[0],
                       "held": model_bytes(peft.get_base_model())["total"]}
     qpeft = runs["QLoRA, NF4+DQ"]["peft"]
-    seq = min(64, cfg.seq_len)
-    ids = np.asarray(val[:2 * seq]).reshape(2, seq)           # two held-out windows to compare logits on
+    ids = np.asarray(val_ids[:2 * seq]).reshape(2, seq)       # two held-out windows to compare logits on
     with no_grad():
         unmerged_logits = to_numpy(qpeft(ids)[0].data)
     merged = qpeft.merge_and_unload()                         # float32 Linears where the adapters were: exact
@@ -213,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
         with no_grad():
             diff = float(np.abs(to_numpy(merged(ids)[0].data) - unmerged_logits).max())
         scores, _ = evaluate(merged, tok, splits["test"], TASK)
-        merged_rows.append((name, scores, diff, lm_loss(merged, val, cfg.seq_len)))
+        merged_rows.append((name, scores, diff, heldout(merged)))
 
     print(f"{'method':<20}{'trainable':>10}{'ROUGE-1':>9}{'ROUGE-2':>9}{'ROUGE-L':>9}{'facts':>7}{'train s':>9}"
           f"{'ms/step':>9}{'peak mem':>11}{'weights held':>14}")
@@ -255,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
         "hundredths as noise.")
     say(f"a QLoRA step took {qlora['res'].wall_time_s / lora['res'].wall_time_s:.2f}x LoRA's time here (it "
         "dequantizes every layer twice per step; these are single runs one after the other, BENCHMARKS.md has the "
-        "alternated ratio); peak training memory is set by the activations at this size, not by the weights.")
+        "alternated ratio)" + ("." if llm else "; peak training memory is set by the activations at this size, not "
+                                               "by the weights."))
     l7 = result["llama"]["LLaMA-7B"]
     say(f"for LLaMA-7B the weights go {l7['bf16']:.1f} GB (bf16) -> {l7['NF4+DQ']:.1f} GB (NF4 + DQ); double "
         f"quantization saves {result['llama']['LLaMA-65B']['dq_saving']:.1f} GB on 65B, the paper's ~3 GB.")
