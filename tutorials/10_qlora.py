@@ -29,8 +29,8 @@ into float32 changed no logit; re-quantizing the merged weights moved logits by 
 
 On the real instruct model (`--base smollm2-135m-instruct`, REAL_LLM below) the same evidence comes from
 its 210 linears (106M of its 135M weights), with the error's worst case per layer kind (q, k, v, o, gate,
-up, down) and, in place of the mini GPT's corpus, the validation loss of the task's held-out rows (the
-summary tokens of dialogues it never trained on) before and after quantizing. Its figures are to be
+up, down) and, in place of the mini GPT's corpus, its perplexity on English text it did not see here (the
+Declaration of Independence, minipeft/workshop/data/english.txt) before and after quantizing. Its figures are to be
 measured with the command below.
 
     python tutorials/10_qlora.py          # ~4.5 minutes on 2 cores (two fine-tunings of 300 steps)
@@ -41,6 +41,7 @@ measured with the command below.
 from __future__ import annotations
 
 import argparse
+import math
 import textwrap
 
 import numpy as np
@@ -63,7 +64,8 @@ from minipeft.quant.double_quant import absmax_error_bound, max_half_gap_dynamic
 from minipeft.quant.storage import bytes_from_shapes, llama_matrices
 from minipeft.workshop.data.batching import encode_corpus
 from minipeft.workshop.data.generator import make_corpus, make_splits
-from minipeft.workshop.finetune import evaluate, finetune, validation_loss
+from minipeft.workshop.data.knowledge import ENGLISH_FILE, text_perplexity
+from minipeft.workshop.finetune import evaluate, finetune
 from minipeft.workshop.pretrain import FULL, QUICK, QUICK_NOTE, lm_loss
 from minipeft.workshop.tutorial_base import add_base_option, is_llm, load_tutorial_base
 
@@ -221,13 +223,14 @@ def main(argv: list[str] | None = None) -> dict:
     if llm:
         print_by_kind(result["error_by_kind"])
 
-    if llm:   # the task's held-out rows: loss per summary token of dialogues no run trains on
-        seq, val_ids = 64, tok.encode("\n".join(r["dialogue"] for r in splits["val"]))
-        print(f"\n3. validation loss and perplexity (the summary tokens of {len(splits['val'])} held-out dialogues, "
-              "teacher-forced)")
+    if llm:   # English text nobody here wrote: the mean loss per token of the Declaration of Independence
+        english = ENGLISH_FILE.read_text(encoding="utf-8")
+        seq, val_ids = 64, tok.encode(english)                    # the merge check's windows (section 5)
+        print("\n3. loss and perplexity on English text (the Declaration of Independence, "
+              "minipeft/workshop/data/english.txt)")
 
         def heldout(model) -> float:
-            return validation_loss(model, tok, splits["val"], TASK)
+            return math.log(text_perplexity(model, tok, english))
     else:
         cfg = QUICK if q else FULL
         val_ids = encode_corpus(make_corpus(cfg.n_val_docs, seed=cfg.seed + 10_000), tok)
