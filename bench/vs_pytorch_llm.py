@@ -1,16 +1,18 @@
 """Benchmark: minipeft against PyTorch + transformers + Hugging Face PEFT on a real LLM (SmolLM2-135M-Instruct).
 
 Both frameworks read the same GGUF file (transformers: `from_pretrained(folder, gguf_file=name)`, offline) into
-float32, with the same thread count. Phases (`--phases`, in this order):
+float32, with the same thread count. Phases (`--phases`):
 - train: a LoRA step (r = 8, alpha 16, no dropout; on q_proj and v_proj, and on every linear), a full
   fine-tuning step, and a QLoRA step (NF4 + double quantization, LoRA on every linear), AdamW (lr 1e-4, weight
   decay 0.01), mean cross-entropy over every position of random token ids (targets: the ids shifted by one),
   at each shape (`--shapes 4x128 8x256`: batch x tokens). PyTorch has no NF4 path on the CPU (bitsandbytes'
-  4-bit kernels are for CUDA), so QLoRA is set against LoRA on every linear on the float32 base, minipeft's and
-  PyTorch's. Before anything is timed, a check job loads both models and requires the logits and the first two
-  losses of each method to agree (vs_pytorch_llm_work.check says why the float32 tolerances); HF PEFT's LoRA
-  loads minipeft's initial adapter file (same A, B = 0). Every timed job's first two losses are held to the
-  same tolerances against its counterpart's, at every shape.
+  4-bit kernels are for CUDA, and it is not in the bench extra), so QLoRA is set against LoRA on every linear
+  on the float32 base, minipeft's and PyTorch's (on a GPU too). Before anything is timed, a check job loads
+  both models and requires the logits, the first loss and the change one AdamW update makes to it to agree
+  for each method (vs_pytorch_llm_work.check says why the float32 tolerances); HF PEFT's LoRA loads
+  minipeft's initial adapter file (same A, B = 0). Every timed job's losses are held to the same tolerances
+  against its counterpart's, at every shape. The check runs first, then decode and load, then the training
+  rounds (the longest part).
 - decode: greedy decoding with the KV cache, 128 new tokens after a 64-token prompt, batch 1 (minipeft's
   `generate`) and batch 8 (its KV cache over the batch at once; `generate` takes one sequence), against
   `model.generate(do_sample=False)`: tokens/s = batch x 128 / seconds of the whole call, prefill included;
@@ -24,7 +26,7 @@ its peak memory growth above the level after loading (CPU: the process's peak re
 its own accounting (minipeft.memory.measure_step). Rounds alternate the frameworks (A B, then B A); ratios are
 medians of per-round ratios.
 
-    python bench/vs_pytorch.py --model smollm2-135m-instruct               # everything, 3 rounds
+    python bench/vs_pytorch.py --model smollm2-135m-instruct               # everything, 3 rounds (~1 h on 2 cores)
     python bench/vs_pytorch.py --model smollm2-135m-instruct --phases decode load --rounds 5
     python bench/vs_pytorch_llm.py --quick                                 # the tiny random Llama, in-process
 """
@@ -102,17 +104,21 @@ def model_path(name: str, quick: bool, tmp: str) -> str:
     return name
 
 
-def train_phase(args, path: str, adapters: str, rows: list, record: dict) -> None:
-    """Every (shape, method): rounds of a minipeft job and a PyTorch job, alternating which goes first."""
-    work = work_module()
-    theirs_of = {m: COUNTERPART.get(m, m) for m in args.methods}
-    checked = list(dict.fromkeys(theirs_of.values()))          # every method PyTorch runs is checked first
+def train_check(args, path: str, adapters: str, record: dict) -> None:
+    """The check job: every method PyTorch runs, at the first shape; it raises unless both sides agree."""
+    theirs = list(dict.fromkeys(COUNTERPART.get(m, m) for m in args.methods))
     record["check"] = run_job({"kind": "check", "model": path, "shape": args.shapes[0], "adapters": adapters,
-                               "methods": checked}, args.in_process)
+                               "methods": theirs}, args.in_process)
     for m, c in record["check"].items():
         print(f"  agreement, {LABELS[m]} at {args.shapes[0][0]}x{args.shapes[0][1]}: logits max |diff| "
               f"{c['logits_diff']:.1e} (largest {c['logits_max']:.1f}); losses " + ", ".join(
                   f"{a:.6f} / {b:.6f}" for a, b in c["losses"]) + "  (minipeft / PyTorch)", flush=True)
+
+
+def train_phase(args, path: str, adapters: str, rows: list) -> None:
+    """Every (shape, method): rounds of a minipeft job and a PyTorch job, alternating which goes first."""
+    work = work_module()
+    theirs_of = {m: COUNTERPART.get(m, m) for m in args.methods}
     for B, T in args.shapes:
         res: dict = {}
         for r in range(args.rounds):
@@ -247,7 +253,7 @@ def main(argv=None) -> int:
     print(f"machine: {record['machine']}; device {record['device']}; threads {_THREADS} for both "
           f"(OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, torch.set_num_threads); float32; load average "
           f"{record['load_average_start']:.1f}\ncommand: {command}", flush=True)
-    mem = ("allocator peak growth (torch.cuda.max_memory_allocated; CuPy's pool)" if backend.is_gpu() else
+    mem = ("allocator peak growth (torch.cuda.max_memory_allocated; CuPy's pool)" if work_module().on_gpu() else
            "peak RSS growth above the level after loading (VmHWM, reset via /proc/self/clear_refs)")
     print(f"memory columns: {mem}; 'mp accounted': minipeft.memory.measure_step's optimizer state + step peak",
           flush=True)
@@ -256,13 +262,15 @@ def main(argv=None) -> int:
         path = model_path(args.model, args.quick, tmp)
         record["model_file"] = path
         if "train" in args.phases:
-            train_phase(args, path, tmp, rows, record)
+            train_check(args, path, tmp, record)
         if "decode" in args.phases:
             decode_phase(args, path, rows, record)
         if "load" in args.phases:
             load_phase(args, path, rows)
+        if "train" in args.phases:
+            train_phase(args, path, tmp, rows)
     record["load_average_end"] = os.getloadavg()[0]
-    record["rows"] = rows
+    record["rows"] = rows = sorted(rows, key=lambda r: not r["what"].startswith("train"))   # training first
     print_table(rows)
     print(f"load average: {record['load_average_start']:.1f} at the start, {record['load_average_end']:.1f} at the "
           "end; ratios are medians of per-round ratios")

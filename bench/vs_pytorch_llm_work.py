@@ -68,8 +68,13 @@ def torch_mod():
     return torch
 
 
+def on_gpu() -> bool:
+    """minipeft on a real GPU (CuPy); its tests' CuPy stand-in, "strict", runs on the CPU, as PyTorch then does."""
+    return backend.is_gpu() and mp.get_device() != "strict"
+
+
 def torch_device(torch) -> str:
-    return "cuda" if backend.is_gpu() and mp.get_device() != "strict" else "cpu"
+    return "cuda" if on_gpu() else "cpu"
 
 
 def sync(torch=None) -> None:
@@ -172,6 +177,7 @@ def check(job: dict) -> dict:
     x, y = batch(B, T, ours.config.vocab_size)
     dev = torch_device(torch)
     tx, ty = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+    x, y = backend.asarray(x), backend.asarray(y)                  # minipeft's device (CuPy on a GPU)
     out = {}
     for method in sorted(job["methods"], key=lambda m: m == "full"):     # full last: it changes the weights
         a, opt = build_ours(ours, method)
@@ -233,7 +239,7 @@ def train(job: dict) -> dict:
 
         def step():
             return step_theirs(torch, model, opt, x, y)
-    gpu = backend.is_gpu() and mp.get_device() != "strict"
+    gpu = on_gpu()
     if gpu and side == "pytorch":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
