@@ -27,6 +27,10 @@ PyTorch and PEFT are an optional extra, never a run-time dependency of minipeft:
     python bench/vs_pytorch.py --shapes large --rounds 9
     python bench/vs_pytorch.py --quick                 # seconds, a tiny model (smoke test)
     MINIPEFT_DEVICE=cuda python bench/vs_pytorch.py    # both on the GPU (PyTorch built with CUDA)
+
+The real model, SmolLM2-135M-Instruct, against transformers on the same GGUF file (bench/vs_pytorch_llm.py):
+
+    python bench/vs_pytorch.py --model smollm2-135m-instruct
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ _THREADS = os.environ.setdefault("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1
 os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -357,8 +364,22 @@ def torch_profile(torch, peft, shape: str, rows: int = 14) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
+def llm_module():
+    """bench/vs_pytorch_llm.py (the real-model comparison), imported by path (bench/ is not a package)."""
+    path = Path(__file__).resolve().parent / "vs_pytorch_llm.py"
+    spec = importlib.util.spec_from_file_location("vs_pytorch_llm", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--model" or a.startswith("--model=") for a in argv):
+        return llm_module().main(argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="a real model (smollm2-135m-instruct): run bench/vs_pytorch_llm.py with these "
+                   "arguments (its --help lists them)")
     p.add_argument("--shapes", nargs="+", choices=["mini", "medium", "large"], default=["mini", "medium", "large"])
     p.add_argument("--rounds", type=int, default=5, help="alternated rounds per shape")
     p.add_argument("--quick", action="store_true", help="a tiny model, 2 rounds (smoke test)")

@@ -225,3 +225,132 @@ def test_lr_probe_quick_picks_the_lowest_held_out_loss_per_method(capsys, keep_r
     for m, lr in best.items():
         assert results[(m, lr)] == min(v for (mm, _), v in results.items() if mm == m)
     assert "best lr:" in capsys.readouterr().out
+
+
+def _tiny_llama(tmp_path) -> str:
+    from minipeft.workshop.llm.tiny import write_tiny_llama
+
+    return str(write_tiny_llama(tmp_path / "tiny.gguf"))
+
+
+def test_vs_pytorch_llm_quick_runs_every_phase_after_the_agreement_checks(tmp_path, capsys, keep_rng):
+    """The tiny random Llama through the whole real-model comparison: the check job's agreement figures for every
+    method PyTorch runs, then one row per (shape, phase/method), each with both frameworks' figures, in the
+    table and in --json."""
+    import json
+
+    import pytest
+
+    for name in ("torch", "transformers", "peft"):
+        pytest.importorskip(name)
+    out_file = tmp_path / "figures.json"
+    assert load("vs_pytorch_llm").main(["--quick", "--json", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    record = json.loads(out_file.read_text())
+    assert set(record["check"]) == {"lora-qv", "lora-all", "full"}       # QLoRA has no PyTorch counterpart
+    for c in record["check"].values():
+        assert c["logits_diff"] <= 1e-4 * c["logits_max"] and len(c["losses"]) == 2
+    whats = [(r["shape"], r["what"]) for r in record["rows"]]
+    assert whats == [("2x16", "train LoRA q,v"), ("2x16", "train LoRA all linear"), ("2x16", "train full"),
+                     ("2x16", "train QLoRA all linear"), ("1x16+16", "decode batch 1"), ("8x16+16", "decode batch 8"),
+                     ("-", "load GGUF -> ready")]
+    for r in record["rows"]:
+        assert r["minipeft"] > 0 and r["pytorch"] > 0 and math.isclose(r["ratio"], r["minipeft"] / r["pytorch"])
+        assert f"{r['what']:<24}{r['unit']:<10}" in out                   # the row is in the printed table
+    train = [r for r in record["rows"] if r["what"].startswith("train")]
+    assert all(r["mem_predicted"] == "not predicted (GPT only)" and r["mem_accounted"] > 0 for r in train)
+    assert train[3]["pytorch_method"] == "lora-all" and train[3]["ratio_to_minipeft_lora-all"] > 0
+    assert record["decode agreement batch 1"] == "first 8 tokens of 1 rows equal"
+    for text in ("agreement, LoRA q,v at 2x16: logits max |diff|", "agreement, full at 2x16", "threads 2" if
+                 record["threads"] == 2 else "threads ", "load average", "command: python", "peak RSS growth",
+                 "no NF4 path on the CPU", "not predicted (GPT only)"):
+        assert text in out, text
+
+
+def test_vs_pytorch_llm_check_catches_a_weight_or_an_adapter_that_differs(tmp_path, keep_rng):
+    """The agreement check before timing can fail: one PyTorch weight 1% off and the logits differ; HF's LoRA A
+    twice minipeft's (same logits: B = 0) and the change one AdamW update makes to the loss differs."""
+    import pytest
+
+    for name in ("transformers", "peft"):
+        pytest.importorskip(name)
+    work = load("vs_pytorch_llm_work")
+    torch = work.torch_mod()
+    path = _tiny_llama(tmp_path)
+    x, y = work.batch(2, 16, 269)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def pair(method: str):
+        ours, opt = work.build_ours(work.load_ours(path), method)
+        if method != "full":
+            ours.save_pretrained(str(tmp_path / method))
+        return (ours, opt, *work.build_theirs(torch, work.load_theirs(torch, path), method, str(tmp_path)))
+
+    for method in ("full", "lora-qv"):
+        work.compare(torch, pair(method), x, y, tx, ty, f"same {method}")
+    full = pair("full")
+    with torch.no_grad():
+        full[2].model.layers[0].mlp.down_proj.weight.mul_(1.01)
+    with pytest.raises(RuntimeError, match="logits differ"):
+        work.compare(torch, full, x, y, tx, ty, "one weight off")
+    lora = pair("lora-qv")
+    with torch.no_grad():
+        for name, p in lora[2].named_parameters():
+            if "lora_A" in name:
+                p.mul_(2)
+    with pytest.raises(RuntimeError, match="one AdamW update changed the loss"):
+        work.compare(torch, lora, x, y, tx, ty, "adapter A off")
+
+
+def test_vs_pytorch_llm_job_runs_in_a_fresh_process_on_this_tree(tmp_path):
+    """A training job in its own process (what every timed job is, outside --quick): this tree's minipeft, its
+    steps' times and losses, its peak RSS growth, and minipeft's own accounting of the step."""
+    import pytest
+
+    bench = load("vs_pytorch_llm")
+    job = {"kind": "train", "side": "minipeft", "method": "lora-qv", "shape": [2, 16], "model": _tiny_llama(tmp_path),
+           "steps": 2, "account": True}
+    out = bench.run_job(job, in_process=False)             # raises if the job imported another minipeft
+    assert len(out["ms"]) == 2 and len(out["losses"]) == 3 and out["growth"] >= 0
+    # Adam's m and v (2 x 4 bytes) for r = 8 on q_proj (32 -> 32) and v_proj (32 -> 16) in each of 2 layers
+    assert out["accounted"]["growth"] > 0 and out["accounted"]["optimizer_state"] == 2 * 4 * 2 * 8 * (64 + 48)
+    with_bad = {**job, "method": "no-such-method"}
+    with pytest.raises(RuntimeError, match="no-such-method"):                  # a job's failure names the job
+        bench.run_job(with_bad, in_process=False)
+
+
+def test_vs_pytorch_llm_batched_greedy_equals_generate_row_by_row(tmp_path, keep_rng):
+    """minipeft's batch-8 decoding (its KV cache over the batch) gives each row what generate() gives it alone."""
+    import numpy as np
+
+    from minipeft.generate import generate
+    from minipeft.workshop.llm import load_pretrained
+
+    work = load("vs_pytorch_llm_work")
+    model = load_pretrained(_tiny_llama(tmp_path), progress=False).model
+    p = np.random.default_rng(3).integers(0, 269, (3, 7))
+    got = work.greedy_batch(model, p, 5)
+    assert got.shape == (3, 5)
+    assert got.tolist() == [generate(model, row, 5) for row in p]
+
+
+def test_vs_pytorch_dispatches_model_to_the_real_model_comparison(monkeypatch):
+    """`bench/vs_pytorch.py --model NAME ...` runs bench/vs_pytorch_llm.py with the same arguments."""
+    bench = load("vs_pytorch")
+    seen = []
+
+    class Fake:
+        @staticmethod
+        def main(argv):
+            seen.append(argv)
+            return 0
+
+    monkeypatch.setattr(bench, "llm_module", lambda: Fake)
+    assert bench.main(["--model", "smollm2-135m-instruct", "--phases", "load"]) == 0
+    assert seen == [["--model", "smollm2-135m-instruct", "--phases", "load"]]
+
+
+def test_vs_pytorch_llm_without_torch_prints_how_to_install_and_exits_0(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)                   # import transformers -> ImportError
+    assert load("vs_pytorch_llm").main(["--quick"]) == 0
+    assert "pip install -e '.[bench]'" in capsys.readouterr().out
