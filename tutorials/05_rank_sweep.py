@@ -60,8 +60,8 @@ QUICK = dict(RANKS=[1, 4], N_TRAIN=32, N_VAL=8, N_TEST=2, STEPS=3, BATCH=8)
 # 6.4 s; a q,v LoRA step of 4 dialogues 2.7 s, all-linear somewhat more, ~3.5 s; generating one 48-token summary
 # ~2-3 s, batched): 4 x 40 x 2.7 + 40 x 3.5 = 572 s of training, 5 x 8 test summaries ~ 100 s, 5 x 16 validation
 # rows ~ 20 s, 6 loads ~ 40 s: 732 s, ~12 minutes. Learning rates: q,v as tutorial 12's (2e-3 at r = 8, alpha = 16; with
-# alpha = 2r the scale alpha/r is 2 at every rank); all-linear's from bench/lr_probe.py --base
-# smollm2-135m-instruct --methods "LoRA r=8" --lrs 3e-4 1e-3 3e-3 --steps 40 --batch 4 (tutorial 03's rate)
+# alpha = 2r the scale alpha/r is 2 at every rank); all-linear's as tutorial 03's, not probed on this model (to probe:
+# python bench/lr_probe.py --base smollm2-135m-instruct --methods "LoRA r=8" --lrs 3e-4 1e-3 3e-3 --steps 40 --batch 4)
 REAL_LLM = dict(N_TRAIN=400, N_VAL=16, N_TEST=8, STEPS=40, BATCH=4, EQUAL_TO=16,
                 TARGET_SETS={"q,v": ["q_proj", "v_proj"], "all-linear": "all-linear"},
                 LR={"q,v": 2e-3, "all-linear": 1e-3})
