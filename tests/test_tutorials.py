@@ -176,3 +176,65 @@ def test_qlora_on_the_llm_path(home, monkeypatch, capsys, keep_rng):
     assert runs["QLoRA, NF4+DQ"]["held"] < runs["LoRA, fp32 base"]["held"]
     merge = r["merge"]
     assert merge["QLoRA merged, fp32"]["logit_diff"] < 1e-4 < merge["merged, re-NF4+DQ"]["logit_diff"]
+
+
+
+
+def llama_widths(c) -> tuple[int, int, int]:
+    """(d, kv, f) of a Llama config: the model width, the K/V width n_kv_head * head_dim (grouped-query attention,
+    as Hugging Face's), the MLP width."""
+    return c.d_model, c.n_kv_head * c.d_model // c.n_head, c.d_ff
+
+
+def test_rank_sweep_on_the_llm_path(home, monkeypatch, capsys, keep_rng):
+    """Tutorial 05 with --base (the tiny random Llama): LoRA on q,v holds r (d_in + d_out) per matrix at each rank;
+    LoRA on every linear layer runs once, at the rank whose count is nearest q,v's at r = 16 (a tie: the smaller)."""
+    path = next(p for p in TUTORIALS if p.name.startswith("05_"))
+    out, r = run_tutorial(path, home, monkeypatch, capsys, "--base", "smollm2-135m-instruct")
+    c = r["config"]
+    d, kv, f = llama_widths(c)
+    qv = c.n_layer * ((d + d) + (d + kv))                                                  # q, v at r = 1
+    every = c.n_layer * ((d + d) + 2 * (d + kv) + (d + d) + 2 * (d + f) + (f + d))         # q, k, v, o, gate, up, down
+    assert type(c).__name__ == "LlamaConfig" and r["at_1"] == {"q,v": qv, "all-linear": every}
+    equal = min(range(1, 65), key=lambda k: (abs(k * every - 16 * qv), k))
+    counts = {(label, rank): n for label, rank, n, _, _ in r["results"]}
+    assert counts == {("q,v", 1): qv, ("q,v", 4): 4 * qv, ("all-linear", equal): equal * every}
+    assert f"at equal parameters: all-linear r={equal} ({equal * every:,d}" in out
+
+
+def test_soft_prompts_on_the_llm_path(home, monkeypatch, capsys, keep_rng):
+    """Tutorial 08 with --base (the tiny random Llama): prompt tuning holds n d, prefix tuning n 2 L kv (keys and
+    values are kv wide under grouped-query attention), LoRA on q,v r (d_in + d_out) per matrix, and no full
+    fine-tuning; the learned prompt's nearest tokens are printed as the tokenizer's decoded text of their ids."""
+    from minipeft.workshop.tutorial_base import load_tutorial_base  # noqa: PLC0415
+    path = next(p for p in TUTORIALS if p.name.startswith("08_"))
+    out, r = run_tutorial(path, home, monkeypatch, capsys, "--base", "smollm2-135m-instruct")
+    c = r["config"]
+    d, kv, _ = llama_widths(c)
+    counts = {run["label"]: run["trainable"] for run in r["runs"]}
+    assert counts == {"prompt tuning n=20": 20 * d, "prompt tuning n=100": 100 * d,
+                      "prefix tuning n=20": 20 * 2 * c.n_layer * kv, "LoRA r=8": c.n_layer * 8 * ((d + d) + (d + kv))}
+    tok = load_tutorial_base("smollm2-135m-instruct", quick=True).tokenizer
+    ids = r["nearest_ids"]
+    assert len(ids) == 20 and all(len(row) == 5 for row in ids)
+    decoded = [[tok.decode([i], skip_special_tokens=False) for i in row] for row in ids]
+    assert [[t for t, _ in row] for row in r["nearest"]] == decoded
+    assert not any("Ġ" in t for row in decoded for t in row)     # text, not byte-level BPE's token strings
+    assert all(repr(t) in out for row in decoded for t in row)
+
+
+def test_scale_curve_on_the_llm_path(home, monkeypatch, capsys, keep_rng):
+    """Tutorial 09 with --base: the curve has one more point, the LLM's (here the tiny random Llama), trained with
+    prompt tuning and LoRA on every linear layer (counts in closed form) and no full fine-tuning; prompt tuning's gap
+    to LoRA is reported for every size, its gap to full fine-tuning for the GPT sizes."""
+    path = next(p for p in TUTORIALS if p.name.startswith("09_"))
+    out, r = run_tutorial(path, home, monkeypatch, capsys, "--base", "smollm2-135m-instruct")
+    assert len(r["rows"]) == len(r["lora_gaps"]) == 3 and len(r["gaps"]) == 2
+    last = r["rows"][-1]
+    c = last["config"]
+    d, kv, f = llama_widths(c)
+    every = c.n_layer * ((d + d) + 2 * (d + kv) + (d + d) + 2 * (d + f) + (f + d))
+    assert type(c).__name__ == "LlamaConfig" and 0 <= last["zero_shot"] <= 1
+    assert last["trainable"] == {"prompt tuning n=20": 20 * d, "LoRA r=8": 8 * every}
+    assert r["lora_gaps"] == [row["acc"]["LoRA r=8"] - row["acc"]["prompt tuning n=20"] for row in r["rows"]]
+    assert "prompt tuning's gap to LoRA (LoRA's accuracy minus prompt tuning's) by size" in out
