@@ -50,8 +50,9 @@ LR_LORA, LR_FULL = 3e-3, 1e-3
 SEED = 0
 QUICK = dict(N_TRAIN=64, N_TEST=4, STEPS=8, BATCH=8, N_KNOWLEDGE=4)
 # --base smollm2-135m-instruct: fewer, shorter steps (a step of 4 dialogues takes seconds on 2 cores), LoRA on every
-# linear layer of the 30 blocks, learning rates for this model (LoRA's as tutorial 12's; full's from a probe of
-# 1e-5, 3e-5 and 1e-4, BENCHMARKS.md, "Tutorial 03: LoRA vs full fine-tuning")
+# linear layer of the 30 blocks. Neither rate is probed on this model yet: LoRA's is half tutorial 12's q,v rate (it
+# trains 5x the parameters), full fine-tuning's a common rate for full fine-tuning of a small LLM with AdamW;
+# `python bench/lr_probe.py --base smollm2-135m-instruct --methods full "LoRA r=8" ...` would measure them
 REAL_LLM = dict(N_TRAIN=400, N_TEST=12, STEPS=40, BATCH=4, LR_LORA=1e-3, LR_FULL=3e-5, TARGETS="all-linear",
                 N_KNOWLEDGE=None)   # forgetting: every kept general-knowledge question (minipeft/workshop/data/)
 
