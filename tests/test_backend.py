@@ -27,6 +27,8 @@ def restore_device():
 
 def test_default_device_follows_the_environment():
     want = os.environ.get("MINIPEFT_DEVICE", "cpu").lower() or "cpu"
+    if os.environ.get("MINIPEFT_TEST_DEVICE", "").strip().lower() == "strict":
+        want = "strict"                                           # tests/conftest.py selected the stand-in
     assert minipeft.get_device() == want
     assert (minipeft.xp() is np) == (want == "cpu")
     assert isinstance(Tensor([1.0]).data, minipeft.xp().ndarray)
