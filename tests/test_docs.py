@@ -5,19 +5,13 @@ of which work period produced a number belongs to git. So no project text file (
 CONTRIBUTING.md, pyproject.toml, .ci/, minipeft/, tutorials/, bench/, tests/; this file excepted, as it spells
 the patterns) may match one of HISTORY's patterns, case-insensitive:
 
-    \bsessions?\b       "session 9", "this session". The product has no sessions of its own (the chat speaks
-                        of messages and a conversation, the tests of the test "process"), so the whole word is
-                        refused. Were a chat session ever added, narrow this to "session \d" and
-                        "(this|that|next|an earlier) session".
-    \bissues? #?\d+     "issue 12", "issue #968": a tracker's number is no claim (a public reference is cited
-                        by its address, as nf4.py cites "bitsandbytes' GitHub thread issues/968").
-    \bthe issue's\b     "the issue's targets": a target is stated as the target, with its figure.
-    \blent\b  \bnot drawn\b  \bwork periods?\b  \bsprints?\b  \bsub-?agents?\b  \baudit(s|ed|ing)?\b
-    \b(another|other|two|three|four|five|six) (other )?helpers?\b
-                        people at work beside a run ("four other helpers' test runs"); code helpers
-                        (tests/lora_helpers.py, "helpers shared by the ops") are fine.
+    \bsessions?\b  \bissues? #?\d+  \bthe issue's\b  \blent\b  \bnot drawn\b  \bwork periods?\b  \bsprints?\b
+    \bsub-?agents?\b  \baudit(s|ed|ing)?\b  \b(another|other|two|three|four|five|six) (other )?helpers?\b
     \bgive_back\b  `status`  `duplicates`  `issues`
-                        the names of the tools the project was made with.
+
+The product has no sessions of its own (the chat has messages and a conversation, the tests a test process), so
+the whole word is refused; a public tracker reference is cited by its address (nf4.py: "bitsandbytes' GitHub
+thread issues/968"); code helpers (tests/lora_helpers.py) are fine.
 
 And every pointer of the form  BENCHMARKS.md, "Title"  in those files (a line break, and a comment's "#", may
 fall inside it), and every  section "Title"  inside BENCHMARKS.md, names a heading of BENCHMARKS.md exactly.

@@ -23,6 +23,7 @@ from minipeft import Tensor, ops, to_numpy
 from minipeft.loss import causal_lm_loss, linear_head
 from minipeft.memory import measure_step
 from minipeft.nn.causal_lm import CausalLM
+from minipeft.nn.layers import Dropout
 from minipeft.nn.llama import LlamaConfig, LlamaForCausalLM
 from minipeft.ops import head_loss
 from minipeft.peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
@@ -238,7 +239,11 @@ def test_an_adapted_head_runs_unchunked(config, float64):
 
 
 def test_a_model_without_linear_head_runs_its_head():
-    assert CausalLM.linear_head(build_gpt(0)) is None
+    model = build_gpt(0, tie_embeddings=False)
+    W, b = CausalLM.linear_head(model)
+    assert W is model.lm_head.weight and b is model.lm_head.bias
+    model.lm_head = Dropout(0.0)                                   # a head module that is not a plain Linear
+    assert CausalLM.linear_head(model) is None
     assert linear_head(object()) is None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from minipeft import backend, ops
 from minipeft.autograd import Tensor
+from minipeft.nn.layers import Linear
 from minipeft.nn.module import Module
 
 
@@ -78,8 +79,12 @@ class CausalLM(Module):
 
     def linear_head(self) -> tuple[Tensor, Tensor | None] | None:
         """(W, b) when head(h) is the plain h W^T + b, so the loss can run it in chunks of rows
-        (minipeft.loss.causal_lm_loss); None (this default) when head(h) must run as it is."""
-        return None
+        (minipeft.loss.causal_lm_loss): the token embedding's weight when the head is tied (lm_head None), else
+        lm_head's while it is a plain Linear; None when a module wraps lm_head (an adapter, modules_to_save),
+        whose forward head(h) must run."""
+        if self.lm_head is None:
+            return self.get_input_embeddings().weight, None
+        return (self.lm_head.weight, self.lm_head.bias) if type(self.lm_head) is Linear else None
 
     def embed_with_positions(self, ids, inputs_embeds, prefix_kv, kv_cache: KVCache | None):
         """(token embeddings x (B, T, C), prefix as n_layer pairs or None, the tokens' positions (T,)), checked.

@@ -161,12 +161,5 @@ class GPT(CausalLM):
         """The LM head: logits (..., vocab) = h @ wte^T (tied), or lm_head(h) as a module (so wrappers apply)."""
         return ops.linear(h, self.wte.weight) if self.lm_head is None else self.lm_head(h)
 
-    def linear_head(self) -> tuple[Tensor, Tensor | None] | None:
-        """(W, b) of head(h) = h W^T + b: wte's weight (tied) or lm_head's, while lm_head is a plain Linear; None
-        when a module wraps lm_head (an adapter, modules_to_save), whose forward head(h) must run."""
-        if self.lm_head is None:
-            return self.wte.weight, None
-        return (self.lm_head.weight, self.lm_head.bias) if type(self.lm_head) is Linear else None
-
     def extra_repr(self) -> str:
         return f"{self.config}"

@@ -31,7 +31,7 @@ class ShiftFreeLinearCrossEntropyFn(Function):
         N, V = h.shape[0], W.shape[0]
         m, s, nll = (xp.empty(N, dtype=h.dtype) for _ in range(3))   # (N,) row max, row sum of e, -log p[target]
         shifted = []                                                 # per chunk: was exp(z - m) formed, or exp(z)
-        kept = None                                                  # one chunk: its e, kept for the backward
+        keep, kept = len(chunks) == 1, None                          # one chunk: its e, kept for the backward
         for c in chunks:
             e = chunk_logits(h, W, b, c)                             # (rows, V): z, turned into e in place
             z_target = e[xp.arange(e.shape[0]), tt[c]]               # (rows,) taken before e overwrites z
@@ -45,7 +45,8 @@ class ShiftFreeLinearCrossEntropyFn(Function):
             s[c] = e @ xp.ones(V, dtype=e.dtype)                     # row sums as a matrix-vector product
             nll[c] = (xp.log(s[c]) + m[c] if shift else xp.log(s[c])) - z_target   # logsumexp(z) - z[target]
             shifted.append(shift)
-            kept = e if len(chunks) == 1 else None
+            if keep:
+                kept = e
         ctx.save_for_backward(h, W, b, tt, valid, n, m, s, chunks, shifted, kept)
         return (nll * valid).sum().astype(h.dtype) / n.astype(h.dtype)
 
