@@ -9,6 +9,7 @@ import pytest
 import minipeft as mp
 from minipeft.memory import measure_step, param_bytes
 from minipeft.nn.gpt import GPT, GPTConfig
+from minipeft.nn.llama import LlamaConfig, LlamaForCausalLM
 from minipeft.ops import head_loss
 from minipeft.peft import LoraConfig, get_peft_model
 from minipeft.quant import BitsAndBytesConfig, quantize_model
@@ -83,6 +84,71 @@ def test_lora_keeps_nothing_below_its_first_adapter():
     assert double.activations == pytest.approx(2 * full.activations, rel=1e-9)   # every term scales with B
 
 
+# The Llama: SmolLM2's structure (grouped-query attention of 3 query heads per key/value head, tied head) at a width
+# and vocabulary small enough for a test step; the arrays of a step are ~16 MB.
+LLAMA = dict(vocab_size=4096, context_length=64, d_model=96, n_layer=2, n_head=6, n_kv_head=2, d_ff=256)
+LLAMA_B, LLAMA_T = 8, 64
+# measured - predicted: the tape's Python objects (Tensors, nodes, contexts, tuples: 12 to 40 KB for these two
+# layers, the more ops the more) and the loss's integer bookkeeping per target row (indices, targets, mask: 25
+# bytes each, 6 KB here), which the prediction leaves out. One (N, C) array is 196 KB, one rotary op's cos and
+# sin 4 KB: the test beside this one catches those, from two lengths.
+LLAMA_OVERHEAD = 64 * 1024
+QLORA = BitsAndBytesConfig(bnb_4bit_use_double_quant=True)
+LLAMA_CASES = {
+    "full, tied": ({}, "full", None),
+    "full, untied": ({"tie_embeddings": False}, "full", None),
+    "full, a key/value head per query head (fast attention)": ({"n_kv_head": 6}, "full", None),
+    "LoRA q,v": ({}, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]), None),
+    "LoRA all-linear, untied": ({"tie_embeddings": False}, LoraConfig(r=4, target_modules="all-linear"), None),
+    "LoRA all-linear, dropout": ({}, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.1), None),
+    "LoRA up, k": ({}, LoraConfig(r=4, target_modules=["up_proj", "k_proj"]), None),
+    "LoRA last layer's down_proj": ({}, LoraConfig(r=8, target_modules=["down_proj"], layers_to_transform=[1]), None),
+    "QLoRA all-linear": ({}, LoraConfig(r=8, target_modules="all-linear"), QLORA),
+    "QLoRA q,v, untied": ({"tie_embeddings": False}, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]), QLORA),
+}
+
+
+def _llama_step(name: str, T: int, targets: int):
+    """(measured, predicted) for one step of LLAMA_CASES[name] on LLAMA_B rows of T tokens, `targets` per row."""
+    overrides, method, quant = LLAMA_CASES[name]
+    mp.manual_seed(0)
+    cfg = LlamaConfig(**{**LLAMA, **overrides})
+    model = LlamaForCausalLM(cfg)
+    if quant is not None:
+        quantize_model(model, quant)
+    if method != "full":
+        model = get_peft_model(model, method)
+    x = np.random.default_rng(0).integers(0, cfg.vocab_size, (LLAMA_B, T))
+    y = np.where(np.arange(T) < T - targets, -100, x)                   # targets on each row's last positions
+    with mp.fast_ops(True):
+        measured = measure_step(model, (x, y))
+    return measured, predict_step(cfg, method, batch_size=LLAMA_B, seq_len=T, n_targets=LLAMA_B * targets,
+                                  quantization=quant)
+
+
+@pytest.mark.parametrize("name", list(LLAMA_CASES))
+def test_predicted_llama_step_memory_matches_measured(name, keep_rng):
+    """Weights (4-bit ones as held), gradients and Adam's state exactly; the activations and the peak (the head's
+    backward: at these shapes the full step's end of the backward, every gradient and the embedding's (V, C)
+    tables beside what the tape still holds, stays below it) up to LLAMA_OVERHEAD, never above the measured."""
+    measured, predicted = _llama_step(name, LLAMA_T, LLAMA_T // 2)
+    for part in ("weights", "gradients", "optimizer_state"):
+        assert getattr(predicted, part) == getattr(measured, part), part
+    for part in ("activations", "peak"):
+        gap = getattr(measured, part) - getattr(predicted, part)
+        assert 0 <= gap <= LLAMA_OVERHEAD, (part, gap)
+
+
+@pytest.mark.parametrize("name", list(LLAMA_CASES))
+def test_llama_prediction_grows_with_length_as_measured(name, keep_rng):
+    """From 32 to 64 tokens a row, with the same targets, the activations grow by what the prediction says to
+    within 1 KiB: both steps run the same ops, so the Python objects cancel and every term that grows with T
+    (each (N, C), (N, F) and (T, T) array, each rotary op's (T, hs) cos and sin) is held to its byte count
+    (what is left is Python's object sizes, which vary by a few bytes)."""
+    (m32, p32), (m64, p64) = _llama_step(name, 32, 16), _llama_step(name, 64, 16)
+    assert abs((m64.activations - m32.activations) - (p64.activations - p32.activations)) <= 1024
+
+
 def test_measure_step_moves_no_weight(keep_rng):
     mp.manual_seed(0)
     model = GPT(GPTConfig.from_preset("test"))
@@ -107,6 +173,19 @@ def test_predict_step_names_bad_arguments():
         predict_step(cfg, batch_size=1, seq_len=17)
     with pytest.raises(ValueError, match="bias"):
         predict_step(cfg, LoraConfig(target_modules=ALL, bias="all"), batch_size=1, seq_len=8)
+    with pytest.raises(TypeError, match="GPTConfig or a LlamaConfig"):
+        predict_step(dict(LLAMA), batch_size=1, seq_len=8)
+    llama = LlamaConfig(**LLAMA)
+    with pytest.raises(ValueError, match="adapt no layer linear"):
+        predict_step(llama, LoraConfig(target_modules=["fc1"]), batch_size=1, seq_len=8)
+    with pytest.raises(ValueError, match="lm_head"):
+        untied = LlamaConfig(**{**LLAMA, "tie_embeddings": False})
+        predict_step(untied, LoraConfig(target_modules=["q_proj", "lm_head"]), batch_size=1, seq_len=8)
+    with pytest.raises(ValueError, match="llm_int8_skip_modules"):
+        predict_step(llama, LoraConfig(), batch_size=1, seq_len=8,
+                     quantization=BitsAndBytesConfig(llm_int8_skip_modules=["lm_head", "down_proj"]))
+    with pytest.raises(ValueError, match="context_length"):
+        predict_step(llama, batch_size=1, seq_len=65)
 
 
 # ---- large models, from their dimensions ---------------------------------------------------------------------

@@ -74,6 +74,15 @@ def gpt_matrices(cfg) -> tuple[list[tuple[int, int]], int]:
     return mats, other
 
 
+def llama_config_matrices(cfg) -> tuple[list[tuple[int, int]], int]:
+    """(the layer matrices (rows, cols), every other parameter's count) of a minipeft LlamaConfig: q, k, v, o (k and v
+    n_kv_head * head_dim rows), gate, up, down per layer; the embedding, an untied lm_head, the RMSNorm weights."""
+    C, F, L, Ckv = cfg.d_model, cfg.d_ff, cfg.n_layer, cfg.n_kv_head * cfg.head_dim
+    mats = [(C, C), (Ckv, C), (Ckv, C), (C, C), (F, C), (F, C), (C, F)] * L
+    head = 0 if cfg.tie_embeddings else cfg.vocab_size * C
+    return mats, cfg.vocab_size * C + head + (2 * L + 1) * C
+
+
 def llama_matrices(d_model: int, n_layer: int, d_ff: int, vocab: int) -> tuple[list[tuple[int, int]], int]:
     """LLaMA's linears per layer (q, k, v, o; gate, up, down) and its other parameters: embedding, untied LM head
     (both kept in 16-bit, as QLoRA does) and RMSNorm gains (2 per layer + the final one)."""

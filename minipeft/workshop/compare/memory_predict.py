@@ -26,6 +26,9 @@ the head's backward: that chunk, the rows' gradient dh and the product it is cop
 head trains (full fine-tuning), its weight's gradient (V C). With many small chunks another layer's backward
 temporary can be larger, which this does not model.
 
+The Llama decoder (`LlamaConfig`: RMSNorm, rotary q and k, grouped-query attention, the gated MLP) follows the same
+rule with its own per-layer table: memory_predict_llama.py; its final norm and head + loss are counted here.
+
 This is the accounting of the fast ops (the default; `minipeft.set_fast_ops(False)` runs the reference ops,
 which keep the whole (T, T) attention matrix instead of its causal blocks). Methods predicted: full
 fine-tuning and LoRA (any targets, layers, rank and dropout; on a 4-bit base the weights are counted as
@@ -36,23 +39,29 @@ from __future__ import annotations
 
 from minipeft.memory import StepMemory
 from minipeft.nn.gpt import GPTConfig
+from minipeft.nn.llama import LlamaConfig
 from minipeft.ops.head_loss import rows_per_chunk
 from minipeft.peft.tuners.lora.config import LoraConfig
 from minipeft.peft.tuners.targets import ALL_LINEAR, layer_index, matches
 from minipeft.quant.config import BitsAndBytesConfig
-from minipeft.quant.storage import bytes_from_shapes, gpt_matrices
+from minipeft.quant.storage import bytes_from_shapes, gpt_matrices, llama_config_matrices
+from minipeft.workshop.compare.memory_predict_llama import LLAMA_LINEARS, llama_activations, llama_lora_targets
 from minipeft.workshop.fast.attention import BLOCK_SIZE
 
 LINEARS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.fc1", "mlp.fc2")
 
 
-def _lora_targets(cfg: GPTConfig, lora: LoraConfig) -> dict[str, tuple[int, int]]:
-    """{path: (out, in)} of the block linears the LoRA config adapts."""
+def _check_lora(lora: LoraConfig) -> None:
+    """Refuse the LoraConfig fields whose arrays the prediction does not count."""
     unsupported = [f for f, v in (("bias", lora.bias != "none"), ("modules_to_save", lora.modules_to_save),
                                   ("rank_pattern", lora.rank_pattern)) if v]
     if unsupported:
         raise ValueError(f"predict_step: LoraConfig fields {unsupported} are not modelled; predict with their "
                          "defaults, or measure the step with minipeft.memory.measure_step")
+
+
+def _lora_targets(cfg: GPTConfig, lora: LoraConfig) -> dict[str, tuple[int, int]]:
+    """{path: (out, in)} of the block linears the LoRA config adapts."""
     C, F = cfg.d_model, cfg.d_ff
     shapes = {"attn.q_proj": (C, C), "attn.k_proj": (C, C), "attn.v_proj": (C, C), "attn.out_proj": (C, C),
               "mlp.fc1": (F, C), "mlp.fc2": (C, F)}
@@ -120,29 +129,34 @@ def _activations(cfg: GPTConfig, B: int, T: int, n_targets: int, full: bool, lor
         total += u * add2                                           # fc2's output
         g = add2
     total += u + norm + u                                           # the last residual, ln_f's xhat, its output
-    total += n_targets * C * b if n_targets < N else 0             # the rows that have a target (a copy)
-    total += 2 * n_targets * b                                      # per row: the max and the softmax's sum
-    return total
+    return total + _head_rows(C, N, n_targets, b)
 
 
-def predict_step(config: GPTConfig, method: str | LoraConfig = "full", *, batch_size: int, seq_len: int,
+def _head_rows(C: int, N: int, n_targets: int, b: int) -> int:
+    """What the head + loss keep of the N rows beyond the chunk: the rows with a target, their max and sum."""
+    total = n_targets * C * b if n_targets < N else 0              # the rows that have a target (a copy)
+    return total + 2 * n_targets * b                                # per row: the max and the softmax's sum
+
+
+def predict_step(config: GPTConfig | LlamaConfig, method: str | LoraConfig = "full", *, batch_size: int, seq_len: int,
                  n_targets: int | None = None, quantization: BitsAndBytesConfig | None = None,
                  dtype_bytes: int = 4) -> StepMemory:
     """The components of one AdamW training step (see StepMemory) predicted from shapes.
 
-    method: "full" (every parameter trains) or a LoraConfig; quantization: the base's linears held in 4 bits
-    (QLoRA; with LoRA only). n_targets: positions with a target (default every one; in fine-tuning, the
-    completion tokens). dtype_bytes: 4 for float32, 8 for float64.
+    config: a GPTConfig or a LlamaConfig. method: "full" (every parameter trains) or a LoraConfig;
+    quantization: the base's linears held in 4 bits (QLoRA; with LoRA only). n_targets: positions with a target
+    (default every one; in fine-tuning, the completion tokens). dtype_bytes: 4 for float32, 8 for float64.
     """
-    if not isinstance(config, GPTConfig):
-        raise TypeError(f"predict_step: config must be a GPTConfig, got {type(config).__name__}")
+    if not isinstance(config, (GPTConfig, LlamaConfig)):
+        raise TypeError(f"predict_step: config must be a GPTConfig or a LlamaConfig, got {type(config).__name__}")
+    llama = isinstance(config, LlamaConfig)
     if method != "full" and not isinstance(method, LoraConfig):
         raise ValueError(f"predict_step: method must be 'full' or a LoraConfig, got {method!r}; measure other "
                          "methods with minipeft.memory.measure_step")
     for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"predict_step: {name} must be an int >= 1, got {v!r}")
-    if config.dropout:
+    if not llama and config.dropout:
         raise ValueError(f"predict_step: dropout={config.dropout} is not modelled (its masks add arrays); predict "
                          "with dropout=0 or measure the step with minipeft.memory.measure_step")
     if seq_len > config.context_length:
@@ -154,10 +168,21 @@ def predict_step(config: GPTConfig, method: str | LoraConfig = "full", *, batch_
     if quantization is not None and method == "full":
         raise ValueError("predict_step: a 4-bit base cannot be fully fine-tuned (its weights have no gradient); "
                          "pass a LoraConfig with quantization (QLoRA)")
+    if method != "full":
+        _check_lora(method)
+    quantized = quantization is not None
+    if quantized:
+        names = {n.rsplit(".", 1)[1] for n in (LLAMA_LINEARS if llama else LINEARS)}
+        floats = sorted(names & set(quantization.skip_modules))
+        if floats:
+            raise ValueError(f"predict_step: llm_int8_skip_modules keeps {floats} in float, which is not modelled "
+                             "(every layer linear is counted in 4 bits); measure the step with "
+                             "minipeft.memory.measure_step")
     b = dtype_bytes
-    mats, other = gpt_matrices(config)
+    mats, other = llama_config_matrices(config) if llama else gpt_matrices(config)
     base_params = sum(r * c for r, c in mats) + other
-    lora = {} if method == "full" else _lora_targets(config, method)
+    targets = llama_lora_targets if llama else _lora_targets
+    lora = {} if method == "full" else targets(config, method)
     r = 0 if method == "full" else method.r
     trainable = base_params if method == "full" else sum(r * (o + i) for o, i in lora.values())
     if quantization is None:
@@ -169,12 +194,18 @@ def predict_step(config: GPTConfig, method: str | LoraConfig = "full", *, batch_
     if method != "full":
         weights += trainable * b
     dropout = 0.0 if method == "full" else method.lora_dropout
-    acts = _activations(config, batch_size, seq_len, n_targets, method == "full", lora, r, dropout,
-                        quantization is not None, b)
+    full = method == "full"
+    if llama:
+        acts = llama_activations(config, batch_size, seq_len, full, lora, r, dropout, quantized, b)
+        acts += _head_rows(config.d_model, batch_size * seq_len, n_targets, b)
+    else:
+        acts = _activations(config, batch_size, seq_len, n_targets, full, lora, r, dropout, quantized, b)
     V, C = config.vocab_size, config.d_model
     rows = rows_per_chunk(V, b)
     kept = n_targets * V if n_targets <= rows else 0        # one chunk: its exp(z - m), kept for the backward
     acts += kept * b
     head_backward = (0 if kept else rows * V) + 2 * n_targets * C + (V * C if method == "full" else 0)
+    if llama:   # dh = dz W is copied into the rows' gradient and dropped before a trained head's dW is formed
+        head_backward = (0 if kept else rows * V) + n_targets * C + max(n_targets * C, V * C if full else 0)
     return StepMemory(weights=weights, gradients=trainable * b, optimizer_state=2 * trainable * b, activations=acts,
                       peak=acts + head_backward * b)
