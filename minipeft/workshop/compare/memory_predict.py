@@ -27,7 +27,7 @@ head trains (full fine-tuning), its weight's gradient (V C). With many small chu
 temporary can be larger, which this does not model.
 
 The Llama decoder (`LlamaConfig`: RMSNorm, rotary q and k, grouped-query attention, the gated MLP) follows the same
-rule with its own per-layer table: memory_predict_llama.py; its final norm and head + loss are counted here.
+rule; its table, its head + loss and its peak are in memory_predict_llama.py.
 
 This is the accounting of the fast ops (the default; `minipeft.set_fast_ops(False)` runs the reference ops,
 which keep the whole (T, T) attention matrix instead of its causal blocks). Methods predicted: full
@@ -45,7 +45,7 @@ from minipeft.peft.tuners.lora.config import LoraConfig
 from minipeft.peft.tuners.targets import ALL_LINEAR, layer_index, matches
 from minipeft.quant.config import BitsAndBytesConfig
 from minipeft.quant.storage import bytes_from_shapes, gpt_matrices, llama_config_matrices
-from minipeft.workshop.compare.memory_predict_llama import LLAMA_LINEARS, llama_activations, llama_lora_targets
+from minipeft.workshop.compare.memory_predict_llama import LLAMA_LINEARS, llama_lora_targets, llama_step
 from minipeft.workshop.fast.attention import BLOCK_SIZE
 
 LINEARS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.fc1", "mlp.fc2")
@@ -129,13 +129,9 @@ def _activations(cfg: GPTConfig, B: int, T: int, n_targets: int, full: bool, lor
         total += u * add2                                           # fc2's output
         g = add2
     total += u + norm + u                                           # the last residual, ln_f's xhat, its output
-    return total + _head_rows(C, N, n_targets, b)
-
-
-def _head_rows(C: int, N: int, n_targets: int, b: int) -> int:
-    """What the head + loss keep of the N rows beyond the chunk: the rows with a target, their max and sum."""
-    total = n_targets * C * b if n_targets < N else 0              # the rows that have a target (a copy)
-    return total + 2 * n_targets * b                                # per row: the max and the softmax's sum
+    total += n_targets * C * b if n_targets < N else 0             # the rows that have a target (a copy)
+    total += 2 * n_targets * b                                      # per row: the max and the softmax's sum
+    return total
 
 
 def predict_step(config: GPTConfig | LlamaConfig, method: str | LoraConfig = "full", *, batch_size: int, seq_len: int,
@@ -196,16 +192,15 @@ def predict_step(config: GPTConfig | LlamaConfig, method: str | LoraConfig = "fu
     dropout = 0.0 if method == "full" else method.lora_dropout
     full = method == "full"
     if llama:
-        acts = llama_activations(config, batch_size, seq_len, full, lora, r, dropout, quantized, b)
-        acts += _head_rows(config.d_model, batch_size * seq_len, n_targets, b)
-    else:
-        acts = _activations(config, batch_size, seq_len, n_targets, full, lora, r, dropout, quantized, b)
+        acts, peak = llama_step(config, batch_size, seq_len, n_targets, full, lora, r, dropout, quantized, b,
+                                trainable * b)
+        return StepMemory(weights=weights, gradients=trainable * b, optimizer_state=2 * trainable * b,
+                          activations=acts, peak=peak)
+    acts = _activations(config, batch_size, seq_len, n_targets, full, lora, r, dropout, quantized, b)
     V, C = config.vocab_size, config.d_model
     rows = rows_per_chunk(V, b)
     kept = n_targets * V if n_targets <= rows else 0        # one chunk: its exp(z - m), kept for the backward
     acts += kept * b
     head_backward = (0 if kept else rows * V) + 2 * n_targets * C + (V * C if method == "full" else 0)
-    if llama:   # dh = dz W is copied into the rows' gradient and dropped before a trained head's dW is formed
-        head_backward = (0 if kept else rows * V) + n_targets * C + max(n_targets * C, V * C if full else 0)
     return StepMemory(weights=weights, gradients=trainable * b, optimizer_state=2 * trainable * b, activations=acts,
                       peak=acts + head_backward * b)
