@@ -12,6 +12,11 @@ teacher-forced loss on held-out rows, so the tutorials use the best rate measure
     python bench/lr_probe.py --methods BitFit --lrs 0.1      # one method, chosen rates
     python bench/lr_probe.py --quick              # the tiny base, seconds
     python bench/lr_probe.py --base smollm2-135m-instruct --methods full --lrs 1e-5 3e-5 1e-4 --steps 20 --batch 4
+
+With --recipes, the methods are the comparison's (minipeft/workshop/compare/recipes.py, built as the table builds
+them) at the grids of RECIPE_GRIDS, and the best rates print as the LLM_RATES entries the table reads:
+
+    python bench/lr_probe.py --base smollm2-135m-instruct --recipes full lora-qv --steps 15 --batch 4 --n-val 16
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from minipeft.peft import (
     layernorm_config,
     select_sparse_entries,
 )
+from minipeft.workshop.compare.recipes import METHOD_RECIPES, BuildContext
 from minipeft.workshop.data.generator import make_splits
 from minipeft.workshop.finetune import finetune, sft_sampler, validation_loss
 from minipeft.workshop.tutorial_base import add_base_option, is_llm, load_tutorial_base
@@ -50,6 +56,16 @@ LRS = {
     "prefix tuning n=20": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
 }
 SELECTIVE = ["BitFit", "LayerNorm", "embeddings", "last 1 block", "sparse 1%", "LoRA r=8"]   # tutorial 07's
+# The comparison's recipes on a pretrained LLM: three rates each, a half-decade apart, around what a 135M-parameter
+# pretrained model is known to take (full fine-tuning ~3e-5, LoRA ~1e-3; tutorials 03 and 12) and, for the rest,
+# below the mini GPT's rate, which a pretrained model's larger activations make too large. QLoRA is not probed: it
+# trains LoRA's adapters on the same (dequantized) weights and takes LoRA all-linear's rate, as in Dettmers et al.
+RECIPE_GRIDS = {
+    "full": [1e-5, 3e-5, 1e-4], "lora-qv": [1e-3, 3e-3, 1e-2], "lora-all": [3e-4, 1e-3, 3e-3],
+    "houlsby": [3e-4, 1e-3, 3e-3], "pfeiffer": [3e-4, 1e-3, 3e-3], "ia3": [1e-2, 3e-2, 1e-1],
+    "layernorm": [1e-3, 1e-2, 1e-1], "last-layer": [3e-5, 1e-4, 3e-4], "sparse": [3e-4, 1e-3, 3e-3],
+    "prompt-tuning": [0.1, 0.3, 1.0], "prefix-tuning": [3e-2, 1e-1, 3e-1],
+}
 
 
 def config(method: str, base, sampler, n_layer: int, llm: bool):
@@ -74,12 +90,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--task", default="dialogsum", choices=["dialogsum", "qa", "sentiment"])
     parser.add_argument("--methods", nargs="+", choices=sorted(LRS), default=SELECTIVE,
                         help="the methods to probe (default: tutorial 07's)")
+    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPE_GRIDS),
+                        help="the comparison's recipes instead of --methods, at RECIPE_GRIDS' rates")
     parser.add_argument("--lrs", type=float, nargs="+", help="these learning rates for every method probed")
     parser.add_argument("--n-val", type=int, default=64, help="held-out rows the loss is measured on")
     add_base_option(parser)
     args = parser.parse_args(argv)
     llm = is_llm(args.base)
-    lrs_of = {m: args.lrs or LRS[m] for m in args.methods}
+    grids = RECIPE_GRIDS if args.recipes else LRS
+    lrs_of = {m: args.lrs or grids[m] for m in args.recipes or args.methods}
     steps, batch, n_val = (4, 4, 8) if args.quick else (args.steps, args.batch, args.n_val)
     task = args.task
     splits = make_splits(task, 64 if args.quick else 2000, n_val, 4, seed=0)
@@ -90,9 +109,12 @@ def main(argv: list[str] | None = None) -> dict:
         for lr in lrs:
             mp.manual_seed(0)
             base = load_tutorial_base(args.base, args.quick).model
-            cfg = config(method, base, sft_sampler(splits["train"], task, tok, batch, base.config.context_length,
-                                                   seed=1), base.config.n_layer, llm)
-            peft = base if cfg is None else get_peft_model(base, cfg)
+            sampler = sft_sampler(splits["train"], task, tok, batch, base.config.context_length, seed=1)
+            if args.recipes:
+                peft = METHOD_RECIPES[method].make(base, BuildContext(lambda n, s=sampler: [s(i) for i in range(n)]))
+            else:
+                cfg = config(method, base, sampler, base.config.n_layer, llm)
+                peft = base if cfg is None else get_peft_model(base, cfg)
             t0 = time.perf_counter()
             res = finetune(peft, tok, task, splits["train"], steps=steps, batch_size=batch, lr=lr, seed=0,
                            warmup=min(20, steps // 10) if llm else 20, progress=False, measure_memory=False,
@@ -103,6 +125,13 @@ def main(argv: list[str] | None = None) -> dict:
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     best = {m: min(lrs, key=lambda lr: results[(m, lr)]) for m, lrs in lrs_of.items()}
     print("best lr: " + ", ".join(f"{m} {lr:g}" for m, lr in best.items()))
+    if args.recipes:
+        when = time.strftime("%Y-%m-%d")
+        print("as LLM_RATES entries (minipeft/workshop/compare/recipes.py):")
+        for m, lr in best.items():
+            grid = "/".join(f"{x:g}" for x in lrs_of[m])
+            print(f'    "{m}": ({lr:g}, "best held-out loss of {grid}, {steps} steps of {batch} (bench/lr_probe.py '
+                  f'--recipes, {when})"),')
     return {"results": results, "best": best}
 
 

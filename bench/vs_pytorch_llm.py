@@ -23,11 +23,12 @@ Each job runs in a fresh process (`--in-process` runs them here, as `--quick` do
 model, builds the method, takes a warm-up step and `--steps` timed steps, and reports ms per step (median) and
 its peak memory growth above the level after loading (CPU: the process's peak resident set, VmHWM reset through
 /proc/self/clear_refs after loading; GPU: PyTorch's allocator peak, CuPy's pool); minipeft's jobs also report
-its own accounting (minipeft.memory.measure_step). Rounds alternate the frameworks (A B, then B A); ratios are
-medians of per-round ratios.
+its own accounting (minipeft.memory.measure_step) and the same predicted from shapes (predict_step). Rounds
+alternate the frameworks (A B, then B A); ratios are medians of per-round ratios.
 
     python bench/vs_pytorch.py --model smollm2-135m-instruct               # everything, 3 rounds (~1 h on 2 cores)
     python bench/vs_pytorch.py --model smollm2-135m-instruct --phases decode load --rounds 5
+    python bench/vs_pytorch.py --model smollm2-135m-instruct --phases train --split   # and by phase
     python bench/vs_pytorch_llm.py --quick                                 # the tiny random Llama, in-process
 """
 
@@ -127,7 +128,7 @@ def train_phase(args, path: str, adapters: str, rows: list) -> None:
                 jobs = [("minipeft", m)] + ([("pytorch", theirs_of[m])] if theirs_of[m] not in ran else [])
                 for side, method in jobs if r % 2 == 0 else jobs[::-1]:
                     job = {"kind": "train", "side": side, "method": method, "shape": [B, T], "model": path,
-                           "adapters": adapters, "steps": args.steps, "account": r == 0}
+                           "adapters": adapters, "steps": args.steps, "account": r == 0, "split": args.split}
                     res.setdefault((side, method), []).append(run_job(job, args.in_process))
                     print(f"  {B}x{T} round {r + 1}: {side} {method} "
                           f"{np.median(res[side, method][-1]['ms']):.0f} ms/step", flush=True)
@@ -151,7 +152,11 @@ def train_row(res: dict, m: str, theirs: str, B: int, T: int) -> dict:
            "mem_minipeft": int(np.median([o["growth"] for o in res["minipeft", m]])),
            "mem_pytorch": int(np.median([o["growth"] for o in res["pytorch", theirs]])),
            "mem_accounted": res["minipeft", m][0].get("accounted", {}).get("growth"),
-           "mem_predicted": "not predicted (GPT only)", "pytorch_method": theirs}
+           "mem_predicted": res["minipeft", m][0].get("predicted", {}).get("growth"), "pytorch_method": theirs}
+    if all("phases" in o for o in res["minipeft", m] + res["pytorch", theirs]):
+        for side, method in (("minipeft", m), ("pytorch", theirs)):
+            row[f"phases_{side}"] = {k: float(np.median([o["phases"][k] for o in res[side, method]]))
+                                     for k in ("forward", "backward", "optimizer")}
     if theirs != m:
         own = ms("minipeft", theirs) if ("minipeft", theirs) in res else None
         row[f"ratio_to_minipeft_{theirs}"] = None if own is None else float(np.median([a / b for a, b in
@@ -197,11 +202,20 @@ def print_table(rows: list) -> None:
         return "-" if v is None else v if isinstance(v, str) else f"{v / 2**20:.0f} MiB"
 
     print(f"\n{'shape':<12}{'what':<24}{'unit':<10}{'minipeft':>10}{'PyTorch':>10}{'mp/pt':>7}  {'target':<17}"
-          f"{'mem minipeft':>13}{'mem PyTorch':>12}{'mp accounted':>13}  mp predicted")
+          f"{'mem minipeft':>13}{'mem PyTorch':>12}{'mp accounted':>13}{'mp predicted':>13}")
     for r in rows:
         print(f"{r['shape']:<12}{r['what']:<24}{r['unit']:<10}{r['minipeft']:>10.1f}{r['pytorch']:>10.1f}"
               f"{r['ratio']:>7.3f}  {r['target']:<17}{mib(r.get('mem_minipeft')):>13}{mib(r.get('mem_pytorch')):>12}"
-              f"{mib(r.get('mem_accounted')):>13}  {r.get('mem_predicted', '-')}")
+              f"{mib(r.get('mem_accounted')):>13}{mib(r.get('mem_predicted')):>13}")
+    split = [r for r in rows if "phases_minipeft" in r]
+    if split:
+        print(f"\nby phase (ms, medians; --split: as many steps again after the timed ones, each phase synchronized)"
+              f"\n{'shape':<12}{'what':<24}" + "".join(f"{k:>22}" for k in ("forward", "backward", "optimizer")))
+        for r in split:
+            o, t = r["phases_minipeft"], r["phases_pytorch"]
+            print(f"{r['shape']:<12}{r['what']:<24}" + "".join(
+                f"{o[k]:>8.0f} /{t[k]:>6.0f} ={o[k] / t[k]:>5.2f}" for k in ("forward", "backward", "optimizer")))
+        print("each cell: minipeft / PyTorch = ratio")
     for r in rows:
         if "ratio_to_minipeft_lora-all" in r:
             own = r["ratio_to_minipeft_lora-all"]
@@ -229,6 +243,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="timed training steps per job, after one warm-up step")
     p.add_argument("--quick", action="store_true", help="the tiny random Llama, 1 round, in-process (smoke test)")
     p.add_argument("--in-process", action="store_true", help="run the jobs in this process (no memory isolation)")
+    p.add_argument("--split", action="store_true", help="also time each training step by phase (forward, "
+                   "backward, optimizer), in as many steps again")
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--job", help=argparse.SUPPRESS)          # the JSON of one job: run it, print its figures
     args = p.parse_args(argv)
@@ -255,8 +271,8 @@ def main(argv=None) -> int:
           f"{record['load_average_start']:.1f}\ncommand: {command}", flush=True)
     mem = ("allocator peak growth (torch.cuda.max_memory_allocated; CuPy's pool)" if work_module().on_gpu() else
            "peak RSS growth above the level after loading (VmHWM, reset via /proc/self/clear_refs)")
-    print(f"memory columns: {mem}; 'mp accounted': minipeft.memory.measure_step's optimizer state + step peak",
-          flush=True)
+    print(f"memory columns: {mem}; 'mp accounted': minipeft.memory.measure_step's optimizer state + step peak; "
+          "'mp predicted': the same from shapes alone (minipeft/workshop/compare/memory_predict.py)", flush=True)
     rows: list = []
     with tempfile.TemporaryDirectory() as tmp:
         path = model_path(args.model, args.quick, tmp)

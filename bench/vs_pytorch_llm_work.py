@@ -141,6 +141,42 @@ def step_ours(model, opt, x, y) -> float:
     return float(loss.item())
 
 
+def split_ours(model, opt, x, y, sync_fn) -> tuple[float, dict]:
+    """One step timed by phase: forward (the loss), backward, optimizer (AdamW's update and zeroing), in ms."""
+    from minipeft.loss import causal_lm_loss
+
+    t0 = time.perf_counter()
+    loss = causal_lm_loss(model, x, y)
+    sync_fn()
+    t1 = time.perf_counter()
+    loss.backward()
+    sync_fn()
+    t2 = time.perf_counter()
+    opt.step()
+    opt.zero_grad()
+    sync_fn()
+    t3 = time.perf_counter()
+    return float(loss.item()), {"forward": 1000 * (t1 - t0), "backward": 1000 * (t2 - t1),
+                                "optimizer": 1000 * (t3 - t2)}
+
+
+def split_theirs(torch, model, opt, tx, ty, sync_fn) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    logits = logits_theirs(model, tx)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ty.reshape(-1))
+    sync_fn()
+    t1 = time.perf_counter()
+    loss.backward()
+    sync_fn()
+    t2 = time.perf_counter()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sync_fn()
+    t3 = time.perf_counter()
+    return float(loss.item()), {"forward": 1000 * (t1 - t0), "backward": 1000 * (t2 - t1),
+                                "optimizer": 1000 * (t3 - t2)}
+
+
 def logits_theirs(model, tx):
     return model(input_ids=tx).logits
 
@@ -217,6 +253,12 @@ def losses_agree(label: str, ours, theirs) -> None:
                            "the loss): the update or the adapter differs")
 
 
+def growth_of(sm) -> int:
+    """A step's memory above the loaded model: the optimizer state, and the larger of the step's peak and what its
+    activations and gradients hold together."""
+    return sm.optimizer_state + max(sm.peak, sm.activations + sm.gradients)
+
+
 def train(job: dict) -> dict:
     """Warm-up step, then job["steps"] timed steps of one framework; ms per step, losses, peak memory growth."""
     from minipeft.generate import core_model
@@ -231,6 +273,9 @@ def train(job: dict) -> dict:
 
         def step():
             return step_ours(model, opt, x, y)
+
+        def split():
+            return split_ours(model, opt, x, y, sync)
     else:
         model, opt = build_theirs(torch, load_theirs(torch, job["model"]), method, job.get("adapters"))
         x, y = batch(B, T, model.config.vocab_size)
@@ -239,6 +284,9 @@ def train(job: dict) -> dict:
 
         def step():
             return step_theirs(torch, model, opt, x, y)
+
+        def split():
+            return split_theirs(torch, model, opt, x, y, lambda: sync(torch))
     gpu = on_gpu()
     if gpu and side == "pytorch":
         torch.cuda.synchronize()
@@ -265,12 +313,22 @@ def train(job: dict) -> dict:
     else:
         growth = peak_rss() - base
     out = {"ms": ms, "losses": losses, "growth": int(growth)}
+    if job.get("split"):       # after the timed steps (they stay unsplit): as many steps again, by phase
+        phases = [split()[1] for _ in range(job["steps"])]
+        out["phases"] = {k: float(np.median([p[k] for p in phases])) for k in phases[0]}
     if side == "minipeft" and job.get("account"):
         from minipeft.memory import measure_step
 
         sm = measure_step(model, (x, y), optimizer=opt)   # two more steps, traced: minipeft's own accounting
-        out["accounted"] = {**sm.as_dict(), "growth": sm.optimizer_state + max(sm.peak, sm.activations +
-                                                                                sm.gradients)}
+        out["accounted"] = {**sm.as_dict(), "growth": growth_of(sm)}
+        from minipeft.peft import LoraConfig
+        from minipeft.peft.tuners.lora import NF4_DQ
+        from minipeft.workshop.compare.memory_predict import predict_step
+
+        config = "full" if method == "full" else LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS[method])
+        pred = predict_step(core_model(model).config, config, batch_size=B, seq_len=T,
+                            quantization=NF4_DQ if method == "qlora" else None)       # from shapes alone
+        out["predicted"] = {**pred.as_dict(), "growth": growth_of(pred)}
     return out
 
 

@@ -227,6 +227,17 @@ def test_lr_probe_quick_picks_the_lowest_held_out_loss_per_method(capsys, keep_r
     assert "best lr:" in capsys.readouterr().out
 
 
+def test_lr_probe_recipes_builds_the_comparisons_methods_and_prints_their_rates(capsys, keep_rng):
+    """--recipes probes the comparison's own recipes (sparse's scoring batches included) on the LLM code path and
+    prints the best rate of each as an LLM_RATES entry."""
+    out = load("lr_probe").main(["--quick", "--base", "smollm2-135m-instruct", "--task", "sentiment", "--recipes",
+                                 "sparse", "prefix-tuning", "--lrs", "0.01", "0.1"])
+    printed = capsys.readouterr().out
+    assert set(out["results"]) == {(m, lr) for m in ("sparse", "prefix-tuning") for lr in (0.01, 0.1)}
+    for m, lr in out["best"].items():
+        assert f'"{m}": ({lr:g}, "best held-out loss of 0.01/0.1, 4 steps of 4' in printed
+
+
 def _tiny_llama(tmp_path) -> str:
     from minipeft.workshop.llm.tiny import write_tiny_llama
 
@@ -244,7 +255,7 @@ def test_vs_pytorch_llm_quick_runs_every_phase_after_the_agreement_checks(tmp_pa
     for name in ("torch", "transformers", "peft"):
         pytest.importorskip(name)
     out_file = tmp_path / "figures.json"
-    assert load("vs_pytorch_llm").main(["--quick", "--json", str(out_file)]) == 0
+    assert load("vs_pytorch_llm").main(["--quick", "--split", "--json", str(out_file)]) == 0
     out = capsys.readouterr().out
     record = json.loads(out_file.read_text())
     assert set(record["check"]) == {"lora-qv", "lora-all", "full"}       # QLoRA has no PyTorch counterpart
@@ -258,12 +269,19 @@ def test_vs_pytorch_llm_quick_runs_every_phase_after_the_agreement_checks(tmp_pa
         assert r["minipeft"] > 0 and r["pytorch"] > 0 and math.isclose(r["ratio"], r["minipeft"] / r["pytorch"])
         assert f"{r['what']:<24}{r['unit']:<10}" in out                   # the row is in the printed table
     train = [r for r in record["rows"] if r["what"].startswith("train")]
-    assert all(r["mem_predicted"] == "not predicted (GPT only)" and r["mem_accounted"] > 0 for r in train)
+    for r in train:                                # predicted from shapes: the accounting's figure, within the tape's
+        assert 0 <= r["mem_accounted"] - r["mem_predicted"] <= 64 * 2**10, r["what"]    # Python objects (64 KiB)
     assert train[3]["pytorch_method"] == "lora-all" and train[3]["ratio_to_minipeft_lora-all"] > 0
+    for r in train:                                # --split: each side's step by phase, printed as a ratio
+        for side in ("minipeft", "pytorch"):
+            assert set(r[f"phases_{side}"]) == {"forward", "backward", "optimizer"}
+            assert all(v > 0 for v in r[f"phases_{side}"].values())
+        o, t = r["phases_minipeft"]["backward"], r["phases_pytorch"]["backward"]
+        assert f"{o:>8.0f} /{t:>6.0f} ={o / t:>5.2f}" in out
     assert record["decode agreement batch 1"] == "first 8 tokens of 1 rows equal"
     for text in ("agreement, LoRA q,v at 2x16: logits max |diff|", "agreement, full at 2x16", "threads 2" if
                  record["threads"] == 2 else "threads ", "load average", "command: python", "peak RSS growth",
-                 "no NF4 path on the CPU", "not predicted (GPT only)"):
+                 "no NF4 path on the CPU", "mp predicted", "by phase (ms, medians"):
         assert text in out, text
 
 

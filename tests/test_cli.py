@@ -342,3 +342,29 @@ def test_chat_needs_a_chat_model(home, capsys, monkeypatch):
     monkeypatch.setattr("builtins.input", lambda prompt="": "hello")
     code, _, err = run(["chat", "--quick"], capsys)
     assert code == 1 and "has no chat template" in err
+
+
+def test_compare_quick_on_an_llm_base(home, tmp_path, capsys):
+    code, out, err = run(["compare", "--quick", "--base", "smollm2-135m-instruct", "--methods", "lora-qv",
+                          "--steps", "1", "--out", str(tmp_path), "--no-plot"], capsys)
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "compare.csv").open()))
+    assert [r["method"] for r in rows] == ["base", "lora-qv"]
+    assert all(0 <= float(r["knowledge"]) <= 1 for r in rows) and "knows" in out
+
+
+def test_finetune_on_a_named_llm_takes_the_rate_measured_on_it(tmp_path, monkeypatch):
+    """--method without --lr: the recipe's rate measured on the named LLM (LLM_RATES), the mini GPT's without
+    --base, and --lr over both."""
+    from minipeft.workshop.cli import build_parser  # noqa: PLC0415
+    from minipeft.workshop.cli_method import plan_method  # noqa: PLC0415
+    from minipeft.workshop.compare import LLM_RATES, METHOD_RECIPES  # noqa: PLC0415
+
+    monkeypatch.setitem(LLM_RATES, "smollm2-135m-instruct", {"lora-qv": (2e-3, "a probe")})
+    out = ["--out", str(tmp_path / "a")]
+
+    def lr(*argv):
+        return plan_method(build_parser().parse_args(["finetune", "--method", "lora-qv", *out, *argv])).lr
+    assert lr("--base", "smollm2-135m-instruct") == 2e-3
+    assert lr() == METHOD_RECIPES["lora-qv"].lr != 2e-3
+    assert lr("--base", "smollm2-135m-instruct", "--lr", "5e-4") == 5e-4

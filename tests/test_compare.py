@@ -13,15 +13,19 @@ import pytest
 
 from minipeft.nn.gpt import GPT, GPTConfig
 from minipeft.workshop.compare import (
+    LLM_RATES,
     METHOD_RECIPES,
     CompareConfig,
     format_table,
+    llm_config,
     quick_config,
+    recipe_rate,
     run_compare,
     time_generation,
     to_csv,
     write_outputs,
 )
+from minipeft.workshop.compare.harness import NOT_ON_LLAMA
 from minipeft.workshop.pretrain import QUICK
 
 NOT_MERGEABLE = {"houlsby", "pfeiffer", "prompt-tuning", "prefix-tuning"}   # a nonlinearity, or extra positions
@@ -128,3 +132,94 @@ def test_json_output_writes_a_nan_score_as_null(result, tmp_path):
         raise ValueError(f"compare.json holds {token}")
     data = json.loads(path.read_text(), parse_constant=refuse)
     assert all(r["scores"]["fact_recall"] is None for r in data["rows"])
+
+
+# ---- a pretrained LLM as the base (here the tiny random Llama --quick puts on the same code path) -------------------
+LLM = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def llm_result(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MINIPEFT_HOME", str(tmp_path_factory.mktemp("minipeft_home")))
+    try:
+        yield run_compare(quick_config(progress=False, steps=2, base=LLM))
+    finally:
+        mp.undo()
+
+
+def test_llm_base_runs_every_method_that_applies_and_says_which_not(llm_result):
+    rows = {r["method"]: r for r in llm_result.rows}
+    assert list(rows) == ["base", *(k for k in METHOD_RECIPES if k != "bitfit")]
+    assert llm_result.meta["not_applicable"] == {"bitfit": NOT_ON_LLAMA["bitfit"]}
+    table = format_table(llm_result)
+    assert "not run: bitfit, a Llama's linear and RMSNorm layers have no bias terms" in table
+    assert "knows" in table and "English ppl" in table and "held-out ppl" not in table
+    with pytest.raises(ValueError, match="no bias"):     # asked for by name, BitFit says why it cannot run
+        run_compare(quick_config(progress=False, steps=1, base=LLM, methods=("bitfit",)))
+
+
+def test_llm_base_counts_follow_the_llama_closed_forms(llm_result):
+    from minipeft.workshop.llm.tiny import TINY_SHAPE  # noqa: PLC0415
+
+    rows = {r["method"]: r for r in llm_result.rows}
+    C, F, L = TINY_SHAPE["d_model"], TINY_SHAPE["d_ff"], TINY_SHAPE["n_layer"]
+    kv = C // TINY_SHAPE["n_head"] * TINY_SHAPE["n_kv_head"]                       # grouped-query K/V width
+    assert rows["lora-qv"]["trainable"] == L * 8 * ((C + C) + (C + kv))
+    assert rows["lora-all"]["trainable"] == L * 8 * (2 * (C + C) + 2 * (C + kv) + 3 * (C + F))
+    assert rows["ia3"]["trainable"] == L * (kv + kv + F)                            # k, v outputs; down_proj's input
+    assert rows["layernorm"]["trainable"] == (2 * L + 1) * C                        # RMSNorm: a scale, no shift
+    assert rows["prompt-tuning"]["trainable"] == 20 * C
+    assert rows["prefix-tuning"]["trainable"] == 20 * 2 * L * kv                    # keys and values per layer
+    assert rows["full"]["trainable"] == llm_result.meta["base_parameters"]
+
+
+def test_llm_base_measures_forgetting_as_knowledge_and_english_perplexity(llm_result):
+    from minipeft.workshop.data.knowledge import (  # noqa: PLC0415
+        ENGLISH_FILE,
+        KINDS,
+        knowledge_score,
+        load_knowledge,
+        text_perplexity,
+    )
+    from minipeft.workshop.tutorial_base import load_tutorial_base  # noqa: PLC0415
+
+    cfg = llm_result.meta["config"]
+    base = load_tutorial_base(LLM, quick=True)
+    english = ENGLISH_FILE.read_text(encoding="utf-8")[:cfg["english_chars"]]
+    known = knowledge_score(base.model, base.tokenizer, load_knowledge()[:cfg["n_knowledge"]])
+    assert llm_result.rows[0]["ppl_before"] == text_perplexity(base.model, base.tokenizer, english)
+    assert llm_result.rows[0]["knowledge"] == known["accuracy"]
+    assert llm_result.meta["forgetting_text"] == ENGLISH_FILE.name
+    for r in llm_result.rows:
+        assert 0 <= r["knowledge"] <= 1 and set(r["knowledge_by_kind"]) <= set(KINDS), r["method"]
+        assert math.isfinite(r["ppl_after"]) and r["ppl_before"] == llm_result.rows[0]["ppl_before"], r["method"]
+    moved = [r["method"] for r in llm_result.rows[1:] if r["ppl_after"] != r["ppl_before"]]
+    assert "full" in moved and "lora-all" in moved                  # trained models read the text differently
+
+
+def test_llm_base_uses_the_rates_measured_for_it(llm_result, monkeypatch):
+    for r in llm_result.rows[1:]:
+        assert (r["lr"], r["lr_source"]) == recipe_rate(r["method"], LLM), r["method"]
+    monkeypatch.setitem(LLM_RATES, LLM, {"lora-qv": (2e-3, "a probe")})
+    assert recipe_rate("lora-qv", LLM) == (2e-3, "a probe")
+    lr, source = recipe_rate("ia3", LLM)
+    assert lr == METHOD_RECIPES["ia3"].lr and "not measured on smollm2-135m-instruct" in source
+    assert recipe_rate("ia3") == (METHOD_RECIPES["ia3"].lr, METHOD_RECIPES["ia3"].lr_source)   # the mini GPT's
+
+
+def test_base_latency_is_the_median_of_its_timings_beside_each_method(llm_result):
+    import statistics  # noqa: PLC0415
+
+    beside = [r["latency_base_ms"] for r in llm_result.rows[1:]]
+    assert llm_result.rows[0]["latency_ms"] == statistics.median(beside)
+    assert all(t > 0 for t in beside)
+
+
+def test_llm_config_and_bad_bases():
+    cfg = llm_config(LLM, steps=5)
+    assert cfg.base == LLM and cfg.steps == 5 and cfg.batch_size == 4 and "bitfit" not in cfg.methods
+    with pytest.raises(ValueError, match="CompareConfig.base: unknown 'gpt-9'"):
+        CompareConfig(base="gpt-9")
+    with pytest.raises(ValueError, match="english_chars"):
+        CompareConfig(english_chars=0)

@@ -238,3 +238,14 @@ def test_scale_curve_on_the_llm_path(home, monkeypatch, capsys, keep_rng):
     assert last["trainable"] == {"prompt tuning n=20": 20 * d, "LoRA r=8": 8 * every}
     assert r["lora_gaps"] == [row["acc"]["LoRA r=8"] - row["acc"]["prompt tuning n=20"] for row in r["rows"]]
     assert "prompt tuning's gap to LoRA (LoRA's accuracy minus prompt tuning's) by size" in out
+
+
+def test_compare_table_on_the_llm_path(home, monkeypatch, capsys, keep_rng):
+    """Tutorial 11 with --base on the tiny random Llama: every method that applies to a Llama gets a row with the
+    knowledge it kept, the table says BitFit does not run and why, and the conclusions compare what each kept."""
+    path = next(p for p in TUTORIALS if p.name.startswith("11_"))
+    out, r = run_tutorial(path, home, monkeypatch, capsys, "--base", "smollm2-135m-instruct")
+    rows = {row["method"]: row for row in r["result"].rows}
+    assert "bitfit" not in rows and "not run: bitfit" in out and "tiny-llama.gguf" in r["result"].meta["base_path"]
+    assert all(0 <= row["knowledge"] <= 1 for row in rows.values())
+    assert "general knowledge: the base answers" in out and "English ppl" in out

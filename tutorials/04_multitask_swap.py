@@ -13,10 +13,21 @@ Printed evidence: a matrix of scores (rows: the active adapter, columns: the tas
 storage of N adapters vs N full fine-tuned copies, and a check that adapters saved to disk and
 loaded onto a freshly loaded base reproduce their outputs exactly.
 
-On the real instruct model (`--base smollm2-135m-instruct`, REAL_LLM below: LoRA r=8 on q, v, fewer and
-shorter runs) the question is whether extractive QA, out of reach of the small base, is learned: its
-exact match with the QA adapter against the base's zero-shot answers and the other adapters'. Its figures
-are to be measured with the command below.
+On the real instruct model (`--base smollm2-135m-instruct`, REAL_LLM below: LoRA r=8 on q, v at 2e-3, 40/40/20
+steps of 4 rows, 12 test rows per task) extractive QA, out of reach of the small base, is learned. Measured
+(2-core Xeon, 2026-12-08, commit 0b2b312; 10.0 minutes, with a short test run beside it for part of the time,
+load average 0.8-3.3): rows = the active adapter, columns = the task (ROUGE-L / exact match / accuracy)
+
+    adapter     dialogsum     qa   sentiment
+    base            0.216  0.000       0.333
+    dialogsum       0.718  0.083       0.000
+    qa              0.222  1.000       0.000
+    sentiment       0.000  0.000       0.917
+
+QA: 12 of 12 exact with its adapter, 0 of 12 zero-shot. Each adapter does its own task and none of the others;
+3 adapters take 5.3 MiB (1.8 MiB each) beside one 513.1 MiB base, against 1.5 GiB for three full copies;
+adapters reloaded onto a freshly loaded base reproduce every prediction exactly. 12 test rows per task: a
+difference of one row is 0.08.
 
     python tutorials/04_multitask_swap.py          # a few minutes on 2 cores
     python tutorials/04_multitask_swap.py --quick  # seconds

@@ -38,7 +38,21 @@ prefix tuning with 20 and LoRA on q,v (tutorial 12's), fewer and shorter runs th
 fit 15 minutes on 2 cores (a fifth, full fine-tuning of 135M parameters, does not; tutorial 03 measures it). The
 learned prompt's nearest tokens are decoded through the model's own tokenizer (byte-level BPE: a token is often a
 word with its leading space, or a piece of one), so whether they read as words of the task can be seen. SmolLM2's
-context of 8192 positions holds any prompt here. The real-model figures are to be measured with the command below.
+context of 8192 positions holds any prompt here. Measured (2-core Xeon, 2026-12-08, commit 0b2b312; 40 steps of 4,
+8 test dialogues; 12.0 minutes, with a short test run at low priority beside it):
+
+    method                  trainable   % base  val loss  ROUGE-L  facts  train s
+    prompt tuning n=20         11,520   0.009%     1.033    0.368   0.38      149
+    prompt tuning n=100        57,600   0.043%     0.943    0.339   0.49      216
+    prefix tuning n=20        230,400   0.171%     0.732    0.441   0.54      118
+    LoRA r=8 (q,v)            460,800   0.343%     0.257    0.687   0.81      120
+
+The base scores ROUGE-L 0.216 zero-shot (tutorial 03). On a 135M-parameter model the soft prompts learn the task
+(ROUGE-L 0.34-0.37, facts 0.38-0.49; the printed example's summary has the right time and place) but trail LoRA
+by half: Lester et al.'s
+small-model end again, with 100 virtual tokens no better than 20 on 8 test rows. Their nearest vocabulary tokens,
+decoded, do not read as the task's words: 3% of the neighbours are tokens of the summaries, against their 2%
+share of the vocabulary (' am', ' review', ' statue'), so the course's "semantic groups" are not seen here.
 
     python tutorials/08_prompt_tuning.py          # ~5 minutes on 2 cores (7 fine-tunings), plus the base model once
     python tutorials/08_prompt_tuning.py --quick  # seconds

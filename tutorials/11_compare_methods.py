@@ -30,8 +30,14 @@ and merged); the memory of full fine-tuning, LoRA and QLoRA predicted from shape
 large-model accounting beside the LoRA and QLoRA papers' figures; then what the numbers show. With the `plots`
 extra it saves compare.png (quality vs trainable %, log scale; memory by component) beside compare.csv/.json.
 
+On the real instruct model (`--base smollm2-135m-instruct`: `llm_config`, 30 steps of 4 dialogues, 8 test
+dialogues, each method at a learning rate probed on that model, LLM_RATES in recipes.py) forgetting is measured on
+what the model knew: the share of 74 general-knowledge questions it answered right zero-shot that it still answers,
+and its perplexity on the Declaration of Independence. BitFit does not run there: a Llama has no bias terms.
+
     python tutorials/11_compare_methods.py          # 13 fine-tunings of 150 steps: ~13 minutes on 2 cores
     python tutorials/11_compare_methods.py --quick  # the tiny model, every column filled, numbers meaningless
+    python tutorials/11_compare_methods.py --base smollm2-135m-instruct   # the real LLM, 12 methods
 """
 
 from __future__ import annotations
@@ -45,14 +51,15 @@ import minipeft as mp
 from minipeft.generate import context_left
 from minipeft.memory import format_bytes
 from minipeft.peft import LoraConfig
-from minipeft.workshop.compare import CompareConfig, format_table, quick_config, run_compare, write_outputs
+from minipeft.workshop.compare import CompareConfig, format_table, llm_config, quick_config, run_compare, write_outputs
 from minipeft.workshop.compare.memory_large import LARGE_MODELS, PAPER_FIGURES, large_model_memory, weights_bytes
 from minipeft.workshop.compare.memory_predict import predict_step
 from minipeft.workshop.compare.recipes import ALL_LINEAR, LORA_ALPHA, LORA_R, NF4_DQ
 from minipeft.workshop.compare.report import forgetting_pct
 from minipeft.workshop.data.generator import make_splits
 from minipeft.workshop.finetune import sft_sampler
-from minipeft.workshop.pretrain import QUICK_NOTE, load_base_model
+from minipeft.workshop.pretrain import QUICK_NOTE
+from minipeft.workshop.tutorial_base import add_base_option, is_llm, load_tutorial_base
 
 # ---- config -------------------------------------------------------------------------------------
 CONFIG = CompareConfig()                                   # dialogsum, all 13 methods, 150 steps of 16, seed 0
@@ -72,7 +79,7 @@ def say(text: str) -> None:
 
 def print_predicted(result, cfg: CompareConfig) -> dict:
     """predict_step from shapes beside the step the harness measured, for the methods it models."""
-    base = load_base_model(quick=cfg.quick, progress=False)
+    base = load_tutorial_base(cfg.base, cfg.quick)
     train = make_splits(cfg.task, cfg.n_train, 0, cfg.n_test, seed=cfg.seed)["train"]
     batch = sft_sampler(train, cfg.task, base.tokenizer, cfg.batch_size, context_left(base.model), cfg.seed)(0)
     B, T = batch["input_ids"].shape
@@ -150,11 +157,18 @@ def conclusions(result) -> None:
             f"{', '.join(close) or 'no PEFT method'} (one seed and {result.meta['config']['n_test']} test examples: "
             "differences of a few hundredths are noise).")
         less = [r for r in peft if forgetting_pct(r) < forgetting_pct(full)]
-        say(f"forgetting: full fine-tuning moved the held-out pretraining perplexity by {forgetting_pct(full):+.1f}%; "
+        say(f"forgetting: full fine-tuning moved the perplexity on {result.meta['forgetting_text']} by "
+            f"{forgetting_pct(full):+.1f}%; "
             f"{len(less)} of {len(peft)} PEFT methods moved it less "
             f"({', '.join(label_pct(r) for r in sorted(peft, key=forgetting_pct))}). Measured with each adapter "
             "active, each method at its own learning rate, one seed. With the adapter disabled or unloaded a PEFT "
             "model is the base again, bit for bit (tests/test_tuner_contract.py): that, full fine-tuning cannot offer.")
+        if full.get("knowledge") is not None:
+            kept = [r for r in peft if r["knowledge"] > full["knowledge"]]
+            say(f"general knowledge: the base answers {rows['base']['knowledge']:.0%} of the questions it was chosen "
+                f"on, full fine-tuning {full['knowledge']:.0%} after its fine-tune; {len(kept)} of {len(peft)} PEFT "
+                "methods kept more (" + ", ".join(f"{r['label']} {r['knowledge']:.0%}"
+                                                   for r in sorted(peft, key=lambda r: -r["knowledge"])) + ").")
         small = min(peft, key=lambda r: r["stored_bytes"]) if peft else None
         if small is not None:
             say(f"a task costs {format_bytes(full['stored_bytes'])} on disk with full fine-tuning, "
@@ -172,16 +186,21 @@ def conclusions(result) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and data, under a minute")
+    add_base_option(parser)
     parser.add_argument("--out", default=None, help=f"folder for compare.csv/.json/.png (default {OUT}; --quick: a "
                         "temporary folder)")
     args = parser.parse_args(argv)
     if args.quick:
         print(QUICK_NOTE)
-    cfg = QUICK if args.quick else CONFIG
+    llm = is_llm(args.base)
+    if args.quick:
+        cfg = quick_config(progress=False, steps=2, base=args.base) if llm else QUICK
+    else:
+        cfg = llm_config(args.base) if llm else CONFIG
     result = run_compare(cfg)
     print(format_table(result))
     with tempfile.TemporaryDirectory() as tmp:
-        out = args.out or (tmp if args.quick else OUT)
+        out = args.out or (tmp if args.quick else OUT if not llm else f"{OUT}_{args.base}")
         temporary = " (a temporary folder, removed at exit: --out DIR keeps it)" if out == tmp else ""
         for kind, path in write_outputs(result, out, plot=not args.quick).items():
             print(f"wrote {kind}: {path}{temporary}")

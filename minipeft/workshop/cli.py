@@ -41,6 +41,8 @@ from minipeft.workshop.cli_args import (
 from minipeft.workshop.cli_runs import QUICK_BASE_VAR, RUN_FILE, base_name, load_adapted, load_cli_base
 from minipeft.workshop.data.generator import TASKS, Task, get_task, make_splits
 from minipeft.workshop.data.jsonl import load_jsonl
+from minipeft.workshop.llm.hub import MODELS
+from minipeft.workshop.tutorial_base import MINI
 
 
 # ---- the commands ----------------------------------------------------------------------------------------------
@@ -202,11 +204,20 @@ def cmd_chat(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from minipeft.workshop.compare import CompareConfig, format_table, quick_config, run_compare, write_outputs  # noqa: PLC0415
+    from minipeft.workshop.compare import (  # noqa: PLC0415
+        CompareConfig,
+        format_table,
+        llm_config,
+        quick_config,
+        run_compare,
+        write_outputs,
+    )
 
     given = {k: v for k, v in dict(task=args.task, methods=args.methods, steps=args.steps, seed=args.seed,
                                    batch_size=args.batch_size, n_test=args.n_test).items() if v is not None}
-    cfg = quick_config(**given) if args.quick else CompareConfig(**given)
+    llm = args.base != MINI
+    cfg = (quick_config(**given, base=args.base) if args.quick else llm_config(args.base, **given) if llm else
+           CompareConfig(**given))
     result = run_compare(cfg)
     print(format_table(result))
     for kind, path in write_outputs(result, args.out, plot=not args.no_plot).items():
@@ -282,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=positive_int)
     sp.add_argument("--n-test", type=positive_int)
     sp.add_argument("--seed", type=int)
+    sp.add_argument("--base", default=MINI, choices=[MINI, *sorted(MODELS)],
+                    help="the mini GPT, or a pretrained LLM at smaller sizes (30 steps of 4, 8 test rows; forgetting "
+                    "as general knowledge and English perplexity)")
     sp.add_argument("--out", type=out_dir, default=Path("compare_out"), help="folder for compare.csv/.json/.png")
     sp.add_argument("--no-plot", action="store_true", help="skip the PNG")
     sp = add("generate", cmd_generate, "continue a prompt with the base, an adapter, or a merged model")

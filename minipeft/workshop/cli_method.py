@@ -21,6 +21,8 @@ from minipeft.peft import PEFT_TYPE_TO_CONFIG, PeftConfig
 from minipeft.peft.config import INFORMATIONAL_FIELDS
 from minipeft.peft.registry import config_from_dict
 from minipeft.quant import BitsAndBytesConfig
+from minipeft.workshop.llm.hub import MODELS as LLM_MODELS
+from minipeft.workshop.tutorial_base import MINI
 
 # option -> the config field it sets, in the order tried (LoRA's alpha is lora_alpha)
 OVERRIDES = {"r": ("r",), "alpha": ("lora_alpha", "alpha"), "targets": ("target_modules",)}
@@ -106,7 +108,7 @@ def with_overrides(config: PeftConfig, overrides: dict, method: str) -> PeftConf
 def plan_method(args) -> Plan:
     """Resolve --method, --config, --r/--alpha/--targets and --lr into a Plan, or raise ValueError saying what to
     pass instead."""
-    from minipeft.workshop.compare import METHOD_RECIPES  # noqa: PLC0415 (imports every method: only when needed)
+    from minipeft.workshop.compare import METHOD_RECIPES, recipe_rate  # noqa: PLC0415 (imports every method)
 
     import_methods(args.imports)
     config = read_config_file(args.config) if args.config is not None else None
@@ -127,7 +129,9 @@ def plan_method(args) -> Plan:
             with_overrides(recipe.config(GPT(GPTConfig.from_preset("test"))), overrides, method)
         elif overrides:
             with_overrides(config, overrides, method)
-        return Plan(method, recipe, config, overrides, recipe.quantization, args.lr or recipe.lr)
+        base = getattr(args, "base", None)                 # a named LLM takes the rates measured on it
+        lr = args.lr or recipe_rate(method, base if base in LLM_MODELS else MINI)[0]
+        return Plan(method, recipe, config, overrides, recipe.quantization, lr)
     if method.upper() not in PEFT_TYPE_TO_CONFIG:
         raise ValueError(f"--method {method!r} is neither a recipe ({', '.join(METHOD_RECIPES)}) nor a registered "
                          f"peft_type ({', '.join(types)}); a method of your own reaches the command line with --import "

@@ -8,9 +8,17 @@ trainable parameters, bytes stored per task, step time, training memory, quality
 `python -m minipeft compare` and `tutorials/11_compare_methods.py` run the same code.
 """
 
-from minipeft.workshop.compare.harness import CompareConfig, CompareResult, quick_config, run_compare, time_generation
-from minipeft.workshop.compare.recipes import METHOD_RECIPES, BuildContext, Recipe
+from minipeft.workshop.compare.harness import (
+    CompareConfig,
+    CompareResult,
+    llm_config,
+    quick_config,
+    run_compare,
+    time_generation,
+)
+from minipeft.workshop.compare.recipes import LLM_RATES, METHOD_RECIPES, BuildContext, Recipe, recipe_rate
 from minipeft.workshop.compare.report import format_table, save_plot, to_csv, write_outputs
 
-__all__ = ["METHOD_RECIPES", "BuildContext", "CompareConfig", "CompareResult", "Recipe", "format_table",
-           "quick_config", "run_compare", "save_plot", "time_generation", "to_csv", "write_outputs"]
+__all__ = ["LLM_RATES", "METHOD_RECIPES", "BuildContext", "CompareConfig", "CompareResult", "Recipe", "format_table",
+           "llm_config", "quick_config", "recipe_rate", "run_compare", "save_plot", "time_generation", "to_csv",
+           "write_outputs"]

@@ -22,6 +22,7 @@ from minipeft.peft import PeftConfig, full_finetune_config, get_peft_model, tune
 from minipeft.peft.registry import PEFT_TYPE_TO_RECIPES, PEFT_TYPE_TO_TUNER, RecipeSpec
 from minipeft.peft.tuners.lora import ALL_LINEAR, LORA_ALPHA, LORA_R, NF4_DQ  # noqa: F401 (tutorial 11 reads them)
 from minipeft.quant import BitsAndBytesConfig, quantize_model
+from minipeft.workshop.tutorial_base import MINI
 
 # The published table's row order (tutorial 11, BENCHMARKS.md); a method's recipe not named here comes after these,
 # in the order the methods are found.
@@ -82,3 +83,21 @@ def method_recipes() -> dict[str, Recipe]:
 
 
 METHOD_RECIPES: dict[str, Recipe] = method_recipes()
+
+# Learning rates on a pretrained LLM, which wants other rates than the mini GPT (full fine-tuning of SmolLM2 at the
+# mini GPT's 1e-3 destroys it). Each is (rate, where it comes from); a method missing here runs at its mini GPT rate,
+# and its lr_source column says so.
+LLM_RATES: dict[str, dict[str, tuple[float, str]]] = {
+    "smollm2-135m-instruct": {},
+}
+
+
+def recipe_rate(key: str, base: str = MINI) -> tuple[float, str]:
+    """(learning rate, its source) of METHOD_RECIPES[key] on `base`: the recipe's own on the mini GPT, the measured
+    LLM_RATES entry on a pretrained LLM, else the recipe's with a source saying it was not measured there."""
+    rec = METHOD_RECIPES[key]
+    if base == MINI:
+        return rec.lr, rec.lr_source
+    if key in LLM_RATES.get(base, {}):
+        return LLM_RATES[base][key]
+    return rec.lr, f"{rec.lr_source}: the mini GPT's rate, not measured on {base}"

@@ -16,7 +16,8 @@ METRIC_NAMES = {"rougeL": "ROUGE-L", "exact_match": "EM", "accuracy": "acc"}
 
 
 def forgetting_pct(row: dict) -> float:
-    """How much the held-out pretraining perplexity rose with fine-tuning, in percent (negative: it fell)."""
+    """How much the forgetting perplexity (held-out pretraining text, or English prose on an LLM) rose with
+    fine-tuning, in percent (negative: it fell)."""
     return 100 * (row["ppl_after"] / row["ppl_before"] - 1)
 
 
@@ -28,9 +29,11 @@ def format_table(result) -> str:
     """The comparison as a fixed-width text table, then what each column means."""
     metric = result.meta["metric"]
     facts = any("fact_recall" in r["scores"] for r in result.rows)
+    knows = any(r.get("knowledge") is not None for r in result.rows)   # a pretrained LLM's general knowledge
+    ppl_name = "held-out ppl" if not knows else "English ppl"
     head = (f"{'method':<24}{'trainable':>11}{'%':>8}{'stored':>11}{'ms/step':>9}{'train mem':>11}"
-            f"{METRIC_NAMES[metric]:>9}" + (f"{'facts':>7}" if facts else "") +
-            f"{'held-out ppl':>16}{'forget':>8}{'ms/tok':>8}{'merged':>8}")
+            f"{METRIC_NAMES[metric]:>9}" + (f"{'facts':>7}" if facts else "") + (f"{'knows':>7}" if knows else "") +
+            f"{ppl_name:>16}{'forget':>8}{'ms/tok':>8}{'merged':>8}")
     lines = [head, "-" * len(head)]
     for r in result.rows:
         mem = r["memory"]
@@ -41,6 +44,7 @@ def format_table(result) -> str:
             f"{_cell(r['step_s'] and 1000 * r['step_s'], '.0f'):>9}"
             f"{_cell(mem and format_bytes(mem['total'])):>11}{r['scores'][metric]:>9.3f}"
             + (f"{r['scores'].get('fact_recall', float('nan')):>7.2f}" if facts else "")
+            + (f"{r['knowledge']:>7.2f}" if knows else "")
             + f"{ppl:>16}{'-' if r['method'] == 'base' else f'{forgetting_pct(r):+.1f}%':>8}"
             f"{r['latency_ms']:>8.2f}{_cell(r['latency_merged_ms'], '.2f', 'no'):>8}")
     cfg = result.meta["config"]
@@ -49,11 +53,14 @@ def format_table(result) -> str:
         f"{cfg['seed']}; {METRIC_NAMES[metric]}{' and facts' if facts else ''} on {cfg['n_test']} test examples",
         "%: of the base model's parameters; stored: bytes on disk per task (adapter folder, or the whole model);",
         "train mem: weights + optimizer state + a training step's peak (activations, gradients), measured;",
-        f"held-out ppl: perplexity on the pretraining recipe's validation text before -> after fine-tuning "
-        f"({cfg['ppl_windows']} windows of {cfg['ppl_seq_len']} tokens); forget: its rise;",
+        (f"held-out ppl: perplexity on the pretraining recipe's validation text before -> after fine-tuning "
+         f"({cfg['ppl_windows']} windows of {cfg['ppl_seq_len']} tokens); forget: its rise;" if not knows else
+         f"knows: share of the general-knowledge questions the base answered right still answered right; English "
+         f"ppl: perplexity on {result.meta['forgetting_text']} before -> after fine-tuning; forget: its rise;"),
         "ms/tok: greedy generation per token with the KV cache, as trained; merged: the adapter folded into the",
         "weights (a plain model again), 'no' where the method cannot merge; medians of rounds in rotating order",
-    ]
+        "with the base (the base's row: the median of all its timings)",
+    ] + [f"not run: {key}, {why}" for key, why in result.meta.get("not_applicable", {}).items()]
     return "\n".join(lines)
 
 
@@ -61,11 +68,12 @@ def flat_row(row: dict) -> dict:
     """One CSV row: scalars only (memory components and scores spread into columns)."""
     out = {k: row[k] for k in ("method", "label", "family", "lr", "lr_source", "trainable", "trainable_pct",
                                "stored_bytes", "train_s", "step_s", "mergeable", "ppl_before", "ppl_after",
-                               "latency_ms", "latency_merged_ms")}
+                               "knowledge", "latency_ms", "latency_merged_ms")}
     out["forgetting_pct"] = None if row["method"] == "base" else forgetting_pct(row)
     for k in ("total", *COMPONENTS, "peak"):
         out[f"memory_{k}"] = None if row["memory"] is None else row["memory"][k]
     out.update({f"score_{k}": v for k, v in row["scores"].items()})
+    out.update({f"knowledge_{k}": v for k, v in (row.get("knowledge_by_kind") or {}).items()})
     return out
 
 
