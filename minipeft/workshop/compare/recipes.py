@@ -88,7 +88,11 @@ METHOD_RECIPES: dict[str, Recipe] = method_recipes()
 # mini GPT's 1e-3 destroys it). Each is (rate, where it comes from); a method missing here runs at its mini GPT rate,
 # and its lr_source column says so.
 LLM_RATES: dict[str, dict[str, tuple[float, str]]] = {
-    "smollm2-135m-instruct": {},
+    "smollm2-135m-instruct": {
+        "lora-qv": (2e-3, "tutorial 12 (60 steps of 4: ROUGE-L 0.216 -> 0.835); not probed"),
+        "prompt-tuning": (0.3, "held-out loss 1.216 at 0.3, 1.224 at 0.04, 20 steps of 4 (bench/lr_probe.py, "
+                               "2026-12-08)"),
+    },
 }
 
 
