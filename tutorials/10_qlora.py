@@ -30,8 +30,16 @@ into float32 changed no logit; re-quantizing the merged weights moved logits by 
 On the real instruct model (`--base smollm2-135m-instruct`, REAL_LLM below) the same evidence comes from
 its 210 linears (106M of its 135M weights), with the error's worst case per layer kind (q, k, v, o, gate,
 up, down) and, in place of the mini GPT's corpus, its perplexity on English text it did not see here (the
-Declaration of Independence, minipeft/workshop/data/english.txt) before and after quantizing. Its figures are to be
-measured with the command below.
+Declaration of Independence, minipeft/workshop/data/english.txt) before and after quantizing. Measured (2-core
+Xeon, 2026-12-08, commit 0b2b312; 9.9 minutes, alone on the machine; LoRA r=8 on every linear at lr 1e-3, 40 steps
+of 4, 6 test dialogues): NF4 + DQ holds the base in 160.4 MiB against 513.1 MiB (its linears at 4.1270 bits per
+weight; the float32 embedding table, 108.1 MiB, is most of what remains); the weights move by 9.4% (RMS), every
+one within its bound (worst 1.00 of it, in every layer kind); the perplexity on the Declaration goes 20.33 ->
+34.70 (x1.71: a 135M model feels 4 bits far more than the mini GPT, x1.002). QLoRA reached ROUGE-L 0.887 / facts
+0.94 against LoRA's 0.853 / 0.83 on the float32 base (6 test dialogues: a tie), a step 1.27x LoRA's (single runs,
+4.0 s against 3.2 s), peak training memory 1.3 against 1.7 GiB, weights held 169.7 against 522.5 MiB. Merged
+into float32 the QLoRA adapter changes no logit; re-quantizing the merged weights to NF4 moves logits by up to
+21.7 and drops ROUGE-L to 0.110: on this model the way back to 4 bits loses the fine-tune.
 
     python tutorials/10_qlora.py          # ~4.5 minutes on 2 cores (two fine-tunings of 300 steps)
     python tutorials/10_qlora.py --quick  # a tiny model, seconds
@@ -299,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     })
     b, vl, err = result["bytes"], result["val_loss"], result["error"]["NF4 + DQ"]
     d_rouge = qlora["scores"]["rougeL"] - lora["scores"]["rougeL"]
+    loss_name = "loss on the English text" if llm else "validation loss"
     print("\nwhat the numbers show:")
     dq, fp = b["NF4 + DQ"], b["float32"]
     say(f"NF4 + DQ holds this base in {format_bytes(dq['total'])} against {format_bytes(fp['total'])} in float32 "
@@ -307,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{float(bits_per_parameter(64, double_quant=True)):.4f} plus, per tensor, one 32-bit mean (and a partly "
         "filled last block of 256 scales, where a tensor has one).")
     say(f"the weights move by {100 * err['relative_rms']:.1f}% (RMS), every one within its bound (worst "
-        f"{err['bound_ratio']:.2f} of it); the base's validation loss goes {vl['float32']:.4f} -> "
+        f"{err['bound_ratio']:.2f} of it); the base's {loss_name} goes {vl['float32']:.4f} -> "
         f"{vl['NF4 + DQ']:.4f} (perplexity x{np.exp(vl['NF4 + DQ'] - vl['float32']):.3f}).")
     say(f"QLoRA's ROUGE-L is {qlora['scores']['rougeL']:.3f} against LoRA's {lora['scores']['rougeL']:.3f} on the "
         f"float32 base ({d_rouge:+.3f}); facts {qlora['scores']['fact_recall']:.2f} vs "
