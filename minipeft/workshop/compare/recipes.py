@@ -87,11 +87,28 @@ METHOD_RECIPES: dict[str, Recipe] = method_recipes()
 # Learning rates on a pretrained LLM, which wants other rates than the mini GPT (full fine-tuning of SmolLM2 at the
 # mini GPT's 1e-3 destroys it). Each is (rate, where it comes from); a method missing here runs at its mini GPT rate,
 # and its lr_source column says so.
+PROBE = "bench/lr_probe.py --recipes: 10 steps of 4, held-out loss on 12 rows, 2026-12-08"
+
+
+def _probed(grid: str, edge: bool = False) -> str:
+    return f"best of {grid} ({PROBE})" + ("; the largest tried, so a larger one may do better" if edge else "")
+
+
 LLM_RATES: dict[str, dict[str, tuple[float, str]]] = {
     "smollm2-135m-instruct": {
+        "full": (3e-4, _probed("1e-5/3e-5/1e-4/3e-4", edge=True)),
         "lora-qv": (2e-3, "tutorial 12 (60 steps of 4: ROUGE-L 0.216 -> 0.835); not probed"),
+        "lora-all": (1e-2, _probed("3e-4/1e-3/3e-3/1e-2", edge=True)),
+        "qlora": (1e-2, "LoRA all linear's (the same adapters, trained on the dequantized weights); not probed"),
+        "houlsby": (1e-2, _probed("3e-4/1e-3/3e-3/1e-2", edge=True)),
+        "pfeiffer": (1e-2, _probed("3e-4/1e-3/3e-3/1e-2", edge=True)),
+        "ia3": (3e-2, _probed("1e-2/3e-2/1e-1")),
+        "layernorm": (1e-2, _probed("1e-3/1e-2/1e-1")),
+        "last-layer": (3e-3, _probed("3e-5/1e-4/3e-4/1e-3/3e-3", edge=True)),
+        "sparse": (1e-3, _probed("3e-4/1e-3/3e-3")),
         "prompt-tuning": (0.3, "held-out loss 1.216 at 0.3, 1.224 at 0.04, 20 steps of 4 (bench/lr_probe.py, "
                                "2026-12-08)"),
+        "prefix-tuning": (3e-2, _probed("3e-3/1e-2/3e-2/1e-1/3e-1")),
     },
 }
 
