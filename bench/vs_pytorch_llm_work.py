@@ -141,40 +141,34 @@ def step_ours(model, opt, x, y) -> float:
     return float(loss.item())
 
 
-def split_ours(model, opt, x, y, sync_fn) -> tuple[float, dict]:
-    """One step timed by phase: forward (the loss), backward, optimizer (AdamW's update and zeroing), in ms."""
-    from minipeft.loss import causal_lm_loss
-
+def split_step(forward, update, sync_fn) -> tuple[float, dict]:
+    """One step timed by phase, either framework: forward (the loss), backward, optimizer (`update`: AdamW's step
+    and zeroing), in ms, each phase synchronized."""
     t0 = time.perf_counter()
-    loss = causal_lm_loss(model, x, y)
+    loss = forward()
     sync_fn()
     t1 = time.perf_counter()
     loss.backward()
     sync_fn()
     t2 = time.perf_counter()
-    opt.step()
-    opt.zero_grad()
+    update()
     sync_fn()
     t3 = time.perf_counter()
     return float(loss.item()), {"forward": 1000 * (t1 - t0), "backward": 1000 * (t2 - t1),
                                 "optimizer": 1000 * (t3 - t2)}
+
+
+def split_ours(model, opt, x, y, sync_fn) -> tuple[float, dict]:
+    from minipeft.loss import causal_lm_loss
+
+    return split_step(lambda: causal_lm_loss(model, x, y), lambda: (opt.step(), opt.zero_grad()), sync_fn)
 
 
 def split_theirs(torch, model, opt, tx, ty, sync_fn) -> tuple[float, dict]:
-    t0 = time.perf_counter()
-    logits = logits_theirs(model, tx)
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ty.reshape(-1))
-    sync_fn()
-    t1 = time.perf_counter()
-    loss.backward()
-    sync_fn()
-    t2 = time.perf_counter()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    sync_fn()
-    t3 = time.perf_counter()
-    return float(loss.item()), {"forward": 1000 * (t1 - t0), "backward": 1000 * (t2 - t1),
-                                "optimizer": 1000 * (t3 - t2)}
+    def forward():
+        logits = logits_theirs(model, tx)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ty.reshape(-1))
+    return split_step(forward, lambda: (opt.step(), opt.zero_grad(set_to_none=True)), sync_fn)
 
 
 def logits_theirs(model, tx):
